@@ -1,0 +1,216 @@
+"""Make NNI 3.0's tracer-based tools (``ModelSpeedup``, fx dependency grouping) work on current PyTorch.
+
+NNI 3.0 (2023-09) is unmaintained; newer PyTorch releases broke its ``concrete_trace``. Each fix below is
+applied in memory (NNI's installed files are never edited), only when the installed versions need it, and at
+most once. Fixes are installed as post-import hooks, so they take effect whether NNI was imported before or
+after this plugin, and, through the ``nni_mrs_plugin.pth`` file the package installs, in unchanged NNI
+scripts that never import the plugin.
+
+Set ``NNI_MRS_PLUGIN_SKIP_FIXES`` to a comma-separated list of fix names (or ``all``) to disable fixes,
+e.g. to reproduce an upstream failure.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import inspect
+import os
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable, Dict, List, Optional, Sequence
+
+SKIP_ENV = "NNI_MRS_PLUGIN_SKIP_FIXES"
+_TRACER = "nni.common.concrete_trace_utils.concrete_tracer"
+_MASK_CONFLICT = "nni.compression.speedup.mask_conflict"
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One in-memory repair of an NNI module: ``needed`` decides from the installed versions, ``apply`` repairs."""
+
+    name: str
+    module: str
+    upstream: str
+    summary: str
+    needed: Callable[[ModuleType], bool]
+    apply: Callable[[ModuleType], None]
+
+
+# --- fix 1: leaf functions whose __module__ is None (microsoft/nni#5768, #5738, #5766) -------------------
+
+def _crashing_leaf_functions(tracer: ModuleType) -> List[object]:
+    """Entries of ConcreteTracer's default leaf functions that make ``ConcreteTracer.trace`` read
+    ``func.__module__.startswith`` on ``None`` (builtins such as ``TensorBase._make_subclass`` in torch>=2.2)."""
+    from types import MethodDescriptorType, MethodWrapperType
+
+    bad = []
+    for func in tracer.ConcreteTracer.default_autowrap_leaf_function:
+        qualname = getattr(func, "__qualname__", "")
+        if qualname.startswith(("_TensorBase", "_VariableFunctionsClass")):
+            continue  # NNI handles these branches without __module__
+        if isinstance(func, (MethodDescriptorType, MethodWrapperType)):
+            continue
+        if getattr(func, "__name__", None) == "apply" and isinstance(getattr(func, "__self__", None), type):
+            continue  # autograd.Function.apply branch
+        if getattr(func, "__module__", "") is None:
+            bad.append(func)
+    return bad
+
+
+def _drop_crashing_leaf_functions(tracer: ModuleType) -> None:
+    table = tracer.ConcreteTracer.default_autowrap_leaf_function
+    for func in _crashing_leaf_functions(tracer):
+        del table[func]
+
+
+# --- fix 2: Node.is_impure(impure_random) ------------------------------------------------------------------
+
+def _is_impure_takes_arguments(tracer: ModuleType) -> bool:
+    from torch.fx import Node
+
+    original = getattr(tracer, "_orig_node_is_impure", Node.is_impure)
+    return len(inspect.signature(original).parameters) > 1
+
+
+def _accept_is_impure_arguments(tracer: ModuleType) -> None:
+    legacy = tracer.node_is_impure_wrapper
+
+    def node_is_impure_wrapper(node, *args, **kwargs):  # torch>=2.6 passes impure_random; NNI's rule ignores it
+        return legacy(node)
+
+    node_is_impure_wrapper.__wrapped__ = legacy  # type: ignore[attr-defined]
+    tracer.node_is_impure_wrapper = node_is_impure_wrapper
+
+
+# --- fix 3: a debug print left in NNI's mask-conflict resolution ------------------------------------------
+
+def _has_debug_print(module: ModuleType) -> bool:
+    import inspect as _inspect
+
+    try:
+        return "print(prune_axis, prune_type)" in _inspect.getsource(module)
+    except (OSError, TypeError):
+        return False
+
+
+def _silence_module_print(module: ModuleType) -> None:
+    module.print = lambda *args, **kwargs: None  # shadows the builtin for this module only
+
+
+FIXES: Dict[str, Fix] = {
+    f.name: f
+    for f in (
+        Fix("leaf-function-module-none", _TRACER, "microsoft/nni#5768, #5738, #5766",
+            "concrete_trace crashes with \"'NoneType' object has no attribute 'startswith'\": drop the builtin "
+            "leaf functions whose __module__ is None (tensor-subclass constructors, never model ops)",
+            lambda m: bool(_crashing_leaf_functions(m)), _drop_crashing_leaf_functions),
+        Fix("node-is-impure-signature", _TRACER, "torch.fx Node.is_impure(impure_random), torch>=2.6",
+            "eliminate_dead_code fails with 'Node.is_impure() takes 1 positional argument but 2 were given': "
+            "NNI's replacement accepts and ignores the new argument",
+            _is_impure_takes_arguments, _accept_is_impure_arguments),
+        Fix("mask-conflict-debug-print", _MASK_CONFLICT, "debug print in nni/compression/speedup/mask_conflict.py",
+            "ModelSpeedup prints '0 Filter' to stdout: silence that module's print",
+            _has_debug_print, _silence_module_print),
+    )
+}
+
+# NNI's speedup utils call the deprecated torch.utils._pytree._register_pytree_node and re-register torch.fx's
+# immutable collections; both warn on every import with torch>=2.2. Filtered by exact message only.
+_WARNING_FILTERS = (
+    (FutureWarning, r"`torch\.utils\._pytree\._register_pytree_node` is deprecated"),
+    (UserWarning, r"<class 'torch\.fx\.immutable_collections\.immutable_(dict|list)'> is already registered"),
+)
+
+_lock = threading.RLock()
+_applied: List[str] = []
+
+
+def skipped_fixes() -> set:
+    value = os.environ.get(SKIP_ENV, "").strip()
+    if value == "all":
+        return set(FIXES) | {"pytree-warnings"}
+    return {v.strip() for v in value.split(",") if v.strip()}
+
+
+def _apply_fixes_for(module: ModuleType) -> None:
+    skip = skipped_fixes()
+    with _lock:
+        for fix in FIXES.values():
+            if fix.module != module.__name__ or fix.name in skip:
+                continue
+            flag = "_nni_mrs_plugin_fixed_" + fix.name.replace("-", "_")
+            if getattr(module, flag, False):
+                continue
+            if fix.needed(module):
+                fix.apply(module)
+                _applied.append(fix.name)
+            setattr(module, flag, True)
+
+
+class _CallbackLoader(importlib.abc.Loader):
+    """Delegates to the real loader, then repairs the freshly executed module."""
+
+    def __init__(self, loader: importlib.abc.Loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        _apply_fixes_for(module)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """Finds NNI's modules with the other finders and wraps their loaders with ``_CallbackLoader``."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = frozenset(names)
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in self.names:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _CallbackLoader(spec.loader)
+                return spec
+        return None
+
+
+def _install_warning_filters() -> None:
+    for category, message in _WARNING_FILTERS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def install() -> None:
+    """Install the fixes: now for NNI modules already imported, at import time for the others. Idempotent."""
+    skip = skipped_fixes()
+    with _lock:
+        if "pytree-warnings" not in skip:
+            _install_warning_filters()
+        if not any(isinstance(f, _PostImportFinder) for f in sys.meta_path):
+            sys.meta_path.insert(0, _PostImportFinder({f.module for f in FIXES.values()}))
+        for name in {f.module for f in FIXES.values()}:
+            module = sys.modules.get(name)
+            if module is not None:
+                _apply_fixes_for(module)
+
+
+def applied_fixes() -> List[str]:
+    """Names of the fixes applied in this process so far (those that were needed)."""
+    return list(_applied)
+
+
+def describe(name: Optional[str] = None) -> str:
+    fixes = [FIXES[name]] if name else list(FIXES.values())
+    return "\n".join(f"{f.name} ({f.upstream}): {f.summary}" for f in fixes)

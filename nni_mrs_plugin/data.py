@@ -1,0 +1,144 @@
+"""Datasets as tensors in [0, 1]: Fashion-MNIST from local IDX files, CIFAR-10/100 and SVHN through
+torchvision from a local folder, and scikit-learn's digits as a zero-install tiny set for fast tests.
+
+Nothing is downloaded unless the caller asks (``download=True``): these machines often have no internet,
+so missing data raises ``DataNotFoundError`` with a one-line message that says how to get it.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+__all__ = ["DataNotFoundError", "DatasetInfo", "DATASETS", "load_dataset", "make_loaders", "fashion_mnist_root"]
+
+FASHION_MNIST_ENV = "NNI_MRS_FASHION_MNIST"
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", ".data/fashion-mnist")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The data set is not on this machine; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    in_channels: int
+    num_classes: int
+    image_size: int
+
+
+DATASETS = {
+    "fashion_mnist": DatasetInfo("fashion_mnist", 1, 10, 28),
+    "cifar10": DatasetInfo("cifar10", 3, 10, 32),
+    "cifar100": DatasetInfo("cifar100", 3, 100, 32),
+    "svhn": DatasetInfo("svhn", 3, 10, 32),
+    "digits": DatasetInfo("digits", 1, 10, 8),
+}
+
+
+def fashion_mnist_root(root: Optional[str] = None) -> Path:
+    """The first folder holding the Fashion-MNIST IDX files: ``root``, $NNI_MRS_FASHION_MNIST, then the defaults."""
+    candidates = [root] if root else [os.environ.get(FASHION_MNIST_ENV), *FASHION_MNIST_DIRS]
+    for folder in filter(None, candidates):
+        if (Path(folder) / "train-images-idx3-ubyte.gz").is_file():
+            return Path(folder)
+    where = root or " or ".join(filter(None, [os.environ.get(FASHION_MNIST_ENV), *FASHION_MNIST_DIRS]))
+    raise DataNotFoundError(
+        f"Fashion-MNIST not found in {where}: run 'apt-get install dataset-fashion-mnist' (Debian/Ubuntu) "
+        f"or put the four *-idx?-ubyte.gz files in a folder and pass it as root (or set ${FASHION_MNIST_ENV})"
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (the MNIST format: big-endian dims after a magic number whose last byte is the rank)."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    rank = data[3]
+    dims = np.frombuffer(data, dtype=">i4", count=rank, offset=4)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank).reshape(tuple(int(d) for d in dims))
+
+
+def _fashion_mnist(root: Optional[str], train: bool) -> TensorDataset:
+    folder = fashion_mnist_root(root)
+    prefix = "train" if train else "t10k"
+    images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
+    labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
+    x = torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1)
+    return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
+
+
+def _digits(train: bool, seed: int = 0) -> TensorDataset:
+    """scikit-learn's 1,797 8x8 digits, split 80/20 with a fixed permutation."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    cut = int(0.8 * len(y))
+    idx = order[:cut] if train else order[cut:]
+    return TensorDataset(x[idx], y[idx])
+
+
+def _torchvision(name: str, root: Optional[str], train: bool, download: bool) -> Dataset:
+    import torchvision
+    from torchvision import transforms
+
+    if not root:
+        raise DataNotFoundError(f"{name} needs a data folder: pass root=PATH (add download=True to fetch it there)")
+    to_tensor = transforms.ToTensor()
+    try:
+        if name == "svhn":
+            return torchvision.datasets.SVHN(root, split="train" if train else "test", transform=to_tensor,
+                                             download=download)
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        return cls(root, train=train, transform=to_tensor, download=download)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        raise DataNotFoundError(
+            f"{name} not found in {root}: copy torchvision's {name} files there, or pass download=True "
+            f"on a machine with internet ({err})"
+        ) from None
+
+
+def load_dataset(name: str, train: bool = True, root: Optional[str] = None, download: bool = False,
+                 subset: Optional[int] = None, seed: int = 0) -> Dataset:
+    """One split of a data set, images as float tensors in [0, 1] with shape (C, H, W).
+
+    ``subset`` keeps a random sample of that many items, drawn with ``seed``, so runs are reproducible.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    if subset is not None and subset < 1:
+        raise ValueError(f"subset must be a positive number of samples, got {subset}")
+    if name == "fashion_mnist":
+        dataset: Dataset = _fashion_mnist(root, train)
+    elif name == "digits":
+        dataset = _digits(train)
+    else:
+        dataset = _torchvision(name, root, train, download)
+    if subset is not None and subset < len(dataset):
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+        dataset = Subset(dataset, order[:subset].tolist())
+    return dataset
+
+
+def make_loaders(name: str, root: Optional[str] = None, batch_size: int = 128, train_subset: Optional[int] = None,
+                 test_subset: Optional[int] = None, seed: int = 0, download: bool = False,
+                 num_workers: int = 0) -> Tuple[DataLoader, DataLoader]:
+    """Train loader (shuffled with ``seed``) and test loader for a named data set."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    train = load_dataset(name, True, root, download, train_subset, seed)
+    test = load_dataset(name, False, root, download, test_subset, seed)
+    generator = torch.Generator().manual_seed(seed)
+    return (
+        DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers),
+        DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=num_workers),
+    )

@@ -1,0 +1,165 @@
+"""Real structured removal on top of NNI: dependency grouping -> NNI pruner masks -> ``ModelSpeedup``.
+
+Dependency grouping uses NNI's torch.fx helper (``nni.compression.speedup.auto_set_denpendency_group_ids``)
+on the same ``concrete_trace`` graph that ``ModelSpeedup`` itself uses, so the groups are exactly the
+channel couplings that removal must respect (residual adds, concats, depthwise convs). The TorchScript
+helper in ``nni.compression.utils`` also works with this plugin installed, but it needs tensorboard and
+``torch.jit.trace``, which PyTorch is phasing out.
+
+``mask_like_removal`` gives the masked model the semantics of removal: a pruned output channel is zeroed
+*after* its BatchNorm too. Masking conv weights alone leaves BatchNorm's beta alive in that channel, while
+``ModelSpeedup`` deletes the channel outright.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from typing import Any, Dict, List, Optional, Tuple, Type
+
+import torch
+from torch import nn
+
+from . import compat
+
+compat.install()
+
+__all__ = [
+    "TraceError", "trace", "group_dependencies", "compute_masks", "mask_like_removal", "speedup_model",
+    "remove_channels", "output_channel_keep",
+]
+
+Masks = Dict[str, Dict[str, torch.Tensor]]
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class TraceError(RuntimeError):
+    """NNI's tracer cannot follow the model's forward pass."""
+
+
+@contextlib.contextmanager
+def _quiet_nni():
+    """NNI logs every replaced module at INFO; keep that out of the user's console unless asked for."""
+    logger = logging.getLogger("nni")
+    level = logger.level
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _as_tuple(dummy_input: Any) -> Tuple[Any, ...]:
+    return dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
+
+
+def trace(model: nn.Module, dummy_input: Any) -> torch.fx.GraphModule:
+    """``concrete_trace`` the model (as ModelSpeedup does) and attach tensor shapes with ShapeProp."""
+    from nni.common.concrete_trace_utils import concrete_trace
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    args = _as_tuple(dummy_input)
+    try:
+        with _quiet_nni(), torch.no_grad():
+            graph_module = concrete_trace(model, args)
+            ShapeProp(graph_module).propagate(*args)
+    except Exception as err:  # the tracer raises anything from AssertionError to TypeError
+        raise TraceError(
+            f"NNI cannot trace {type(model).__name__} ({type(err).__name__}: {err}); ModelSpeedup traces the whole "
+            f"forward(), so move non-torch code (numpy, Python I/O) out of it or rewrite it with torch ops"
+        ) from err
+    return graph_module
+
+
+def group_dependencies(model: nn.Module, config_list: List[Dict[str, Any]], dummy_input: Any,
+                       graph_module: Optional[torch.fx.GraphModule] = None) -> List[Dict[str, Any]]:
+    """One config per selected layer, with ``dependency_group_id`` on layers whose output channels are coupled."""
+    from nni.compression.speedup import auto_set_denpendency_group_ids
+
+    graph_module = graph_module if graph_module is not None else trace(model, dummy_input)
+    return auto_set_denpendency_group_ids(graph_module, copy.deepcopy(config_list))
+
+
+def compute_masks(model: nn.Module, config_list: List[Dict[str, Any]], pruner_cls: Optional[Type] = None,
+                  **pruner_kwargs) -> Masks:
+    """Run an NNI pruner (L1NormPruner by default) and return its masks; the model is left unwrapped."""
+    if pruner_cls is None:
+        from nni.compression.pruning import L1NormPruner as pruner_cls
+    pruner = pruner_cls(model, config_list, **pruner_kwargs)
+    try:
+        _, masks = pruner.compress()
+    finally:
+        pruner.unwrap_model()
+    return masks
+
+
+def output_channel_keep(mask: torch.Tensor) -> torch.Tensor:
+    """Boolean vector of the output channels (dim 0) a weight mask keeps."""
+    return mask.reshape(mask.shape[0], -1).bool().any(dim=1)
+
+
+def _following_batchnorm(graph_module: torch.fx.GraphModule, name: str) -> Optional[str]:
+    """The BatchNorm a layer feeds directly and only, if any (conv -> bn, the pattern removal deletes together)."""
+    modules = dict(graph_module.named_modules())
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module" and node.target == name and len(node.users) == 1:
+            (user,) = node.users
+            if user.op == "call_module" and isinstance(modules.get(user.target), _BATCHNORMS):
+                return user.target
+    return None
+
+
+@torch.no_grad()
+def mask_like_removal(model: nn.Module, masks: Masks, dummy_input: Any,
+                      graph_module: Optional[torch.fx.GraphModule] = None) -> nn.Module:
+    """Zero, in place, every pruned output channel as removal would: weight, bias and the following BatchNorm.
+
+    The result computes what ``ModelSpeedup`` produces (up to float rounding), without changing shapes.
+    """
+    graph_module = graph_module if graph_module is not None else trace(model, dummy_input)
+    modules = dict(model.named_modules())
+    for name, layer_masks in masks.items():
+        weight_mask = layer_masks.get("weight")
+        if weight_mask is None:
+            continue
+        layer = modules[name]
+        keep = output_channel_keep(weight_mask).to(layer.weight.device)
+        layer.weight.mul_(weight_mask.to(layer.weight))
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.mul_(keep.to(layer.bias))
+        bn_name = _following_batchnorm(graph_module, name)
+        if bn_name is not None:
+            bn = modules[bn_name]
+            bn.weight.mul_(keep.to(bn.weight))
+            bn.bias.mul_(keep.to(bn.bias))
+    return model
+
+
+def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module:
+    """Remove the masked channels for real with NNI's ModelSpeedup (in place); returns the model."""
+    from nni.compression.speedup import ModelSpeedup
+
+    if not masks:
+        raise ValueError("masks is empty: nothing to remove (did the config_list select any layer?)")
+    try:
+        with _quiet_nni():
+            ModelSpeedup(model, _as_tuple(dummy_input), masks).speedup_model()
+    except TraceError:
+        raise
+    except Exception as err:
+        raise RuntimeError(f"ModelSpeedup failed on {type(model).__name__}: {type(err).__name__}: {err}") from err
+    return model
+
+
+def remove_channels(model: nn.Module, config_list: List[Dict[str, Any]], dummy_input: Any,
+                    pruner_cls: Optional[Type] = None, **pruner_kwargs) -> Tuple[nn.Module, Masks]:
+    """Group dependent layers, prune with an NNI pruner, and physically remove the channels.
+
+    Returns the (smaller) model and the masks that were applied.
+    """
+    grouped = group_dependencies(model, config_list, dummy_input)
+    if not grouped:
+        raise ValueError(f"config_list {config_list} selects no layer of {type(model).__name__}")
+    masks = compute_masks(model, grouped, pruner_cls, **pruner_kwargs)
+    return speedup_model(model, masks, dummy_input), masks
