@@ -1,8 +1,9 @@
 """Ship ``nni_mrs_plugin.pth`` beside the package (regular and editable installs alike).
 
-The .pth file makes Python import ``nni_mrs_plugin._autoload`` at start-up, which registers import hooks
-(standard library only) that repair NNI 3.0 on current PyTorch the moment NNI's tracer is imported, so that
-existing NNI scripts run unchanged. Set NNI_MRS_PLUGIN_SKIP_FIXES=all to switch the fixes off.
+The .pth file imports ``nni_mrs_plugin`` at interpreter start; its ``__init__`` imports only the standard
+library and ``compat``, which registers import hooks that repair NNI 3.0 on current PyTorch the moment
+NNI's tracer is imported, so existing NNI scripts run unchanged. NNI_MRS_PLUGIN_NO_AUTOLOAD=1 skips the
+start-up import; NNI_MRS_PLUGIN_SKIP_FIXES=all switches the fixes off.
 """
 import os
 
@@ -12,7 +13,8 @@ from setuptools.command.editable_wheel import editable_wheel
 
 PTH_NAME = "nni_mrs_plugin.pth"
 PTH_LINE = (
-    "import sys; exec(\"try:\\n import nni_mrs_plugin._autoload\\nexcept Exception as e:\\n"
+    "import os, sys; os.environ.get('NNI_MRS_PLUGIN_NO_AUTOLOAD', '0') in ('', '0') and "
+    "exec(\"try:\\n import nni_mrs_plugin\\nexcept Exception as e:\\n"
     " sys.stderr.write('nni-mrs-plugin: NNI compat hooks not installed: %s\\\\n' % e)\")\n"
 )
 

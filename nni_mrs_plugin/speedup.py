@@ -12,7 +12,6 @@ helper in ``nni.compression.utils`` also works with this plugin installed, but i
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from typing import Any, Dict, List, Optional, Tuple, Type
@@ -37,17 +36,11 @@ class TraceError(RuntimeError):
     """NNI's tracer cannot follow the model's forward pass."""
 
 
-@contextlib.contextmanager
-def _quiet_nni():
-    """NNI logs every replaced module at INFO; keep that out of the user's console unless asked for."""
-    logger = logging.getLogger("nni")
-    level = logger.level
-    if logger.getEffectiveLevel() < logging.WARNING:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+# ModelSpeedup forces its default logger to INFO and logs every node; it gets this one instead, quiet unless
+# the user lowers its level (logging.getLogger("nni_mrs_plugin.speedup").setLevel(logging.INFO)).
+_logger = logging.getLogger(__name__)
+if _logger.level == logging.NOTSET:
+    _logger.setLevel(logging.ERROR)
 
 
 def _as_tuple(dummy_input: Any) -> Tuple[Any, ...]:
@@ -61,7 +54,7 @@ def trace(model: nn.Module, dummy_input: Any) -> torch.fx.GraphModule:
 
     args = _as_tuple(dummy_input)
     try:
-        with _quiet_nni(), torch.no_grad():
+        with torch.no_grad():
             graph_module = concrete_trace(model, args)
             ShapeProp(graph_module).propagate(*args)
     except Exception as err:  # the tracer raises anything from AssertionError to TypeError
@@ -142,13 +135,15 @@ def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module
 
     if not masks:
         raise ValueError("masks is empty: nothing to remove (did the config_list select any layer?)")
+    nni_log = logging.getLogger("nni.compression.speedup")  # its replacer logs each module at INFO
+    saved_level = nni_log.level
+    nni_log.setLevel(_logger.getEffectiveLevel())
     try:
-        with _quiet_nni():
-            ModelSpeedup(model, _as_tuple(dummy_input), masks).speedup_model()
-    except TraceError:
-        raise
+        ModelSpeedup(model, _as_tuple(dummy_input), masks, logger=_logger).speedup_model()
     except Exception as err:
         raise RuntimeError(f"ModelSpeedup failed on {type(model).__name__}: {type(err).__name__}: {err}") from err
+    finally:
+        nni_log.setLevel(saved_level)
     return model
 
 
