@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from conftest import MODEL_SHAPES
+from nni_mrs_plugin.models import MODELS, Normalize, build_model
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_output_shape_and_configurable_heads(name):
+    channels, side = MODEL_SHAPES[name]
+    model = build_model(name, num_classes=7, in_channels=channels).eval()
+    assert model(torch.rand(3, channels, side, side)).shape == (3, 7)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg16_bn", "mobilenet_v2"])
+def test_cifar_models_take_grayscale_28x28_too(name):
+    model = build_model(name, num_classes=10, in_channels=1).eval()
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_normalisation_is_the_first_layer():
+    """Inputs stay in [0, 1] (what torchattacks expects); the model itself normalises."""
+    model = build_model("resnet18", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    first = next(iter(model.children()))
+    assert isinstance(first, Normalize)
+    x = torch.full((1, 3, 4, 4), 0.75)
+    assert torch.allclose(first(x), torch.ones_like(x))
+
+
+def test_cifar_resnet_has_3x3_stem_and_no_maxpool():
+    model = build_model("resnet18")
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown model 'resnet50'.*resnet18"):
+        build_model("resnet50")
+    with pytest.raises(ValueError, match="num_classes and in_channels must be >= 1"):
+        build_model("small_cnn", num_classes=0)
+    with pytest.raises(ValueError, match="std must be positive"):
+        Normalize((0.5,), (0.0,))
+    with pytest.raises(ValueError, match="mean has 1 values for in_channels=3"):
+        build_model("resnet18", mean=(0.5,), std=(0.5,))
