@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, BinaryIO, Callable, Dict, Union
 
 import torch
 from torch import nn
 
 from .models import build_model
 
-__all__ = ["architecture", "rebuild", "save_pruned", "load_pruned", "atomic_save"]
+__all__ = ["architecture", "rebuild", "save_pruned", "load_pruned", "atomic_save", "atomic_write"]
 
 _RESIZABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -57,14 +57,15 @@ def rebuild(arch: Dict[str, Any]) -> nn.Module:
     return model
 
 
-def atomic_save(obj: Any, path: Union[str, Path]) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> Path:
+    """Write through ``write(file)`` to a temporary file in the same folder, then rename: a crash never
+    leaves half a file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -72,6 +73,11 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_save(obj: Any, path: Union[str, Path]) -> Path:
+    """``torch.save`` atomically (see ``atomic_write``)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_pruned(path: Union[str, Path], model: nn.Module, name: str, **model_kwargs: Any) -> Path:

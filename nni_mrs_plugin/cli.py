@@ -7,22 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
 
 __all__ = ["main"]
-
-
-def _write_json_atomic(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _positive_int(text: str) -> int:
@@ -73,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import save_pruned
+    from .checkpoint import atomic_write, save_pruned
     from .data import DATASETS, make_loaders
     from .metrics import accuracy, count_flops, count_params, measure_latency
     from .models import build_model
@@ -118,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     save_pruned(out / "pruned.pt", model.cpu(), args.model, **model_kwargs)
     results = {"config": vars(args), "device": str(device), "dense": dense, "pruned": pruned,
                "seconds": round(time.time() - started, 1)}
-    _write_json_atomic(results, out / "results.json")
+    atomic_write(out / "results.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
 
     rows = [("params", "params", "{:,}"), ("FLOPs", "flops", "{:,}"), ("accuracy", "accuracy", "{:.2%}"),
             ("CPU latency (batch 1, ms)", "cpu_latency_ms", "{:.3f}")]

@@ -12,7 +12,6 @@ e.g. to reproduce an upstream failure.
 from __future__ import annotations
 
 import importlib.abc
-import importlib.machinery
 import inspect
 import os
 import sys
@@ -88,10 +87,8 @@ def _accept_is_impure_arguments(tracer: ModuleType) -> None:
 # --- fix 3: a debug print left in NNI's mask-conflict resolution ------------------------------------------
 
 def _has_debug_print(module: ModuleType) -> bool:
-    import inspect as _inspect
-
     try:
-        return "print(prune_axis, prune_type)" in _inspect.getsource(module)
+        return "print(prune_axis, prune_type)" in inspect.getsource(module)
     except (OSError, TypeError):
         return False
 

@@ -92,15 +92,16 @@ def output_channel_keep(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(mask.shape[0], -1).bool().any(dim=1)
 
 
-def _following_batchnorm(graph_module: torch.fx.GraphModule, name: str) -> Optional[str]:
-    """The BatchNorm a layer feeds directly and only, if any (conv -> bn, the pattern removal deletes together)."""
+def _following_batchnorms(graph_module: torch.fx.GraphModule) -> Dict[str, str]:
+    """Layer -> the BatchNorm it feeds directly and only (conv -> bn, the pair removal deletes together)."""
     modules = dict(graph_module.named_modules())
+    pairs = {}
     for node in graph_module.graph.nodes:
-        if node.op == "call_module" and node.target == name and len(node.users) == 1:
+        if node.op == "call_module" and len(node.users) == 1:
             (user,) = node.users
             if user.op == "call_module" and isinstance(modules.get(user.target), _BATCHNORMS):
-                return user.target
-    return None
+                pairs[node.target] = user.target
+    return pairs
 
 
 @torch.no_grad()
@@ -111,6 +112,7 @@ def mask_like_removal(model: nn.Module, masks: Masks, dummy_input: Any,
     The result computes what ``ModelSpeedup`` produces (up to float rounding), without changing shapes.
     """
     graph_module = graph_module if graph_module is not None else trace(model, dummy_input)
+    batchnorm_after = _following_batchnorms(graph_module)
     modules = dict(model.named_modules())
     for name, layer_masks in masks.items():
         weight_mask = layer_masks.get("weight")
@@ -121,7 +123,7 @@ def mask_like_removal(model: nn.Module, masks: Masks, dummy_input: Any,
         layer.weight.mul_(weight_mask.to(layer.weight))
         if getattr(layer, "bias", None) is not None:
             layer.bias.mul_(keep.to(layer.bias))
-        bn_name = _following_batchnorm(graph_module, name)
+        bn_name = batchnorm_after.get(name)
         if bn_name is not None:
             bn = modules[bn_name]
             bn.weight.mul_(keep.to(bn.weight))
