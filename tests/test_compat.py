@@ -2,6 +2,9 @@
 
 Every check runs in a fresh interpreter, because the fixes are installed at import time.
 """
+import zipfile
+from pathlib import Path
+
 import pytest
 
 from conftest import run_python
@@ -117,3 +120,16 @@ def test_describe_lists_every_fix():
     text = compat.describe()
     for name, fix in compat.FIXES.items():
         assert name in text and fix.upstream in text
+
+
+def test_wheel_ships_the_start_up_hook(tmp_path):
+    """A regular (non-editable) install gets nni_mrs_plugin.pth at the top of site-packages, like editable ones."""
+    root = Path(__file__).resolve().parents[1]
+    result = run_python(["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+                         str(root)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = tmp_path.glob("nni_mrs_plugin-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert "nni_mrs_plugin.pth" in archive.namelist()
+        line = archive.read("nni_mrs_plugin.pth").decode()
+    assert line.startswith("import ") and "import nni_mrs_plugin" in line and "NNI_MRS_PLUGIN_NO_AUTOLOAD" in line
