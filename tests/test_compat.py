@@ -59,8 +59,10 @@ def test_fixes_apply_when_nni_was_imported_first():
     result = run_python(code, {"NNI_MRS_PLUGIN_NO_AUTOLOAD": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     applied = result.stdout.splitlines()[0]
-    for fix in UPSTREAM_ERRORS:
-        assert fix in applied
+    assert "mask-conflict-debug-print" in applied  # always needed with NNI 3.0
+    # the tracer fixes apply only where this torch needs them (test_each_tracer_fix_is_needed shows where);
+    # either way ModelSpeedup above succeeded with NNI imported before the plugin
+    assert "params" in result.stdout
 
 
 def test_without_plugin_or_hook_upstream_fails():
