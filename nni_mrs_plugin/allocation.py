@@ -1,0 +1,141 @@
+"""Turn module robustness sensitivities into per-unit pruning ratios that meet a global budget.
+
+r_u = clip(c * (mean(m) / m_u) ** tau, r_min_u, r_max_u): more sensitive units are pruned less; tau = 0 gives
+one ratio for every unit (the uniform baseline). ``c`` is found by bisection on the *predicted sped-up model*
+(``CostModel``), then single channels are adjusted, least sensitive units first, until the removed fraction
+is within the tolerance of the target.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Mapping, Sequence
+
+from .cost import BUDGETS, CostModel
+from .units import Unit
+
+__all__ = ["UnitReport", "Allocation", "allocate", "weights_from_scores"]
+
+
+@dataclass
+class UnitReport:
+    """One row of the allocation report."""
+
+    unit: str
+    layers: List[str]
+    mrs: float
+    ratio: float
+    channels_before: int
+    channels_after: int
+    budget_share: float
+
+
+@dataclass
+class Allocation:
+    """An NNI config_list (per-layer ``sparse_ratio`` + ``dependency_group_id``) and why each ratio was chosen."""
+
+    config_list: List[dict]
+    report: List[UnitReport]
+    target: float
+    achieved: float
+    budget: str
+    skipped: Dict[str, str]
+
+    def as_dict(self) -> dict:
+        return {"target": self.target, "achieved": self.achieved, "budget": self.budget, "skipped": self.skipped,
+                "units": [asdict(row) for row in self.report], "config_list": self.config_list}
+
+    def table(self) -> str:
+        """The report as aligned text, most sensitive unit first."""
+        rows = sorted(self.report, key=lambda row: -row.mrs)
+        lines = [f"{'unit':<28} {'layers':>6} {'MRS':>10} {'ratio':>6} {'channels':>11} {'share':>6}"]
+        for row in rows:
+            lines.append(f"{row.unit[:28]:<28} {len(row.layers):>6} {row.mrs:>10.4g} {row.ratio:>6.3f} "
+                         f"{row.channels_before:>5}->{row.channels_after:<5} {row.budget_share:>6.3f}")
+        lines.append(f"removed {self.achieved:.4f} of {self.budget} (target {self.target:.4f})")
+        return "\n".join(lines)
+
+
+def weights_from_scores(scores: Mapping[str, float], tau: float) -> Dict[str, float]:
+    """(mean(m) / m_u) ** tau, with non-positive sensitivities floored at a millionth of the largest."""
+    if not math.isfinite(tau) or tau < 0:
+        raise ValueError(f"tau must be a finite number >= 0 (0 = uniform ratios), got {tau}")
+    bad = {name: value for name, value in scores.items() if not math.isfinite(value)}
+    if bad:
+        raise ValueError(f"sensitivities must be finite, got {bad}")
+    if tau == 0 or not scores:
+        return {name: 1.0 for name in scores}
+    floor = max(max((abs(v) for v in scores.values()), default=0.0) * 1e-6, 1e-12)
+    clipped = {name: max(value, floor) for name, value in scores.items()}
+    mean = sum(clipped.values()) / len(clipped)
+    return {name: (mean / value) ** tau for name, value in clipped.items()}
+
+
+def _pruned(units: Sequence[Unit], weights: Mapping[str, float], c: float) -> Dict[str, int]:
+    out = {}
+    for unit in units:
+        ratio = min(max(c * weights[unit.name], unit.min_ratio), unit.max_ratio)
+        count = math.floor(unit.per_block * ratio + 1e-9)
+        out[unit.name] = min(max(count, unit.min_pruned_per_block()), unit.max_pruned_per_block())
+    return out
+
+
+def allocate(units: Sequence[Unit], scores: Mapping[str, float], cost: CostModel, target: float,
+             budget: str = "flops", tau: float = 1.0, tolerance: float = 0.01) -> Dict[str, int]:
+    """Channels to prune per block for each unit so that the sped-up model loses ``target`` of ``budget``."""
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target sparse_ratio must be in (0, 1), got {target}")
+    missing = [unit.name for unit in units if unit.name not in scores]
+    if missing:
+        raise ValueError(f"no sensitivity for units {missing}")
+    weights = weights_from_scores({unit.name: scores[unit.name] for unit in units}, tau)
+
+    def removed(pruned: Mapping[str, int]) -> float:
+        return cost.removed_fraction({u.name: u.kept(pruned[u.name]) for u in units}, budget)
+
+    c_high = max(unit.max_ratio / weights[unit.name] for unit in units) + 1e-9
+    lowest, highest = removed(_pruned(units, weights, 0.0)), removed(_pruned(units, weights, c_high))
+    if target > highest + tolerance:
+        raise ValueError(f"cannot remove {target:.4f} of the model's {budget}: with this selection and "
+                         f"max_sparse_ratio bounds the most reachable is {highest:.4f} (select more layers or raise "
+                         f"max_sparse_ratio/r_max)")
+    if target < lowest - tolerance:
+        raise ValueError(f"cannot remove only {target:.4f} of the model's {budget}: min_sparse_ratio bounds already "
+                         f"remove {lowest:.4f}")
+    low, high = 0.0, c_high
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        if removed(_pruned(units, weights, middle)) < target:
+            low = middle
+        else:
+            high = middle
+    below, above = _pruned(units, weights, low), _pruned(units, weights, high)
+    best = min((below, above), key=lambda p: abs(removed(p) - target))
+    return _refine(units, weights, best, removed, target, tolerance)
+
+
+def _refine(units, weights, pruned, removed, target, tolerance) -> Dict[str, int]:
+    """Move single channels until the removed fraction is within tolerance: prune more from the least
+    sensitive units (largest weight) first, give back to the most sensitive first."""
+    pruned = dict(pruned)
+    order = sorted(units, key=lambda unit: -weights[unit.name])
+    for _ in range(sum(unit.per_block for unit in units)):
+        current = removed(pruned)
+        if abs(current - target) <= tolerance:
+            break
+        step = 1 if current < target else -1
+        candidates = order if step == 1 else order[::-1]
+        moved = False
+        for unit in candidates:
+            count = pruned[unit.name] + step
+            if not unit.min_pruned_per_block() <= count <= unit.max_pruned_per_block():
+                continue
+            trial = dict(pruned, **{unit.name: count})
+            if abs(removed(trial) - target) < abs(current - target):
+                pruned, moved = trial, True
+                break
+        if not moved:
+            break
+    return pruned

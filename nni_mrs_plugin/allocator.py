@@ -1,0 +1,117 @@
+"""``MRSSparsityAllocator``: an NNI config_list in, a per-unit NNI config_list out.
+
+selection (NNI config_list) -> units (dependency groups) -> calibration X' (torchattacks) -> MRS per unit
+-> ratios meeting the global budget on the predicted sped-up model -> config_list any NNI pruner accepts.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from . import allocation
+from .calibration import adversarial_examples, collect_samples, default_eps, make_attack
+from .cost import BUDGETS, CostModel
+from .sensitivity import CRITERIA, ESTIMATORS, Estimator, build_estimator
+from .units import Unit, find_units, parse_config_list
+
+__all__ = ["MRSSparsityAllocator"]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class MRSSparsityAllocator:
+    """Per-unit pruning ratios from module robustness sensitivity, meeting a global budget after speedup.
+
+    ``allocate(model, config_list, calibration)`` returns an :class:`~nni_mrs_plugin.allocation.Allocation`
+    whose ``config_list`` has one entry per unit (``op_names``, ``sparse_ratio``, ``dependency_group_id``).
+    ``config_list`` here is an NNI selection whose ``sparse_ratio`` is the *global* fraction of the budget to
+    remove; ``min_sparse_ratio``/``max_sparse_ratio`` bound each selected layer.
+    """
+
+    def __init__(self, estimator: Any = "weight", budget: str = "flops", tau: float = 1.0, *,
+                 criterion: str = "l1", attack: Any = None, attack_kwargs: Optional[Dict[str, Any]] = None,
+                 eps: Optional[float] = None, n_samples: int = 512, batch_size: int = 256, seed: int = 0,
+                 r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01, progress: bool = True,
+                 **estimator_options: Any):
+        if budget not in BUDGETS:
+            raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+        if criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+        if not isinstance(estimator, Estimator) and estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        if not 0.0 <= r_min <= r_max < 1.0:
+            raise ValueError(f"need 0 <= r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
+        if eps is not None and not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if not 0.0 < tolerance < 0.5:
+            raise ValueError(f"tolerance must be in (0, 0.5), got {tolerance}")
+        allocation.weights_from_scores({}, tau)  # validates tau
+        if estimator == "probe":
+            estimator_options.setdefault("criterion", criterion)
+        self.estimator = build_estimator(estimator, batch_size=batch_size, progress=progress, **estimator_options)
+        self.budget, self.tau, self.criterion = budget, tau, criterion
+        self.attack, self.attack_kwargs, self.eps = attack, dict(attack_kwargs or {}), eps
+        self.n_samples, self.batch_size, self.seed = n_samples, batch_size, seed
+        self.r_min, self.r_max, self.tolerance, self.progress = r_min, r_max, tolerance, progress
+        self.adversarial_data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (X', Y) of the last allocate
+
+    # -- the steps, usable one by one ---------------------------------------------------------------------
+    def units(self, model: nn.Module, config_list: Sequence[Dict[str, Any]], dummy_input: Any):
+        """(global target, units, skipped layers, traced graph) for this selection."""
+        selection = parse_config_list(model, config_list)
+        units, skipped, graph_module = find_units(model, selection, dummy_input, self.r_min, self.r_max)
+        return selection.target, units, skipped, graph_module
+
+    def calibrate(self, model: nn.Module, calibration: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(X', Y): the calibration samples and their adversarial versions, on the model's device."""
+        x, y = collect_samples(calibration, self.n_samples, self.seed)
+        device = _device_of(model)
+        x, y = x.to(device), y.to(device)
+        eps = self.eps if self.eps is not None else default_eps(x)
+        attack = make_attack(model, self.attack, eps, **self.attack_kwargs)
+        return adversarial_examples(model, x, y, attack, self.batch_size, self.seed, self.progress), y
+
+    def sensitivities(self, model: nn.Module, units: Sequence[Unit], x_adv: torch.Tensor, y: torch.Tensor,
+                      graph_module: Optional[torch.fx.GraphModule] = None) -> Dict[str, float]:
+        with torch.random.fork_rng(devices=[x_adv.device] if x_adv.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            return self.estimator(model, units, x_adv, y, graph_module)
+
+    # -- all of it ----------------------------------------------------------------------------------------
+    def allocate(self, model: nn.Module, config_list: Sequence[Dict[str, Any]], calibration: Any = None,
+                 dummy_input: Any = None, scores: Optional[Mapping[str, float]] = None) -> allocation.Allocation:
+        """Select, group, measure MRS (unless ``scores`` are given) and allocate; the model is left unchanged."""
+        if dummy_input is None:
+            if calibration is None:
+                raise ValueError("need dummy_input (or calibration data to take one sample from)")
+            dummy_input = collect_samples(calibration, 1, self.seed)[0].to(_device_of(model))
+        target, units, skipped, graph_module = self.units(model, config_list, dummy_input)
+        if scores is None:
+            x_adv, y = self.calibrate(model, calibration)
+            self.adversarial_data = (x_adv, y)
+            scores = self.sensitivities(model, units, x_adv, y, graph_module)
+        cost = CostModel(model, graph_module, units, dummy_input)
+        pruned = allocation.allocate(units, scores, cost, target, self.budget, self.tau, self.tolerance)
+        return self.report(units, scores, pruned, cost, target, skipped)
+
+    def report(self, units: Sequence[Unit], scores: Mapping[str, float], pruned: Mapping[str, int],
+               cost: CostModel, target: float, skipped: Dict[str, str]) -> allocation.Allocation:
+        kept = {unit.name: unit.kept(pruned[unit.name]) for unit in units}
+        shares = cost.unit_share(self.budget)
+        config_list: List[dict] = []
+        rows = []
+        for unit in units:
+            entry = {"op_names": list(unit.layers), "sparse_ratio": unit.sparse_ratio(pruned[unit.name]),
+                     "dependency_group_id": unit.name}
+            if unit.block > 1:
+                entry["internal_metric_block"] = unit.block
+            config_list.append(entry)
+            rows.append(allocation.UnitReport(unit.name, list(unit.layers), float(scores[unit.name]),
+                                              1.0 - kept[unit.name] / unit.channels, unit.channels, kept[unit.name],
+                                              shares[unit.name]))
+        return allocation.Allocation(config_list, rows, target, cost.removed_fraction(kept, self.budget),
+                                     self.budget, dict(skipped))

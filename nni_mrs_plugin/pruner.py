@@ -1,0 +1,146 @@
+"""``MRSPruner``: an NNI 3.0 ``Pruner`` whose per-layer ratios come from module robustness sensitivity.
+
+It follows NNI's collect -> metrics -> sparsity pipeline: ``_collect_data`` measures MRS on adversarial
+calibration data and allocates per-unit ratios (``MRSSparsityAllocator``), ``_calculate_metrics`` scores
+channels by the criterion (NNI's own L1/L2/FPGM metrics, or Taylor on adversarial gradients), and
+``_generate_sparsity`` is NNI's ``generate_sparsity`` on the allocated ratios and dependency groups. So
+``compress()`` returns ``(model, masks)``, and ``unwrap_model()`` then ``ModelSpeedup`` removes the channels.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from nni.compression.base.compressor import Pruner
+from nni.compression.pruning.tools import active_sparse_targets_filter, fpgm_metrics, generate_sparsity, norm_metrics
+
+from .allocation import Allocation
+from .allocator import MRSSparsityAllocator
+from .sensitivity import weight_gradients
+from .units import parse_config_list
+
+__all__ = ["MRSPruner"]
+
+
+class MRSPruner(Pruner):
+    """Prune channels with per-unit ratios set by module robustness sensitivity (MRS).
+
+    ``config_list`` is NNI's: op selection and exclusions, ``min_sparse_ratio``/``max_sparse_ratio`` bounds,
+    and ``sparse_ratio`` as the *global* fraction of the ``budget`` ('flops', 'params' or 'channels') that
+    the sped-up model loses. ``calibration`` is a DataLoader or an (x, y) pair; without it, ``evaluator``
+    training runs for ``training_steps`` steps and its batches are the calibration data. Further keyword
+    options go to :class:`MRSSparsityAllocator` (``eps``, ``n_samples``, ``rho``, ``steps``, ``seed``, ...).
+    After ``compress()``, ``allocation`` holds the per-unit report.
+    """
+
+    def __init__(self, model: nn.Module, config_list: List[Dict[str, Any]], evaluator: Any = None, *,
+                 calibration: Any = None, attack: Any = None, estimator: Any = "weight", criterion: str = "l1",
+                 budget: str = "flops", tau: float = 1.0, dummy_input: Any = None, training_steps: int = 10,
+                 existed_wrappers: Optional[Dict[str, Any]] = None, **allocator_options: Any):
+        self.allocator = MRSSparsityAllocator(estimator, budget, tau, criterion=criterion, attack=attack,
+                                              **allocator_options)
+        parse_config_list(model, config_list)  # a clear error now, not NNI's schema traceback later
+        if calibration is None and evaluator is None:
+            raise ValueError("MRSPruner needs calibration data (a DataLoader or an (x, y) pair) or an evaluator "
+                             "whose training batches it can use")
+        if training_steps < 1:
+            raise ValueError(f"training_steps must be >= 1, got {training_steps}")
+        super().__init__(model, config_list, evaluator, existed_wrappers)
+        self.calibration, self.dummy_input, self.training_steps = calibration, dummy_input, training_steps
+        self.criterion = criterion
+        self.allocation: Optional[Allocation] = None
+        self._captured: List[tuple] = []
+        self._gradients: Dict[str, torch.Tensor] = {}
+
+    # -- NNI's pipeline -----------------------------------------------------------------------------------
+    def _collect_data(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        calibration = self.calibration if self.calibration is not None else self._captured_pair()
+        was_wrapped = self._is_wrapped
+        if was_wrapped:
+            self.unwrap_model()
+        try:
+            self.allocation = self._allocate(self.bound_model, calibration)
+        finally:
+            if was_wrapped:
+                self.wrap_model()
+        data = active_sparse_targets_filter(self._target_spaces)
+        if self.criterion == "taylor":  # NNI's Taylor importance, on adversarial instead of training gradients
+            for layer, grad in self._gradients.items():
+                data[layer]["weight"] = (data[layer]["weight"] * grad.to(data[layer]["weight"])).pow(2)
+        return data
+
+    def _calculate_metrics(self, data: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
+        if self.criterion == "fpgm":
+            return fpgm_metrics(p=2, data=data, target_spaces=self._target_spaces)
+        return norm_metrics(p=2 if self.criterion == "l2" else 1, data=data, target_spaces=self._target_spaces)
+
+    def _generate_sparsity(self, metrics: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
+        assert self.allocation is not None
+        allocated = {layer: entry for entry in self.allocation.config_list for layer in entry["op_names"]}
+        for layer, spaces in self._target_spaces.items():
+            space = spaces.get("weight")
+            if space is None:
+                continue
+            entry = allocated.get(layer)
+            space.sparse_ratio = float(entry["sparse_ratio"]) if entry else 0.0
+            if entry:
+                space.dependency_group_id = entry["dependency_group_id"]
+                if "internal_metric_block" in entry:
+                    space._setting["internal_metric_block"] = entry["internal_metric_block"]
+        return generate_sparsity(metrics, self._target_spaces)
+
+    def _allocate(self, model: nn.Module, calibration: Any) -> Allocation:
+        dummy_input = self.dummy_input
+        if dummy_input is None and self.evaluator is not None:
+            dummy_input = self.evaluator.get_dummy_input()
+        if isinstance(dummy_input, torch.Tensor):
+            dummy_input = dummy_input.to(next(model.parameters()).device)
+        result = self.allocator.allocate(model, self.config_list, calibration, dummy_input)
+        if self.criterion == "taylor":
+            x_adv, y = self.allocator.adversarial_data
+            layers = [layer for entry in result.config_list for layer in entry["op_names"]]
+            self._gradients = weight_gradients(model, layers, x_adv, y, self.allocator.batch_size)
+        return result
+
+    # -- one-shot, or inside evaluator training ---------------------------------------------------------
+    def _single_compress(self, max_steps: Optional[int], max_epochs: Optional[int]) -> None:
+        if self.calibration is None:
+            self._fusion_compress(self.training_steps, None)
+            return
+        if max_steps is not None or max_epochs is not None:
+            raise ValueError("with calibration data MRSPruner prunes in one shot: call compress() without "
+                             "max_steps/max_epochs, then fine-tune")
+        self.update_masks(self.generate_masks())
+
+    def _fuse_preprocess(self, evaluator: Any) -> None:
+        self._captured, self._step = [], 0
+
+        def capture(loss: torch.Tensor, batch: Any) -> torch.Tensor:
+            if self.calibration is None and self._step < self.training_steps:
+                if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+                    self._captured.append((batch[0].detach(), batch[1].detach()))
+            return loss
+
+        def after_step() -> None:
+            self._step += 1
+            if self._step == self.training_steps:
+                self.update_masks(self.generate_masks())
+
+        evaluator.patch_loss(capture)
+        evaluator.patch_optimizer_step(before_step_tasks=[], after_step_tasks=[after_step])
+
+    def _fuse_postprocess(self, evaluator: Any) -> None:
+        if self.allocation is None:  # training stopped before training_steps: prune with what was seen
+            self.update_masks(self.generate_masks())
+
+    def _captured_pair(self):
+        if not self._captured:
+            raise ValueError("no calibration data: the evaluator's training_step received no (x, y) batch; pass "
+                             "calibration=DataLoader or (x, y)")
+        return torch.cat([x for x, _ in self._captured]), torch.cat([y for _, y in self._captured])
+
+    def compress(self, max_steps: Optional[int] = None, max_epochs: Optional[int] = None):
+        """Returns ``(model, masks)``; the report is in ``self.allocation``."""
+        return super().compress(max_steps, max_epochs)

@@ -1,0 +1,205 @@
+"""Pruning units: the selected layers, grouped so that layers whose output channels must go together share one
+pruning ratio.
+
+A *unit* is one Conv/Linear layer, or an NNI dependency group (residual adds, depthwise chains) found by
+NNI's torch.fx helper on the whole model. A group is prunable only when every member is selected: pruning one
+branch of a residual add alone removes nothing (the other branch keeps the channel alive). Layers that produce
+the model's output (the classifier) are never pruned: removing their channels would remove classes.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .speedup import group_dependencies, trace
+
+__all__ = ["Unit", "Selection", "PRUNABLE_TYPES", "parse_config_list", "find_units", "output_layers"]
+
+PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_SELECTION_KEYS = ("op_names", "op_types", "op_names_re", "exclude_op_names", "exclude_op_types",
+                   "exclude_op_names_re")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Layers pruned together: same output channels removed from each, chosen by one fused importance."""
+
+    name: str
+    layers: Tuple[str, ...]
+    channels: int
+    block: int = 1
+    min_ratio: float = 0.0
+    max_ratio: float = 0.9
+
+    @property
+    def per_block(self) -> int:
+        return self.channels // self.block
+
+    def max_pruned_per_block(self) -> int:
+        """Largest per-block prune count the bounds allow, always keeping one channel per block."""
+        return min(self.per_block - 1, math.floor(self.per_block * self.max_ratio + 1e-9))
+
+    def min_pruned_per_block(self) -> int:
+        return min(self.max_pruned_per_block(), math.ceil(self.per_block * self.min_ratio - 1e-9))
+
+    def kept(self, pruned_per_block: int) -> int:
+        return (self.per_block - pruned_per_block) * self.block
+
+    def sparse_ratio(self, pruned_per_block: int) -> float:
+        """The ``sparse_ratio`` that makes NNI prune exactly ``pruned_per_block`` channels per block.
+
+        NNI prunes ``int(per_block * sparse_ratio)`` channels; j / n can land just below j in floating point.
+        """
+        if pruned_per_block == 0:
+            return 0.0
+        ratio = pruned_per_block / self.per_block
+        while int(self.per_block * ratio) < pruned_per_block:
+            ratio = math.nextafter(ratio, 1.0)
+        return ratio
+
+
+@dataclass
+class Selection:
+    """What a config_list asks for: the global target, per-layer bounds, and the layers it selects."""
+
+    target: float
+    layers: List[str]
+    bounds: Dict[str, Tuple[Optional[float], Optional[float]]] = field(default_factory=dict)
+
+
+def _check_ratio(value: Any, key: str, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    value = float(value)
+    if low_open and not 0.0 < value < 1.0:
+        raise ValueError(f"{key} must be in (0, 1) (the fraction of the budget to remove), got {value}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{key} must be in [0, 1], got {value}")
+    return value
+
+
+def parse_config_list(model: nn.Module, config_list: Sequence[Dict[str, Any]]) -> Selection:
+    """Validate an NNI config_list and read the global target (``sparse_ratio``) and per-layer bounds.
+
+    NNI's semantics: each entry selects layers by ``op_*`` keys minus ``exclude_op_*``; a layer's setting comes
+    from the last entry that selects it. All entries carrying ``sparse_ratio`` must agree: it is the global
+    fraction of the budget to remove, not a per-layer ratio.
+    """
+    from nni.compression.base.config import default_config_schema, select_modules_by_config
+
+    if isinstance(config_list, dict) or not isinstance(config_list, Sequence) or not config_list:
+        raise ValueError(f"config_list must be a non-empty list of dicts, got {config_list!r}")
+    schema = default_config_schema("pruning")
+    targets, settings = set(), {}
+    for index, config in enumerate(config_list):
+        if not isinstance(config, dict):
+            raise ValueError(f"config_list[{index}] must be a dict, got {config!r}")
+        try:
+            schema.validate(copy.deepcopy(config))
+        except Exception as err:
+            raise ValueError(f"config_list[{index}] = {config} is not a valid NNI pruning config: {err}") from None
+        if "sparse_threshold" in config or "global_group_id" in config or "dependency_group_id" in config:
+            raise ValueError(f"config_list[{index}]: sparse_threshold/global_group_id/dependency_group_id are set by "
+                             f"the MRS allocator; give the global target as sparse_ratio")
+        if "sparse_ratio" in config:
+            targets.add(_check_ratio(config["sparse_ratio"], "sparse_ratio", low_open=True))
+        low = config.get("min_sparse_ratio")
+        high = config.get("max_sparse_ratio")
+        low = None if low is None else _check_ratio(low, "min_sparse_ratio")
+        high = None if high is None else _check_ratio(high, "max_sparse_ratio")
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"config_list[{index}]: min_sparse_ratio {low} > max_sparse_ratio {high}")
+        selected, _, _ = select_modules_by_config(model, config)
+        for name in selected:
+            settings[name] = (low, high)
+    if not targets:
+        raise ValueError("config_list gives no sparse_ratio: set it to the fraction of the budget to remove, e.g. 0.5")
+    if len(targets) > 1:
+        raise ValueError(f"config_list entries give different sparse_ratio values {sorted(targets)}: MRS allocates "
+                         f"one global target; give it once and bound layers with min/max_sparse_ratio")
+    modules = dict(model.named_modules())
+    wrong = {name: type(modules[name]).__name__ for name in settings if not isinstance(modules[name], PRUNABLE_TYPES)}
+    if wrong:
+        raise ValueError(f"config_list selects layers that channel pruning cannot handle: {wrong}; allowed types are "
+                         f"{', '.join(t.__name__ for t in PRUNABLE_TYPES)} (use op_types=['Conv2d', 'Linear'])")
+    if not settings:
+        raise ValueError(f"config_list {list(config_list)} selects no layer of {type(model).__name__}")
+    order = [name for name, _ in model.named_modules() if name in settings]
+    return Selection(target=targets.pop(), layers=order, bounds=settings)
+
+
+def output_layers(graph_module: torch.fx.GraphModule) -> List[str]:
+    """Conv/Linear layers whose output reaches the model output without passing another Conv/Linear."""
+    modules = dict(graph_module.named_modules())
+    found, seen = [], set()
+    stack = [node for node in graph_module.graph.nodes if node.op == "output"]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "call_module" and isinstance(modules.get(node.target), PRUNABLE_TYPES):
+            found.append(node.target)
+            continue
+        stack.extend(node.all_input_nodes)
+    return found
+
+
+def find_units(model: nn.Module, selection: Selection, dummy_input: Any, r_min: float = 0.0, r_max: float = 0.9,
+               graph_module: Optional[torch.fx.GraphModule] = None
+               ) -> Tuple[List[Unit], Dict[str, str], torch.fx.GraphModule]:
+    """Group the selected layers into units; returns (units, {skipped layer: reason}, traced graph)."""
+    if not 0.0 <= r_min <= r_max < 1.0:
+        raise ValueError(f"need 0 <= r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
+    graph_module = graph_module if graph_module is not None else trace(model, dummy_input)
+    modules = dict(model.named_modules())
+    every_layer = [name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    grouped = group_dependencies(model, [{"op_names": every_layer, "sparse_ratio": 0.5}], dummy_input, graph_module)
+    order = {name: i for i, name in enumerate(every_layer)}
+    groups: Dict[str, List[str]] = {}
+    blocks: Dict[str, int] = {}
+    for config in grouped:
+        (layer,) = config["op_names"]
+        key = config.get("dependency_group_id", layer)
+        groups.setdefault(key, []).append(layer)
+        block = config.get("internal_metric_block") or 1
+        blocks[key] = math.lcm(blocks.get(key, 1), int(block))
+
+    selected = set(selection.layers)
+    outputs = set(output_layers(graph_module))
+    units, skipped = [], {}
+    for key, layers in groups.items():
+        layers = sorted(layers, key=order.__getitem__)
+        chosen = [name for name in layers if name in selected]
+        if not chosen:
+            continue
+        missing = [name for name in layers if name not in selected]
+        produces_output = [name for name in layers if name in outputs]
+        if produces_output:
+            reason = f"produces the model output ({', '.join(produces_output)}): pruning it would remove classes"
+        elif missing:
+            reason = f"shares output channels with unselected {', '.join(missing)} (select the whole group)"
+        else:
+            reason = ""
+        if reason:
+            skipped.update({name: reason for name in chosen})
+            continue
+        lows = [selection.bounds[name][0] for name in layers if selection.bounds[name][0] is not None]
+        highs = [selection.bounds[name][1] for name in layers if selection.bounds[name][1] is not None]
+        low, high = max(lows, default=r_min), min(highs, default=r_max)
+        if low > high:
+            raise ValueError(f"layers {layers} must be pruned together, but their bounds conflict: "
+                             f"min_sparse_ratio {low} > max_sparse_ratio {high}")
+        first = modules[layers[0]]
+        channels = first.out_features if isinstance(first, nn.Linear) else first.out_channels
+        units.append(Unit(name=layers[0], layers=tuple(layers), channels=channels, block=blocks[key],
+                          min_ratio=low, max_ratio=min(high, 1.0)))
+    units.sort(key=lambda unit: order[unit.layers[0]])
+    if not units:
+        raise ValueError(f"nothing left to prune in {type(model).__name__}: {skipped}")
+    return units, skipped, graph_module
