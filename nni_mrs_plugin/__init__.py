@@ -26,6 +26,11 @@ _EXPORTS = {
     "mask_like_removal": "speedup", "speedup_model": "speedup", "remove_channels": "speedup", "TraceError": "speedup",
     # measurement
     "count_params": "metrics", "count_flops": "metrics", "measure_latency": "metrics", "accuracy": "metrics",
+    # module robustness sensitivity -> allocation -> pruning
+    "MRSPruner": "pruner", "MRSSparsityAllocator": "allocator", "Allocation": "allocation",
+    "UnitReport": "allocation", "CostModel": "cost", "Unit": "units", "ESTIMATORS": "sensitivity",
+    "WeightMRS": "sensitivity", "ProbeMRS": "sensitivity", "TaylorMRS": "sensitivity",
+    "get_pruner": "registry", "register_pruner": "registry", "available_pruners": "registry",
     # checkpoints
     "save_pruned": "checkpoint", "load_pruned": "checkpoint", "architecture": "checkpoint", "rebuild": "checkpoint",
 }

@@ -132,9 +132,39 @@ def skipped_fixes() -> set:
     return {v.strip() for v in value.split(",") if v.strip()}
 
 
+# --- additions (not fixes): make the plugin's components visible where NNI users look for them -------------
+
+def _expose_mrs_pruner(module: ModuleType) -> None:
+    """``from nni.compression.pruning import MRSPruner``, loaded on first use (a module ``__getattr__``)."""
+    previous = module.__dict__.get("__getattr__")
+
+    def __getattr__(name: str):
+        if name == "MRSPruner":
+            from nni_mrs_plugin.pruner import MRSPruner
+
+            setattr(module, name, MRSPruner)
+            return MRSPruner
+        if previous is not None:
+            return previous(name)
+        raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
+
+    module.__getattr__ = __getattr__
+
+
+EXTENSIONS: Dict[str, Callable[[ModuleType], None]] = {"nni.compression.pruning": _expose_mrs_pruner}
+
+
+def _hooked_modules() -> set:
+    return {f.module for f in FIXES.values()} | set(EXTENSIONS)
+
+
 def _apply_fixes_for(module: ModuleType) -> None:
     skip = skipped_fixes()
     with _lock:
+        extend = EXTENSIONS.get(module.__name__)
+        if extend is not None and not getattr(module, "_nni_mrs_plugin_extended", False):
+            extend(module)
+            module._nni_mrs_plugin_extended = True
         for fix in FIXES.values():
             if fix.module != module.__name__ or fix.name in skip:
                 continue
@@ -196,8 +226,8 @@ def install() -> None:
         if "pytree-warnings" not in skip:
             _install_warning_filters()
         if not any(isinstance(f, _PostImportFinder) for f in sys.meta_path):
-            sys.meta_path.insert(0, _PostImportFinder({f.module for f in FIXES.values()}))
-        for name in {f.module for f in FIXES.values()}:
+            sys.meta_path.insert(0, _PostImportFinder(_hooked_modules()))
+        for name in _hooked_modules():
             module = sys.modules.get(name)
             if module is not None:
                 _apply_fixes_for(module)

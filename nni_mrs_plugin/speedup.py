@@ -141,7 +141,8 @@ def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module
     saved_level = nni_log.level
     nni_log.setLevel(_logger.getEffectiveLevel())
     try:
-        ModelSpeedup(model, _as_tuple(dummy_input), masks, logger=_logger).speedup_model()
+        # ModelSpeedup edits the masks it is given (mask-conflict fixing); the caller's stay as they were
+        ModelSpeedup(model, _as_tuple(dummy_input), copy.deepcopy(masks), logger=_logger).speedup_model()
     except Exception as err:
         raise RuntimeError(f"ModelSpeedup failed on {type(model).__name__}: {type(err).__name__}: {err}") from err
     finally:

@@ -1,0 +1,113 @@
+"""The allocator's budget is the one the sped-up model really has: the cost model is checked against
+``ModelSpeedup`` and the target is met within 1 point for the four architectures."""
+import copy
+import math
+import random
+
+import pytest
+import torch
+from conftest import MODEL_SHAPES, dummy_input, make_model
+
+from nni_mrs_plugin import allocation
+from nni_mrs_plugin.allocator import MRSSparsityAllocator
+from nni_mrs_plugin.cost import CostModel
+from nni_mrs_plugin.metrics import count_flops, count_params
+from nni_mrs_plugin.speedup import compute_masks, speedup_model
+
+SELECT = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}]
+
+
+def _random_scores(units, seed=0):
+    rng = random.Random(seed)
+    return {unit.name: math.exp(rng.uniform(-3, 3)) for unit in units}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", ["flops", "params"])
+@pytest.mark.parametrize("name", list(MODEL_SHAPES))
+def test_budget_met_after_speedup(name, budget):
+    model, x = make_model(name), dummy_input(name, 1)
+    allocator = MRSSparsityAllocator("taylor", budget, tau=1.0, progress=False)
+    _, units, _, graph_module = allocator.units(model, SELECT, x)
+    cost = CostModel(model, graph_module, units, x)
+    scores = _random_scores(units)
+    dense = count_flops(model, x) if budget == "flops" else count_params(model)
+    for target in (0.5, 0.75, 0.9):
+        pruned = allocation.allocate(units, scores, cost, target, budget, tau=1.0)
+        result = allocator.report(units, scores, pruned, cost, target, {})
+        ratios = {row.unit: row.ratio for row in result.report}
+        assert len(set(round(r, 3) for r in ratios.values())) > 1, "MRS should give non-uniform ratios"
+        small = copy.deepcopy(model)
+        speedup_model(small, compute_masks(small, result.config_list), x)
+        after = count_flops(small, x) if budget == "flops" else count_params(small)
+        removed = 1 - after / dense
+        assert abs(removed - target) <= 0.01, (name, budget, target, removed)
+        assert removed == pytest.approx(result.achieved, abs=1e-9), "cost model disagrees with ModelSpeedup"
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+def test_cost_model_counts_next_layer_inputs(name):
+    """Random per-unit channel counts: predicted FLOPs, params and channels equal the sped-up model's."""
+    model, x = make_model(name), dummy_input(name, 1)
+    allocator = MRSSparsityAllocator("taylor", progress=False)
+    _, units, _, graph_module = allocator.units(model, SELECT, x)
+    cost = CostModel(model, graph_module, units, x)
+    rng = random.Random(1)
+    pruned = {u.name: rng.randint(0, u.max_pruned_per_block()) for u in units}
+    kept = {u.name: u.kept(pruned[u.name]) for u in units}
+    result = allocator.report(units, {u.name: 1.0 for u in units}, pruned, cost, 0.5, {})
+    speedup_model(model, compute_masks(model, result.config_list), x)
+    assert cost.cost(kept, "flops") == count_flops(model, x)
+    assert cost.cost(kept, "params") == count_params(model)
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert cost.cost(kept, "channels") == sum(getattr(m, "out_channels", None) or m.out_features for m in layers)
+    # an output-only count would miss the shrunken inputs of the following layers
+    out_only = sum(t.flops * (sum(c * (1 if k is None else kept[k]) for k, c in t.out_form.items()) / t.out_dense)
+                   for t in cost._terms)
+    assert out_only > count_flops(model, x)
+
+
+def test_tau_zero_is_nni_uniform_l1():
+    """tau = 0 reproduces NNI's own uniform L1NormPruner masks when asked for the budget that pruner removes."""
+    name = "resnet18"
+    model, x = make_model(name), dummy_input(name, 1)
+    uniform = copy.deepcopy(model)
+    allocator = MRSSparsityAllocator("taylor", "flops", tau=0.0, progress=False)
+    _, units, _, graph_module = allocator.units(model, SELECT, x)
+    nni_config = [{"op_names": list(u.layers), "sparse_ratio": 0.5, "dependency_group_id": u.name} for u in units]
+    nni_masks = compute_masks(uniform, nni_config)
+    speedup_model(uniform, copy.deepcopy(nni_masks), x)
+    target = 1 - count_flops(uniform, x) / count_flops(model, x)
+    cost = CostModel(model, graph_module, units, x)
+    pruned = allocation.allocate(units, _random_scores(units), cost, target, "flops", tau=0.0)
+    assert {u.name: pruned[u.name] for u in units} == {u.name: u.channels // 2 for u in units}
+    result = allocator.report(units, _random_scores(units), pruned, cost, target, {})
+    masks = compute_masks(model, result.config_list)
+    assert masks.keys() == nni_masks.keys()
+    assert all(torch.equal(masks[k]["weight"], nni_masks[k]["weight"]) for k in masks)
+
+
+def test_unreachable_target_names_the_maximum():
+    name = "small_cnn"
+    model, x = make_model(name), dummy_input(name, 1)
+    allocator = MRSSparsityAllocator("taylor", "flops", r_max=0.3, progress=False)
+    _, units, _, graph_module = allocator.units(model, SELECT, x)
+    cost = CostModel(model, graph_module, units, x)
+    with pytest.raises(ValueError, match=r"cannot remove 0\.9000 .* most reachable is 0\.\d{4}"):
+        allocation.allocate(units, _random_scores(units), cost, 0.9, "flops")
+
+
+def test_units_follow_dependency_groups_and_skip_output_layers():
+    name = "resnet18"
+    model, x = make_model(name), dummy_input(name, 1)
+    allocator = MRSSparsityAllocator("taylor", progress=False)
+    _, units, skipped, _ = allocator.units(model, SELECT, x)
+    groups = {u.name: set(u.layers) for u in units}
+    assert groups["layer2.0.conv2"] == {"layer2.0.conv2", "layer2.0.shortcut.0", "layer2.1.conv2"}
+    assert groups["conv1"] == {"conv1", "layer1.0.conv2", "layer1.1.conv2"}
+    assert "fc" in skipped and "model output" in skipped["fc"]
+    # selecting one member of a residual group alone cannot remove channels: skipped with the reason
+    partial = [{"op_names": ["layer2.0.conv2", "layer2.0.conv1"], "sparse_ratio": 0.3}]
+    _, units, skipped, _ = allocator.units(model, partial, x)
+    assert [u.name for u in units] == ["layer2.0.conv1"]
+    assert "layer2.0.shortcut.0" in skipped["layer2.0.conv2"]
