@@ -95,6 +95,9 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, att
             for start in tqdm(range(0, len(x), batch_size), desc="calibration attack", disable=not progress,
                               leave=False):
                 out.append(attack(x[start:start + batch_size], y[start:start + batch_size]).detach())
+    except RuntimeError as err:
+        raise RuntimeError(f"{type(attack).__name__} could not attack {type(model).__name__} ({err}); the loss must be "
+                           f"differentiable with respect to the input (no numpy or detach() in forward)") from err
     finally:
         model.train(was_training)
     return torch.cat(out)

@@ -19,7 +19,7 @@ from nni.compression.pruning.tools import active_sparse_targets_filter, fpgm_met
 from .allocation import Allocation
 from .allocator import MRSSparsityAllocator
 from .sensitivity import weight_gradients
-from .units import parse_config_list
+from .units import normalize_config, parse_config_list
 
 __all__ = ["MRSPruner"]
 
@@ -47,7 +47,7 @@ class MRSPruner(Pruner):
                              "whose training batches it can use")
         if training_steps < 1:
             raise ValueError(f"training_steps must be >= 1, got {training_steps}")
-        super().__init__(model, config_list, evaluator, existed_wrappers)
+        super().__init__(model, [normalize_config(config) for config in config_list], evaluator, existed_wrappers)
         self.calibration, self.dummy_input, self.training_steps = calibration, dummy_input, training_steps
         self.criterion = criterion
         self.allocation: Optional[Allocation] = None

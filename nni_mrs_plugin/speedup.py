@@ -60,7 +60,8 @@ def trace(model: nn.Module, dummy_input: Any) -> torch.fx.GraphModule:
     except Exception as err:  # the tracer raises anything from AssertionError to TypeError
         raise TraceError(
             f"NNI cannot trace {type(model).__name__} ({type(err).__name__}: {err}); ModelSpeedup traces the whole "
-            f"forward(), so move non-torch code (numpy, Python I/O) out of it or rewrite it with torch ops"
+            f"forward(): rewrite the non-torch part (numpy, Python I/O) with torch ops, or prune a traceable "
+            f"submodule instead (pass it as the model, with a dummy input of its own)"
         ) from err
     return graph_module
 

@@ -18,11 +18,10 @@ from torch import nn
 
 from .speedup import group_dependencies, trace
 
-__all__ = ["Unit", "Selection", "PRUNABLE_TYPES", "parse_config_list", "find_units", "output_layers"]
+__all__ = ["Unit", "Selection", "PRUNABLE_TYPES", "parse_config_list", "normalize_config", "find_units", "output_layers"]
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_SELECTION_KEYS = ("op_names", "op_types", "op_names_re", "exclude_op_names", "exclude_op_types",
-                   "exclude_op_names_re")
+_RATIO_KEYS = ("sparse_ratio", "min_sparse_ratio", "max_sparse_ratio")
 
 
 @dataclass(frozen=True)
@@ -83,6 +82,12 @@ def _check_ratio(value: Any, key: str, low_open: bool = False) -> float:
     return value
 
 
+def normalize_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """NNI's schema wants float ratios; ``0`` and ``1`` as ints are what users write."""
+    return {key: float(value) if key in _RATIO_KEYS and isinstance(value, int) and not isinstance(value, bool)
+            else value for key, value in config.items()}
+
+
 def parse_config_list(model: nn.Module, config_list: Sequence[Dict[str, Any]]) -> Selection:
     """Validate an NNI config_list and read the global target (``sparse_ratio``) and per-layer bounds.
 
@@ -95,10 +100,14 @@ def parse_config_list(model: nn.Module, config_list: Sequence[Dict[str, Any]]) -
     if isinstance(config_list, dict) or not isinstance(config_list, Sequence) or not config_list:
         raise ValueError(f"config_list must be a non-empty list of dicts, got {config_list!r}")
     schema = default_config_schema("pruning")
+    modules = dict(model.named_modules())
     targets, settings = set(), {}
     for index, config in enumerate(config_list):
         if not isinstance(config, dict):
             raise ValueError(f"config_list[{index}] must be a dict, got {config!r}")
+        if "sparse_ratio" in config:
+            targets.add(_check_ratio(config["sparse_ratio"], "sparse_ratio", low_open=True))
+        config = normalize_config(config)
         try:
             schema.validate(copy.deepcopy(config))
         except Exception as err:
@@ -106,14 +115,16 @@ def parse_config_list(model: nn.Module, config_list: Sequence[Dict[str, Any]]) -
         if "sparse_threshold" in config or "global_group_id" in config or "dependency_group_id" in config:
             raise ValueError(f"config_list[{index}]: sparse_threshold/global_group_id/dependency_group_id are set by "
                              f"the MRS allocator; give the global target as sparse_ratio")
-        if "sparse_ratio" in config:
-            targets.add(_check_ratio(config["sparse_ratio"], "sparse_ratio", low_open=True))
         low = config.get("min_sparse_ratio")
         high = config.get("max_sparse_ratio")
         low = None if low is None else _check_ratio(low, "min_sparse_ratio")
         high = None if high is None else _check_ratio(high, "max_sparse_ratio")
         if low is not None and high is not None and low > high:
             raise ValueError(f"config_list[{index}]: min_sparse_ratio {low} > max_sparse_ratio {high}")
+        unknown = [name for name in config.get("op_names") or [] if name not in modules]
+        if unknown:
+            raise ValueError(f"config_list[{index}]: op_names {unknown} are not layers of {type(model).__name__} "
+                             f"(names come from model.named_modules(), e.g. {list(modules)[1:4]})")
         selected, _, _ = select_modules_by_config(model, config)
         for name in selected:
             settings[name] = (low, high)
@@ -122,7 +133,6 @@ def parse_config_list(model: nn.Module, config_list: Sequence[Dict[str, Any]]) -
     if len(targets) > 1:
         raise ValueError(f"config_list entries give different sparse_ratio values {sorted(targets)}: MRS allocates "
                          f"one global target; give it once and bound layers with min/max_sparse_ratio")
-    modules = dict(model.named_modules())
     wrong = {name: type(modules[name]).__name__ for name in settings if not isinstance(modules[name], PRUNABLE_TYPES)}
     if wrong:
         raise ValueError(f"config_list selects layers that channel pruning cannot handle: {wrong}; allowed types are "
