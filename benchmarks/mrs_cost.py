@@ -1,0 +1,94 @@
+"""What MRS costs next to adversarial training: seconds to allocate with each estimator (calibration attack
+included) against the measured throughput of PGD-10 adversarial training of the same model.
+
+    python benchmarks/mrs_cost.py --model resnet18 --samples 512 --at-samples 512 --out mrs_cost.json
+
+The epoch figure is 50,000 / (measured PGD-10 training samples per second): the full epoch is not run.
+Inputs are random CIFAR-sized tensors: cost does not depend on the pixel values.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+import torchattacks
+
+from nni_mrs_plugin.allocator import MRSSparsityAllocator
+from nni_mrs_plugin.checkpoint import atomic_write
+from nni_mrs_plugin.models import build_model
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def pgd_training_throughput(model, x, y, batch_size: int, device) -> float:
+    """Samples/s of Madry PGD-10 training (eps 8/255, alpha 2/255): attack in eval mode, then an SGD step."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    attack = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)
+    batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    xb, yb = batches[0]  # warm-up
+    torch.nn.functional.cross_entropy(model(attack(xb, yb)), yb).backward()
+    sync(device)
+    start = time.perf_counter()
+    for xb, yb in batches:
+        adv = attack(xb, yb)
+        model.train()
+        loss = torch.nn.functional.cross_entropy(model(adv), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    sync(device)
+    return len(x) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--samples", type=int, default=512, help="MRS calibration samples")
+    parser.add_argument("--at-samples", type=int, default=512, help="samples of PGD-10 training to time")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--estimators", default="weight,probe,taylor")
+    parser.add_argument("--steps", type=int, default=5, help="ascent steps T of the weight estimator")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(args.model, num_classes=10, in_channels=3).to(device)
+    x = torch.rand(max(args.samples, args.at_samples), 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (len(x),), device=device)
+    config = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}]
+    results = {"model": args.model, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "machine": platform.processor() or platform.machine(), "calibration_samples": args.samples,
+               "estimators": {}}
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(device)
+    for name in args.estimators.split(","):
+        options = {"steps": args.steps} if name == "weight" else {}
+        allocator = MRSSparsityAllocator(name, n_samples=args.samples, batch_size=args.batch_size, progress=False,
+                                         **options)
+        sync(device)
+        start = time.perf_counter()
+        allocator.allocate(model, config, (x[:args.samples], y[:args.samples]), x[:1])
+        sync(device)
+        results["estimators"][name] = {"seconds": time.perf_counter() - start}
+        print(f"MRS {name}: {results['estimators'][name]['seconds']:.1f} s", flush=True)
+    rate = pgd_training_throughput(model, x[:args.at_samples], y[:args.at_samples], args.batch_size, device)
+    epoch = 50_000 / rate
+    results.update({"pgd10_training_samples_per_s": rate, "pgd10_epoch_50k_seconds_from_rate": epoch})
+    print(f"PGD-10 training: {rate:.1f} samples/s -> 50k-sample epoch {epoch:.0f} s")
+    for name, entry in results["estimators"].items():
+        entry["fraction_of_epoch"] = entry["seconds"] / epoch
+        print(f"MRS {name}: {100 * entry['fraction_of_epoch']:.2f}% of one PGD-10 epoch")
+    if args.out:
+        atomic_write(args.out, lambda f: f.write(json.dumps(results, indent=2).encode()))
+
+
+if __name__ == "__main__":
+    main()
