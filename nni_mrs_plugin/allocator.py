@@ -88,7 +88,9 @@ class MRSSparsityAllocator:
         if dummy_input is None:
             if calibration is None:
                 raise ValueError("need dummy_input (or calibration data to take one sample from)")
-            dummy_input = collect_samples(calibration, 1, self.seed)[0].to(_device_of(model))
+            dummy_input = collect_samples(calibration, 1, self.seed)[0]
+        if isinstance(dummy_input, torch.Tensor):
+            dummy_input = dummy_input.to(_device_of(model))
         target, units, skipped, graph_module = self.units(model, config_list, dummy_input)
         if scores is None:
             x_adv, y = self.calibrate(model, calibration)
