@@ -28,6 +28,10 @@ _EXPORTS = {
     "count_params": "metrics", "count_flops": "metrics", "measure_latency": "metrics", "accuracy": "metrics",
     # checkpoints
     "save_pruned": "checkpoint", "load_pruned": "checkpoint", "architecture": "checkpoint", "rebuild": "checkpoint",
+    # training: natural and adversarial, NNI TorchEvaluator hooks, standalone fine-tuning, robust evaluation
+    "train_natural": "training", "NonFiniteLossError": "training",
+    "AdversarialTrainer": "adversarial", "trades_loss": "adversarial", "mart_loss": "adversarial",
+    "fit": "finetune", "FitResult": "finetune", "evaluate_robustness": "robustness",
 }
 
 __all__ = ["compat", "__version__", *_EXPORTS]
