@@ -89,6 +89,10 @@ def test_resume_refuses_a_checkpoint_made_with_other_settings(tmp_path):
         fit(small_cnn(), train, epochs=3, trainer=trainer, checkpoint_dir=tmp_path, resume=True, progress=False)
 
 
+def without_timing(history: list) -> list:
+    return [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for row in history]
+
+
 def run_job(out: Path, *args: str) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, JOB, "--out", str(out), *args], env=ENV, capture_output=True,
                             text=True, timeout=600)
@@ -123,9 +127,7 @@ def test_kill_and_resume_gives_the_uninterrupted_state(tmp_path):
     for index, state in reference["optimizer"]["state"].items():
         assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][index]["momentum_buffer"])
     assert reference["schedule"] == resumed["schedule"]
-    timing = ("seconds", "samples_per_s")
-    strip = [{k: v for k, v in row.items() if k not in timing} for row in reference["history"]]
-    assert strip == [{k: v for k, v in row.items() if k not in timing} for row in resumed["history"]]
+    assert without_timing(reference["history"]) == without_timing(resumed["history"])
 
 
 def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -163,7 +165,8 @@ def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path):
     assert two.stdout.count("fit epoch 2/2") == 1, "only rank 0 may log"
     single = json.loads((tmp_path / "pgd1" / "result_rank0.json").read_text())["history"]
     double = json.loads((tmp_path / "pgd2" / "result_rank0.json").read_text())["history"]
-    assert double == json.loads((tmp_path / "pgd2" / "result_rank1.json").read_text())["history"]
+    rank1_history = json.loads((tmp_path / "pgd2" / "result_rank1.json").read_text())["history"]
+    assert without_timing(double) == without_timing(rank1_history), "ranks must agree on the metrics"
     assert double[-1]["train_loss"] < double[0]["train_loss"] - 0.3, "the 2-process run did not learn"
     assert abs(single[-1]["train_loss"] - double[-1]["train_loss"]) < 0.2
     assert abs(single[-1]["pgd_acc"] - double[-1]["pgd_acc"]) < 0.15
@@ -172,9 +175,10 @@ def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_pgd_training_beats_natural_training_on_pgd_accuracy():
-    """Measured before asserting (2,000 training images, 2 epochs, eps 0.1, PGD-3 training, PGD-10 on 500 test
-    images): natural 0.35 / 0.28 / 0.37, PGD training 0.58 / 0.55 / 0.53 for seeds 0 / 1 / 2; the smallest gap
-    is 0.16, the assertion asks for 0.08."""
+    """Measured before asserting with this exact procedure (2,000 training images, 2 epochs, eps 0.1, PGD-3
+    training, PGD-10 on 500 test images), varying model init, training subset, test subset and fit seed together
+    over 4 seeds: natural 0.392 / 0.270 / 0.288 / 0.384, PGD training 0.598 / 0.536 / 0.590 / 0.552 (clean
+    0.72-0.81). The smallest gap is 0.17; the assertion asks for 0.08. This test runs the first setting."""
     train, _ = loaders(2000, 64, batch=64)
     test = DataLoader(load_dataset("fashion_mnist", False, subset=500, seed=0), batch_size=100)
     robust = {}
