@@ -93,9 +93,11 @@ def without_timing(history: list) -> list:
     return [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for row in history]
 
 
-def run_job(out: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, JOB, "--out", str(out), *args], env=ENV, capture_output=True,
-                            text=True, timeout=600)
+def run_job(out: Path, *args: str, processes: int = 1) -> subprocess.CompletedProcess:
+    """fit_job.py alone, or under torchrun with ``processes`` gloo workers."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    command = [sys.executable, *(launcher if processes > 1 else []), JOB, "--out", str(out), *args]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -130,24 +132,16 @@ def test_kill_and_resume_gives_the_uninterrupted_state(tmp_path):
     assert without_timing(reference["history"]) == without_timing(resumed["history"])
 
 
-def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", JOB,
-               "--out", str(out), *args]
-    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 @pytest.mark.slow
 def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path):
     # Without BatchNorm and random attack starts, 2 processes x 16 samples == 1 process x 32, to float precision.
     exact = ["--model", "plain_cnn", "--method", "natural", "--epochs", "2"]
     run_job(tmp_path / "one", *exact)
-    torchrun(tmp_path / "two", *exact)
+    run_job(tmp_path / "two", *exact, processes=2)
     spec = importlib.util.spec_from_file_location("fit_job", JOB)
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # fit_job.py's seed before building the model
     initial = job.plain_cnn().state_dict()
     one = torch.load(tmp_path / "one" / "final_rank0.pt")
     rank0 = torch.load(tmp_path / "two" / "final_rank0.pt")
@@ -161,7 +155,7 @@ def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path):
     # train loss 1.24 vs 1.20, PGD accuracy 50.8% vs 49.2% on 128 images), and rank 0 alone logs.
     pgd = ["--epochs", "2", "--train", "512", "--val", "128"]
     run_job(tmp_path / "pgd1", *pgd)
-    two = torchrun(tmp_path / "pgd2", *pgd)
+    two = run_job(tmp_path / "pgd2", *pgd, processes=2)
     assert two.stdout.count("fit epoch 2/2") == 1, "only rank 0 may log"
     single = json.loads((tmp_path / "pgd1" / "result_rank0.json").read_text())["history"]
     double = json.loads((tmp_path / "pgd2" / "result_rank0.json").read_text())["history"]
