@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 __all__ = ["Context", "init", "shard_train_loader", "shard_eval_loader", "all_sum", "gather_rng", "set_rng",
-           "barrier", "wrap"]
+           "sync_buffers", "barrier", "wrap"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,14 @@ def set_rng(states: List[Dict[str, torch.Tensor]], ctx: Context) -> bool:
     if ctx.device.type == "cuda" and "cuda" in states[ctx.rank]:
         torch.cuda.set_rng_state(states[ctx.rank]["cuda"], ctx.device)
     return True
+
+
+def sync_buffers(model: nn.Module, ctx: Context) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) everywhere. DDP broadcasts them only at the start of a
+    forward pass, so after an epoch each rank holds its own; validation and the saved model use rank 0's."""
+    if ctx.world_size > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier(ctx: Context) -> None:

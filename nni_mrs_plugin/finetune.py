@@ -134,6 +134,7 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
                             device=ctx.device, desc=f"fit {trainer.method}", progress=main_progress,
                             log_every=log_every, prepare=trainer.prepare)
         seconds = time.perf_counter() - began
+        distributed.sync_buffers(model, ctx)
         loss_sum, samples = distributed.all_sum([stats.loss * stats.steps, stats.samples], ctx)
         row: Dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(1, stats.steps * ctx.world_size),
                                "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),

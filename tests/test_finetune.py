@@ -161,6 +161,9 @@ def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path):
     double = json.loads((tmp_path / "pgd2" / "result_rank0.json").read_text())["history"]
     rank1_history = json.loads((tmp_path / "pgd2" / "result_rank1.json").read_text())["history"]
     assert without_timing(double) == without_timing(rank1_history), "ranks must agree on the metrics"
+    rank0 = torch.load(tmp_path / "pgd2" / "final_rank0.pt")
+    rank1 = torch.load(tmp_path / "pgd2" / "final_rank1.pt")
+    assert all(torch.equal(value, rank1[key]) for key, value in rank0.items()), "weights or BN statistics differ"
     assert double[-1]["train_loss"] < double[0]["train_loss"] - 0.3, "the 2-process run did not learn"
     assert abs(single[-1]["train_loss"] - double[-1]["train_loss"]) < 0.2
     assert abs(single[-1]["pgd_acc"] - double[-1]["pgd_acc"]) < 0.15
