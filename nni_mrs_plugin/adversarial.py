@@ -153,13 +153,14 @@ class AdversarialTrainer:
         try:
             self.attack_class(nn.Linear(1, 1), **self.attack_kwargs)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"torchattacks.{self.attack_class.__name__} rejected {self.attack_kwargs}: {err}") from None
+            name = self.attack_class.__name__
+            raise ValueError(f"torchattacks.{name} rejected {self.attack_kwargs}: {err}") from None
 
     def config(self) -> Dict[str, Any]:
         """Plain settings (JSON and checkpoint friendly)."""
+        plain_kwargs = {k: v for k, v in self.attack_kwargs.items() if isinstance(v, (int, float, str, bool))}
         return {"method": self.method, "eps": self.eps, "alpha": self.alpha, "steps": self.steps, "beta": self.beta,
-                "attack": self.attack_class.__name__ if self.attack_class else None,
-                "attack_kwargs": {k: v for k, v in self.attack_kwargs.items() if isinstance(v, (int, float, str, bool))},
+                "attack": self.attack_class.__name__ if self.attack_class else None, "attack_kwargs": plain_kwargs,
                 "attack_bn": self.attack_bn, "amp": self.amp, "channels_last": self.channels_last}
 
     def autocast(self, device: torch.device) -> ContextManager:

@@ -41,7 +41,8 @@ def cosine_sgd(model: nn.Module, lr: float, total_steps: int, momentum: float = 
         raise ValueError(f"lr must be > 0, got {lr}")
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     steps = max(1, total_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     return optimizer, schedule
 
 

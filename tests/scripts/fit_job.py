@@ -2,6 +2,7 @@
 # the DDP test launches it under torchrun (2 gloo processes) and alone. Every rank writes its final weights.
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ def main() -> None:
     trainer = AdversarialTrainer(args.method, eps=0.1, steps=args.steps)
     result = fit(model, train, val, epochs=args.epochs, trainer=trainer, checkpoint_dir=args.out, resume=args.resume,
                  val_steps=2, restore_best=False, progress=True, log_every=4)
-    rank = int(__import__("os").environ.get("RANK", "0"))
+    rank = int(os.environ.get("RANK", "0"))
     out = Path(args.out)
     torch.save(model.state_dict(), out / f"final_rank{rank}.pt")
     (out / f"result_rank{rank}.json").write_text(json.dumps(result.to_dict()))
