@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import DEVICES
 from nni_mrs_plugin.adversarial import AdversarialTrainer
 from nni_mrs_plugin.data import load_dataset
 from nni_mrs_plugin.finetune import BEST, HISTORY, LAST, fit
@@ -53,6 +54,20 @@ def test_fit_logs_epochs_checkpoints_and_restores_the_best_robust_weights(tmp_pa
     assert last["epoch"] == 2 and last["history"] == result.history
     assert json.loads((tmp_path / HISTORY).read_text())["history"] == result.history
     assert not list(tmp_path.glob(".*.tmp")), "temporary files left behind"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fit_with_bf16_and_channels_last_on_device(device, tmp_path):
+    train, val = loaders(96, 64)
+    model = small_cnn()
+    trainer = AdversarialTrainer("mart", eps=0.1, steps=2, amp=True, channels_last=True)
+    result = fit(model, train, val, epochs=1, trainer=trainer, device=device, checkpoint_dir=tmp_path,
+                 val_steps=2, progress=False)
+    assert next(model.parameters()).device.type == device
+    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    row = result.history[0]
+    assert torch.isfinite(torch.tensor(row["train_loss"])) and row["val_samples"] == 64
+    assert torch.load(tmp_path / LAST, weights_only=True)["config"]["trainer"]["amp"] is True
 
 
 def test_nan_loss_stops_with_an_error_naming_epoch_and_step(tmp_path):
