@@ -33,6 +33,10 @@ _EXPORTS = {
     "get_pruner": "registry", "register_pruner": "registry", "available_pruners": "registry",
     # checkpoints
     "save_pruned": "checkpoint", "load_pruned": "checkpoint", "architecture": "checkpoint", "rebuild": "checkpoint",
+    # training: natural and adversarial, NNI TorchEvaluator hooks, standalone fine-tuning, robust evaluation
+    "train_natural": "training", "NonFiniteLossError": "training",
+    "AdversarialTrainer": "adversarial", "trades_loss": "adversarial", "mart_loss": "adversarial",
+    "fit": "finetune", "FitResult": "finetune", "evaluate_robustness": "robustness",
 }
 
 __all__ = ["compat", "__version__", *_EXPORTS]

@@ -1,0 +1,245 @@
+"""Adversarial training objectives as one trainer: Madry PGD, TRADES, MART, fast (FGSM with random start) and
+natural, with the training examples made by torchattacks.
+
+MRPF's claim is that fine-tuning decides robustness more than the pruning criterion, so the same objective must
+serve NNI pruners that train (through ``TorchEvaluator``) and the fine-tuning of the sped-up model (``fit``).
+
+BatchNorm mode while the attack runs follows each method's reference code (torchattacks' own default is eval):
+
+=========  ==========================  ======================================================================
+method     default attack (torchattacks)  BN mode during the attack, and why
+=========  ==========================  ======================================================================
+pgd        PGD (uniform random start)  train: Madry et al.'s code attacks the training-mode model, as does
+                                       Rice et al.'s PyTorch reimplementation (``attack_pgd`` under model.train())
+trades     TPGD (KL-PGD, x + 0.001 N)  eval: TRADES' ``trades_loss`` calls model.eval() to craft x_adv
+mart       PGD (uniform random start)  eval: MART's ``mart_loss`` calls model.eval() to craft x_adv (its own
+                                       PGD starts at x + 0.001 N; torchattacks' PGD starts uniformly in the ball)
+fast       FFGSM (alpha = 1.25 eps)    train: Wong et al.'s "fast is better than free" never leaves train mode
+natural    none                        -
+=========  ==========================  ======================================================================
+
+``attack_bn="train"|"eval"`` overrides the choice. In train mode the attack's forward passes update BatchNorm
+running statistics, as in the reference code.
+"""
+from __future__ import annotations
+
+import inspect
+import sys
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Dict, Iterable, Mapping, Optional, Type, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .training import train_epoch
+
+__all__ = ["AdversarialTrainer", "METHODS", "trades_loss", "mart_loss", "resolve_attack"]
+
+# method -> (default torchattacks class name, BatchNorm in train mode while attacking)
+_DEFAULTS: Dict[str, tuple] = {
+    "pgd": ("PGD", True),
+    "trades": ("TPGD", False),
+    "mart": ("PGD", False),
+    "fast": ("FFGSM", True),
+    "natural": (None, False),
+}
+METHODS = tuple(_DEFAULTS)
+_MULTI_STEP = ("pgd", "trades", "mart")
+
+
+def trades_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(f(x) || f(x_adv)), the KL summed and divided by the
+    batch size as in the reference ``trades.py``."""
+    logits_nat, logits_adv = logits_nat.float(), logits_adv.float()
+    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="sum")
+    return F.cross_entropy(logits_nat, y) + beta * kl / len(y)
+
+
+def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """MART (Wang et al. 2020), as in the reference ``mart.py``: boosted CE on x_adv (CE plus a margin term on the
+    strongest wrong class) + beta * KL(f(x) || f(x_adv)) weighted by 1 - p_y(x), so misclassified clean
+    examples count more."""
+    logits_nat, logits_adv = logits_nat.float(), logits_adv.float()
+    adv_probs = F.softmax(logits_adv, dim=1)
+    top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
+    wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+    boosted_ce = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), wrong)
+    nat_probs = F.softmax(logits_nat, dim=1)
+    true_probs = nat_probs.gather(1, y.unsqueeze(1)).squeeze(1)
+    kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(dim=1)
+    return boosted_ce + beta * (kl * (1.0000001 - true_probs)).mean()
+
+
+def resolve_attack(attack: Union[str, type]) -> Type:
+    """A torchattacks attack class from its class or its name (``"PGD"``); anything else is a ValueError."""
+    import torchattacks
+
+    known = sorted(n for n in torchattacks.__all__ if n not in ("MultiAttack", "LGV"))
+    if isinstance(attack, str):
+        if attack not in known:
+            raise ValueError(f"unknown attack {attack!r}; choose a torchattacks attack: {', '.join(known)}")
+        return getattr(torchattacks, attack)
+    if isinstance(attack, type) and issubclass(attack, torchattacks.attack.Attack):
+        return attack
+    raise ValueError(f"attack must be a torchattacks attack class or name, got {attack!r}; known: {', '.join(known)}")
+
+
+def _accepted(cls: type, kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module under DistributedDataParallel: attacks run on it, so they neither sync buffers nor arm DDP's
+    gradient reduction."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _single(value: Any, what: str) -> Any:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise ValueError(f"the adversarial training_func drives one {what}, got {len(value)}")
+        return value[0]
+    return value
+
+
+class AdversarialTrainer:
+    """Makes adversarial training examples and the method's loss; plugs into NNI's ``TorchEvaluator``
+    (``training_func``/``training_step``) and into ``fit``.
+
+    ``eps``/``alpha`` are L∞ radii in the model's [0, 1] input space; ``alpha`` defaults to eps/4 (PGD methods)
+    or 1.25 eps (fast). ``steps`` is the attack's iteration count (ignored by ``fast``). ``attack`` (torchattacks
+    class or name) and ``attack_kwargs`` replace the method's default attack; eps/alpha/steps are passed to it
+    when it accepts them, ``attack_kwargs`` win. ``amp`` runs attack and loss under bf16 autocast,
+    ``channels_last`` converts inputs (and, in ``fit``/``training_func``, the model) to that memory format.
+    """
+
+    def __init__(self, method: str = "pgd", eps: float = 8 / 255, alpha: Optional[float] = None, steps: int = 10,
+                 beta: float = 6.0, attack: Union[str, type, None] = None,
+                 attack_kwargs: Optional[Mapping[str, Any]] = None, attack_bn: Optional[str] = None,
+                 amp: bool = False, channels_last: bool = False):
+        if method not in _DEFAULTS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if not (isinstance(eps, (int, float)) and 0 <= eps <= 1):
+            raise ValueError(f"eps must be an L-inf radius in [0, 1] (inputs are in [0, 1]), got {eps!r}")
+        if alpha is not None and not (isinstance(alpha, (int, float)) and 0 < alpha <= 1):
+            raise ValueError(f"alpha (attack step size) must be in (0, 1], got {alpha!r}")
+        if method in _MULTI_STEP and not (isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"steps must be an integer >= 1 for method {method!r}, got {steps!r}")
+        if not (isinstance(beta, (int, float)) and beta >= 0):
+            raise ValueError(f"beta (TRADES/MART robustness weight) must be >= 0, got {beta!r}")
+        if attack_bn not in (None, "train", "eval"):
+            raise ValueError(f"attack_bn must be 'train', 'eval' or None (the method's reference), got {attack_bn!r}")
+        if method == "natural" and (attack is not None or attack_kwargs):
+            raise ValueError("method 'natural' trains on clean inputs; do not pass attack or attack_kwargs")
+        self.method, self.eps, self.steps, self.beta = method, float(eps), steps, float(beta)
+        self.alpha = float(alpha) if alpha is not None else (1.25 * eps if method == "fast" else eps / 4)
+        self.amp, self.channels_last = amp, channels_last
+        default_name, bn_train = _DEFAULTS[method]
+        self.attack_bn = attack_bn or ("train" if bn_train else "eval")
+        self.attack_class: Optional[type] = None
+        self.attack_kwargs: Dict[str, Any] = {}
+        if method != "natural":
+            self.attack_class = resolve_attack(attack if attack is not None else default_name)
+            base = {"eps": self.eps, "alpha": self.alpha, "steps": steps}
+            self.attack_kwargs = {**_accepted(self.attack_class, base), **dict(attack_kwargs or {})}
+            self._check_attack_kwargs()
+        self.adversarial_batches = 0  # how many batches got adversarial examples (NNI tests read it)
+        self._cached: Optional[tuple] = None
+
+    def _check_attack_kwargs(self) -> None:
+        """Build the attack once on a stand-in model, so bad kwargs fail here, not mid-training."""
+        try:
+            self.attack_class(nn.Linear(1, 1), **self.attack_kwargs)
+        except (TypeError, ValueError) as err:
+            name = self.attack_class.__name__
+            raise ValueError(f"torchattacks.{name} rejected {self.attack_kwargs}: {err}") from None
+
+    def config(self) -> Dict[str, Any]:
+        """Plain settings (JSON and checkpoint friendly)."""
+        plain_kwargs = {k: v for k, v in self.attack_kwargs.items() if isinstance(v, (int, float, str, bool))}
+        return {"method": self.method, "eps": self.eps, "alpha": self.alpha, "steps": self.steps, "beta": self.beta,
+                "attack": self.attack_class.__name__ if self.attack_class else None, "attack_kwargs": plain_kwargs,
+                "attack_bn": self.attack_bn, "amp": self.amp, "channels_last": self.channels_last}
+
+    def autocast(self, device: torch.device) -> ContextManager:
+        return torch.autocast(device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def attack_for(self, model: nn.Module):
+        """The torchattacks attack bound to ``model`` (cached while model and device stay the same)."""
+        model = _unwrap(model)
+        device = next(model.parameters()).device
+        if self._cached is None or self._cached[0] is not model or self._cached[1] != device:
+            attack = self.attack_class(model, **self.attack_kwargs)
+            if self.attack_bn == "train":
+                attack.set_model_training_mode(model_training=True, batchnorm_training=True, dropout_training=True)
+            self._cached = (model, device, attack)
+        return self._cached[2]
+
+    def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Training examples for ``x`` (under autocast when ``amp``); the model's train/eval mode is restored."""
+        if self.attack_class is None:
+            return x
+        self.adversarial_batches += 1
+        with torch.enable_grad(), self.autocast(x.device):
+            return self.prepare(self.attack_for(model)(x, y))
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             x_adv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The method's training loss on a batch; pass ``x_adv`` to skip generating adversarial examples."""
+        if self.method == "natural":
+            with self.autocast(x.device):
+                return F.cross_entropy(model(x).float(), y)
+        if x_adv is None:
+            x_adv = self.adversarial_examples(model, x, y)
+        with self.autocast(x.device):
+            if self.method in ("pgd", "fast"):
+                return F.cross_entropy(model(x_adv).float(), y)
+            logits_nat, logits_adv = model(x), model(x_adv)
+        objective = trades_loss if self.method == "trades" else mart_loss
+        return objective(logits_nat, logits_adv, y, self.beta)
+
+    # --- NNI TorchEvaluator ---------------------------------------------------------------------------------
+
+    def training_step(self, batch: Any, model: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """NNI ``training_step(batch, model)``: the adversarial loss of one ``(inputs, labels)`` batch."""
+        x, y = batch[0], batch[1]
+        device = next(model.parameters()).device
+        x, y = self.prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        return self.loss(model, x, y)
+
+    def training_func(self, loader: Iterable, epochs: int = 1, progress: bool = False,
+                      log_every: int = 50) -> Callable[..., None]:
+        """NNI ``training_func`` over ``loader``: ``max_steps``/``max_epochs`` from the pruner win over ``epochs``.
+
+        It calls the (possibly NNI-patched) ``training_step`` and the optimizer NNI re-creates, and steps the
+        lr scheduler, if any, after every optimizer step.
+        """
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+
+        def run(model: nn.Module, optimizers: Any, training_step: Callable, lr_schedulers: Any = None,
+                max_steps: Optional[int] = None, max_epochs: Optional[int] = None, *args: Any, **kwargs: Any) -> None:
+            optimizer, scheduler = _single(optimizers, "optimizer"), _single(lr_schedulers, "lr scheduler")
+            if self.channels_last:
+                model.to(memory_format=torch.channels_last)
+            device = next(model.parameters()).device
+            total_epochs = max_epochs or (epochs if max_steps is None else sys.maxsize)
+            done = 0
+            for epoch in range(1, total_epochs + 1):
+                remaining = None if max_steps is None else max_steps - done
+                if remaining is not None and remaining <= 0:
+                    break
+                stats = train_epoch(model, loader, lambda m, x, y: training_step((x, y), m), optimizer, scheduler,
+                                    epoch=epoch, epochs=max_epochs or epochs, device=device,
+                                    desc=f"NNI {self.method}", progress=progress, log_every=log_every,
+                                    max_steps=remaining, prepare=self.prepare)
+                done += stats.steps
+                if stats.steps == 0:
+                    raise ValueError("the training loader yielded no batches")
+
+        return run

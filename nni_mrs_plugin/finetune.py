@@ -1,0 +1,167 @@
+"""Standalone adversarial fine-tuning of a (sped-up) model: ``fit``.
+
+Each epoch: train with the ``AdversarialTrainer``'s loss (SGD, per-step cosine decay), measure clean and PGD
+accuracy on the validation set, keep the weights with the best PGD accuracy, and write a checkpoint. A killed
+run resumed with ``resume=True`` loses at most the epoch in progress and then continues exactly as the
+uninterrupted run would have: the checkpoint holds model, optimizer, schedule and every rank's RNG state, and
+the data order depends only on (seed, epoch). Under ``torchrun`` the same call trains with
+DistributedDataParallel; rank 0 alone writes checkpoints and logs.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from . import distributed
+from .adversarial import AdversarialTrainer
+from .checkpoint import atomic_save, atomic_write
+from .robustness import evaluate_robustness
+from .training import cosine_sgd, train_epoch
+
+__all__ = ["fit", "FitResult", "LAST", "BEST", "HISTORY"]
+
+LAST, BEST, HISTORY = "last.pt", "best.pt", "history.json"
+
+
+@dataclass
+class FitResult:
+    history: List[Dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    best_epoch: Optional[int] = None  # chosen on validation PGD accuracy (the last epoch without val_loader)
+    best_robust_accuracy: Optional[float] = None
+    checkpoint_dir: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _validate(model: nn.Module, loader: DataLoader, trainer: AdversarialTrainer, steps: int, seed: int,
+              ctx: distributed.Context) -> Dict[str, float]:
+    pgd = f"pgd{steps}"
+    result = evaluate_robustness(model, loader, ("clean", pgd), eps=trainer.eps, seed=seed, device=ctx.device)
+    clean, robust, n = distributed.all_sum([result["clean"]["correct"], result[pgd]["correct"],
+                                            result["clean"]["samples"]], ctx)
+    return {"clean_acc": clean / n, "pgd_acc": robust / n, "val_samples": int(n)}
+
+
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
+             config: Dict[str, Any], ctx: distributed.Context) -> Dict[str, Any]:
+    checkpoint = torch.load(path, map_location=ctx.device, weights_only=True)
+    for key in ("epochs", "steps_per_epoch", "method"):
+        if checkpoint["config"][key] != config[key]:
+            raise ValueError(f"cannot resume from {path}: it was made with {key}={checkpoint['config'][key]!r}, "
+                             f"this call has {key}={config[key]!r}; use a new checkpoint_dir or the same settings")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    schedule.load_state_dict(checkpoint["schedule"])
+    if not distributed.set_rng(checkpoint["rng"], ctx) and ctx.is_main:
+        tqdm.write(f"fit: world size changed since {path}; random streams restart from the seed")
+    return checkpoint
+
+
+def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoader] = None, epochs: int = 1,
+        trainer: Optional[AdversarialTrainer] = None, *, lr: float = 0.05, momentum: float = 0.9,
+        weight_decay: float = 5e-4, checkpoint_dir: Union[str, Path, None] = None, resume: bool = False,
+        seed: int = 0, device: Optional[torch.device | str] = None, val_steps: int = 10,
+        val_samples: Optional[int] = None, restore_best: bool = True, progress: bool = True,
+        log_every: int = 50) -> FitResult:
+    """Fine-tune ``model`` in place with ``trainer`` (default: PGD-10 at 8/255) for ``epochs``.
+
+    ``train_loader`` gives the dataset, global batch size and workers; ``fit`` reshuffles it per epoch with
+    ``seed`` (see ``distributed``). Validation: clean and PGD-``val_steps`` accuracy at the trainer's eps on
+    ``val_samples`` items of ``val_loader``. ``checkpoint_dir`` receives ``last.pt`` (every epoch),
+    ``best.pt`` and ``history.json``; ``resume=True`` continues from ``last.pt`` there when it exists.
+    ``restore_best`` loads the best weights into ``model`` at the end. A NaN/inf loss raises
+    ``NonFiniteLossError`` naming epoch and step.
+    """
+    trainer = trainer or AdversarialTrainer()
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not isinstance(val_steps, int) or val_steps < 1:
+        raise ValueError(f"val_steps must be an integer >= 1, got {val_steps!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir (where last.pt is)")
+    ctx = distributed.init(device)
+    try:
+        return _fit(model, train_loader, val_loader, epochs, trainer, lr, momentum, weight_decay,
+                    Path(checkpoint_dir) if checkpoint_dir is not None else None, resume, seed, ctx, val_steps,
+                    val_samples, restore_best, progress, log_every)
+    finally:
+        if ctx.started_here:
+            torch.distributed.destroy_process_group()
+
+
+def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoader], epochs: int,
+         trainer: AdversarialTrainer, lr: float, momentum: float, weight_decay: float, out: Optional[Path],
+         resume: bool, seed: int, ctx: distributed.Context, val_steps: int, val_samples: Optional[int],
+         restore_best: bool, progress: bool, log_every: int) -> FitResult:
+    torch.manual_seed(seed + ctx.rank)
+    model.to(ctx.device)
+    if trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader, sampler = distributed.shard_train_loader(train_loader, ctx, seed)
+    val = distributed.shard_eval_loader(val_loader, ctx, val_samples) if val_loader is not None else None
+    optimizer, schedule = cosine_sgd(model, lr, epochs * len(loader), momentum, weight_decay)
+    config = {"epochs": epochs, "steps_per_epoch": len(loader), "method": trainer.method, "lr": lr, "seed": seed,
+              "world_size": ctx.world_size, "val_steps": val_steps, "trainer": trainer.config()}
+    result = FitResult(checkpoint_dir=str(out) if out else None)
+    best_state: Optional[Dict[str, torch.Tensor]] = None
+    start = 0
+    if resume and out is not None and (out / LAST).is_file():
+        checkpoint = _restore(out / LAST, model, optimizer, schedule, config, ctx)
+        start, result.history = checkpoint["epoch"], checkpoint["history"]
+        result.best_epoch, result.best_robust_accuracy = checkpoint["best_epoch"], checkpoint["best_robust_accuracy"]
+        if restore_best and (out / BEST).is_file():
+            best_state = torch.load(out / BEST, map_location=ctx.device, weights_only=True)["model"]
+    net = distributed.wrap(model, ctx)
+    main_progress = progress and ctx.is_main
+
+    for epoch in range(start + 1, epochs + 1):
+        sampler.set_epoch(epoch)
+        began = time.perf_counter()
+        stats = train_epoch(net, loader, trainer.loss, optimizer, schedule, epoch=epoch, epochs=epochs,
+                            device=ctx.device, desc=f"fit {trainer.method}", progress=main_progress,
+                            log_every=log_every, prepare=trainer.prepare)
+        seconds = time.perf_counter() - began
+        distributed.sync_buffers(model, ctx)
+        loss_sum, samples = distributed.all_sum([stats.loss * stats.steps, stats.samples], ctx)
+        row: Dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(1, stats.steps * ctx.world_size),
+                               "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+                               "samples_per_s": round(samples / seconds, 1)}
+        if val is not None:
+            row.update(_validate(model, val, trainer, val_steps, seed, ctx))
+        improved = val is None or result.best_robust_accuracy is None or row["pgd_acc"] > result.best_robust_accuracy
+        if improved:
+            result.best_epoch, result.best_robust_accuracy = epoch, row.get("pgd_acc")
+            best_state = _state(model) if restore_best else None
+        result.history.append(row)
+        rng = distributed.gather_rng(ctx)
+        if ctx.is_main and out is not None:
+            if improved:
+                atomic_save({"epoch": epoch, "model": model.state_dict(), "pgd_acc": row.get("pgd_acc")}, out / BEST)
+            atomic_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "schedule": schedule.state_dict(), "rng": rng, "history": result.history,
+                         "best_epoch": result.best_epoch, "best_robust_accuracy": result.best_robust_accuracy,
+                         "config": config}, out / LAST)
+            atomic_write(out / HISTORY, lambda f: f.write(json.dumps(
+                {"config": config, "history": result.history, "best_epoch": result.best_epoch}, indent=2).encode()))
+        if main_progress:
+            tqdm.write("fit epoch {epoch}/{epochs}: loss {train_loss:.4f}".format(epochs=epochs, **row)
+                       + (" clean {clean_acc:.2%} pgd {pgd_acc:.2%}".format(**row) if val is not None else "")
+                       + f" ({row['samples_per_s']:.0f} samples/s)")
+        distributed.barrier(ctx)
+
+    if restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    return result

@@ -1,0 +1,203 @@
+"""fit: history, best-on-robust checkpoint, kill-and-resume, NaN guard, DDP with 2 gloo processes, and the
+headline check that PGD adversarial training buys PGD accuracy that natural training does not."""
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import DEVICES
+from nni_mrs_plugin.adversarial import AdversarialTrainer
+from nni_mrs_plugin.data import load_dataset
+from nni_mrs_plugin.finetune import BEST, HISTORY, LAST, fit
+from nni_mrs_plugin.models import build_model
+from nni_mrs_plugin.robustness import evaluate_robustness
+from nni_mrs_plugin.training import NonFiniteLossError
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB = str(ROOT / "tests" / "scripts" / "fit_job.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def loaders(train: int, val: int, batch: int = 32):
+    return (DataLoader(load_dataset("fashion_mnist", True, subset=train, seed=1), batch_size=batch),
+            DataLoader(load_dataset("fashion_mnist", False, subset=val, seed=2), batch_size=64))
+
+
+def small_cnn(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model("small_cnn", in_channels=1)
+
+
+def test_fit_logs_epochs_checkpoints_and_restores_the_best_robust_weights(tmp_path):
+    train, val = loaders(192, 64)
+    model = small_cnn()
+    result = fit(model, train, val, epochs=2, trainer=AdversarialTrainer("fast", eps=0.1), checkpoint_dir=tmp_path,
+                 val_steps=2, progress=False)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    for row in result.history:
+        assert {"train_loss", "lr", "seconds", "samples_per_s", "clean_acc", "pgd_acc", "val_samples"} <= set(row)
+        assert row["val_samples"] == 64 and 0 <= row["pgd_acc"] <= 1
+    accs = [row["pgd_acc"] for row in result.history]
+    assert result.best_epoch == 1 + accs.index(max(accs)) and result.best_robust_accuracy == max(accs)
+    best = torch.load(tmp_path / BEST, weights_only=True)
+    assert best["epoch"] == result.best_epoch
+    assert all(torch.equal(best["model"][k], v) for k, v in model.state_dict().items()), "model != best weights"
+    last = torch.load(tmp_path / LAST, weights_only=True)
+    assert last["epoch"] == 2 and last["history"] == result.history
+    assert json.loads((tmp_path / HISTORY).read_text())["history"] == result.history
+    assert not list(tmp_path.glob(".*.tmp")), "temporary files left behind"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fit_with_bf16_and_channels_last_on_device(device, tmp_path):
+    train, val = loaders(96, 64)
+    model = small_cnn()
+    trainer = AdversarialTrainer("mart", eps=0.1, steps=2, amp=True, channels_last=True)
+    result = fit(model, train, val, epochs=1, trainer=trainer, device=device, checkpoint_dir=tmp_path,
+                 val_steps=2, progress=False)
+    assert next(model.parameters()).device.type == device
+    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    row = result.history[0]
+    assert torch.isfinite(torch.tensor(row["train_loss"])) and row["val_samples"] == 64
+    assert torch.load(tmp_path / LAST, weights_only=True)["config"]["trainer"]["amp"] is True
+
+
+def test_nan_loss_stops_with_an_error_naming_epoch_and_step(tmp_path):
+    base = load_dataset("fashion_mnist", True, subset=128, seed=1)
+    x = torch.stack([base[i][0] for i in range(128)])
+    y = torch.tensor([base[i][1] for i in range(128)])
+    x[77] = float("nan")  # one poisoned image; the batch holding it is known from the sampler's order
+    order = torch.randperm(128, generator=torch.Generator().manual_seed(5 + 1)).tolist()  # seed + epoch 1
+    step = order.index(77) // 32
+    with pytest.raises(NonFiniteLossError, match=rf"at epoch 1, step {step} "):
+        fit(small_cnn(), DataLoader(TensorDataset(x, y), batch_size=32), epochs=2, seed=5,
+            trainer=AdversarialTrainer("pgd", eps=0.1, steps=1), checkpoint_dir=tmp_path, progress=False)
+    assert not (tmp_path / LAST).exists(), "no checkpoint may be written for a diverged epoch"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"epochs": 0}, "epochs must be an integer >= 1, got 0"),
+    ({"resume": True}, "resume=True needs checkpoint_dir"),
+    ({"val_steps": 0}, "val_steps must be an integer >= 1"),
+    ({"lr": -1.0}, "lr must be > 0, got -1.0"),
+])
+def test_fit_bad_input_is_one_clear_value_error(kwargs, message):
+    train, _ = loaders(64, 64)
+    with pytest.raises(ValueError) as info:
+        fit(small_cnn(), train, **{"progress": False, **kwargs})
+    assert message in str(info.value)
+
+
+def test_resume_refuses_a_checkpoint_made_with_other_settings(tmp_path):
+    train, _ = loaders(64, 64)
+    trainer = AdversarialTrainer("pgd", eps=0.1, steps=1)
+    fit(small_cnn(), train, epochs=1, trainer=trainer, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="made with epochs=1, this call has epochs=3"):
+        fit(small_cnn(), train, epochs=3, trainer=trainer, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def without_timing(history: list) -> list:
+    return [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for row in history]
+
+
+def run_job(out: Path, *args: str, processes: int = 1) -> subprocess.CompletedProcess:
+    """fit_job.py alone, or under torchrun with ``processes`` gloo workers."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    command = [sys.executable, *(launcher if processes > 1 else []), JOB, "--out", str(out), *args]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_uninterrupted_state(tmp_path):
+    job = ["--epochs", "3", "--train", "256", "--steps", "2"]
+    run_job(tmp_path / "reference", *job)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, JOB, "--out", str(killed), *job], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (killed / LAST).exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)  # during epoch 2: the first checkpoint has just appeared
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert torch.load(killed / LAST, weights_only=True)["epoch"] < 3, "killed too late to test anything"
+    run_job(killed, *job, "--resume")
+
+    reference = torch.load(tmp_path / "reference" / LAST, weights_only=True)
+    resumed = torch.load(killed / LAST, weights_only=True)
+    assert resumed["epoch"] == reference["epoch"] == 3
+    for key, value in reference["model"].items():
+        assert torch.equal(value, resumed["model"][key]), f"{key} differs after resume"
+    for index, state in reference["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][index]["momentum_buffer"])
+    assert reference["schedule"] == resumed["schedule"]
+    assert without_timing(reference["history"]) == without_timing(resumed["history"])
+
+
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path):
+    # Without BatchNorm and random attack starts, 2 processes x 16 samples == 1 process x 32, to float precision.
+    exact = ["--model", "plain_cnn", "--method", "natural", "--epochs", "2"]
+    run_job(tmp_path / "one", *exact)
+    run_job(tmp_path / "two", *exact, processes=2)
+    spec = importlib.util.spec_from_file_location("fit_job", JOB)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    torch.manual_seed(0)  # fit_job.py's seed before building the model
+    initial = job.plain_cnn().state_dict()
+    one = torch.load(tmp_path / "one" / "final_rank0.pt")
+    rank0 = torch.load(tmp_path / "two" / "final_rank0.pt")
+    rank1 = torch.load(tmp_path / "two" / "final_rank1.pt")
+    for key, value in one.items():
+        assert torch.equal(rank0[key], rank1[key]), "DDP ranks diverged"
+        torch.testing.assert_close(rank0[key], value, rtol=1e-4, atol=1e-5)
+        assert (value - initial[key]).abs().max() > 100 * 1e-5, f"{key} hardly trained: the comparison is empty"
+
+    # PGD training with BatchNorm: the same up to batch-statistics and random-start noise (measured: final
+    # train loss 1.24 vs 1.20, PGD accuracy 50.8% vs 49.2% on 128 images), and rank 0 alone logs.
+    pgd = ["--epochs", "2", "--train", "512", "--val", "128"]
+    run_job(tmp_path / "pgd1", *pgd)
+    two = run_job(tmp_path / "pgd2", *pgd, processes=2)
+    assert two.stdout.count("fit epoch 2/2") == 1, "only rank 0 may log"
+    single = json.loads((tmp_path / "pgd1" / "result_rank0.json").read_text())["history"]
+    double = json.loads((tmp_path / "pgd2" / "result_rank0.json").read_text())["history"]
+    rank1_history = json.loads((tmp_path / "pgd2" / "result_rank1.json").read_text())["history"]
+    assert without_timing(double) == without_timing(rank1_history), "ranks must agree on the metrics"
+    rank0 = torch.load(tmp_path / "pgd2" / "final_rank0.pt")
+    rank1 = torch.load(tmp_path / "pgd2" / "final_rank1.pt")
+    assert all(torch.equal(value, rank1[key]) for key, value in rank0.items()), "weights or BN statistics differ"
+    assert double[-1]["train_loss"] < double[0]["train_loss"] - 0.3, "the 2-process run did not learn"
+    assert abs(single[-1]["train_loss"] - double[-1]["train_loss"]) < 0.2
+    assert abs(single[-1]["pgd_acc"] - double[-1]["pgd_acc"]) < 0.15
+    assert abs(single[-1]["clean_acc"] - double[-1]["clean_acc"]) < 0.15
+
+
+@pytest.mark.slow
+def test_pgd_training_beats_natural_training_on_pgd_accuracy():
+    """Measured before asserting with this exact procedure (2,000 training images, 2 epochs, eps 0.1, PGD-3
+    training, PGD-10 on 500 test images), varying model init, training subset, test subset and fit seed together
+    over 4 seeds: natural 0.392 / 0.270 / 0.288 / 0.384, PGD training 0.598 / 0.536 / 0.590 / 0.552 (clean
+    0.72-0.81). The smallest gap is 0.17; the assertion asks for 0.08. This test runs the first setting."""
+    train, _ = loaders(2000, 64, batch=64)
+    test = DataLoader(load_dataset("fashion_mnist", False, subset=500, seed=0), batch_size=100)
+    robust = {}
+    for method in ("natural", "pgd"):
+        model = small_cnn(seed=0)
+        fit(model, train, epochs=2, trainer=AdversarialTrainer(method, eps=0.1, steps=3), seed=0, progress=False)
+        result = evaluate_robustness(model, test, ("clean", "pgd10"), eps=0.1)
+        assert result["clean"]["accuracy"] > 0.6
+        robust[method] = result["pgd10"]["accuracy"]
+    assert robust["pgd"] > robust["natural"] + 0.08, robust
