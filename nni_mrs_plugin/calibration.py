@@ -55,30 +55,27 @@ def default_eps(x: torch.Tensor) -> float:
 
 def make_attack(model: nn.Module, attack: AttackSpec = None, eps: float = 8 / 255, **kwargs) -> Any:
     """A torchattacks attack on ``model``: None -> PGD-10 (alpha = eps/4, random start), a torchattacks class
-    name with ``kwargs``, a factory ``model -> attack``, or a ready attack instance."""
+    or class name (``eps`` passed when it takes one, plus ``kwargs``), a factory ``model -> attack``, or a
+    ready attack instance."""
     import torchattacks
+
+    from .adversarial import _accepted, resolve_attack
 
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
     if attack is None:
-        options = {"eps": eps, "alpha": eps / 4, "steps": 10, "random_start": True}
-        options.update(kwargs)
-        return torchattacks.PGD(model, **options)
-    if isinstance(attack, str):
-        cls = getattr(torchattacks, attack, None)
-        if not (isinstance(cls, type) and issubclass(cls, torchattacks.attack.Attack)):
-            names = sorted(n for n in dir(torchattacks) if isinstance(getattr(torchattacks, n), type)
-                           and issubclass(getattr(torchattacks, n), torchattacks.attack.Attack) and n != "Attack")
-            raise ValueError(f"unknown torchattacks attack {attack!r}; choose one of {', '.join(names)}")
-        try:
-            return cls(model, eps=eps, **kwargs)
-        except TypeError:  # attacks without an eps (CW, DeepFool)
-            return cls(model, **kwargs)
+        return torchattacks.PGD(model, **{"eps": eps, "alpha": eps / 4, "steps": 10, "random_start": True, **kwargs})
     if isinstance(attack, torchattacks.attack.Attack):
         return attack
+    if isinstance(attack, (str, type)):
+        cls = resolve_attack(attack)
+        try:
+            return cls(model, **_accepted(cls, {"eps": eps}), **kwargs)
+        except TypeError as err:
+            raise ValueError(f"bad attack_kwargs {kwargs} for {cls.__name__}: {err}") from None
     if callable(attack):
         return attack(model)
-    raise ValueError(f"attack must be None, a torchattacks class name, a factory or an attack, got {attack!r}")
+    raise ValueError(f"attack must be None, a torchattacks class or name, a factory or an attack, got {attack!r}")
 
 
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Any, batch_size: int = 256,
