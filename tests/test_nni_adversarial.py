@@ -51,3 +51,21 @@ def test_slim_pruner_trains_adversarially_through_its_patched_loss():
     assert trainer.adversarial_batches == 2
     assert masks and all(output_channel_keep(m["weight"]).float().mean().item() == pytest.approx(0.75)
                          for m in masks.values())
+
+
+def test_mrs_pruner_draws_calibration_from_adversarial_evaluator_training():
+    from nni.compression.speedup import ModelSpeedup
+
+    from nni_mrs_plugin.metrics import count_flops
+    from nni_mrs_plugin.pruner import MRSPruner
+
+    model, trainer, evaluator = setup("pgd")
+    x = torch.rand(1, 1, 28, 28)
+    dense = count_flops(model, x)
+    pruner = MRSPruner(model, [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}], evaluator,
+                       estimator="taylor", training_steps=3, n_samples=96, progress=False)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    assert trainer.adversarial_batches == 3  # it trained adversarially, and those batches calibrated MRS
+    ModelSpeedup(model, x, masks).speedup_model()
+    assert abs(1 - count_flops(model, x) / dense - 0.5) <= 0.01
