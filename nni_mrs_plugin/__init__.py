@@ -37,6 +37,9 @@ _EXPORTS = {
     "train_natural": "training", "NonFiniteLossError": "training",
     "AdversarialTrainer": "adversarial", "trades_loss": "adversarial", "mart_loss": "adversarial",
     "fit": "finetune", "FitResult": "finetune", "evaluate_robustness": "robustness",
+    # the MRPF job
+    "load_config": "config", "Config": "config", "ConfigError": "config", "Pipeline": "pipeline",
+    "run_pipeline": "pipeline", "write_report": "report",
 }
 
 __all__ = ["compat", "__version__", *_EXPORTS]

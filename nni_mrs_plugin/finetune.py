@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -75,7 +75,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoa
         weight_decay: float = 5e-4, checkpoint_dir: Union[str, Path, None] = None, resume: bool = False,
         seed: int = 0, device: Optional[torch.device | str] = None, val_steps: int = 10,
         val_samples: Optional[int] = None, restore_best: bool = True, progress: bool = True,
-        log_every: int = 50) -> FitResult:
+        log_every: int = 50, on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> FitResult:
     """Fine-tune ``model`` in place with ``trainer`` (default: PGD-10 at 8/255) for ``epochs``.
 
     ``train_loader`` gives the dataset, global batch size and workers; ``fit`` reshuffles it per epoch with
@@ -83,7 +83,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoa
     ``val_samples`` items of ``val_loader``. ``checkpoint_dir`` receives ``last.pt`` (every epoch),
     ``best.pt`` and ``history.json``; ``resume=True`` continues from ``last.pt`` there when it exists.
     ``restore_best`` loads the best weights into ``model`` at the end. A NaN/inf loss raises
-    ``NonFiniteLossError`` naming epoch and step.
+    ``NonFiniteLossError`` naming epoch and step. ``on_epoch(row)`` is called on rank 0 after each epoch's
+    checkpoint (e.g. to report NNI intermediate results).
     """
     trainer = trainer or AdversarialTrainer()
     if not isinstance(epochs, int) or epochs < 1:
@@ -96,7 +97,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoa
     try:
         return _fit(model, train_loader, val_loader, epochs, trainer, lr, momentum, weight_decay,
                     Path(checkpoint_dir) if checkpoint_dir is not None else None, resume, seed, ctx, val_steps,
-                    val_samples, restore_best, progress, log_every)
+                    val_samples, restore_best, progress, log_every, on_epoch)
     finally:
         if ctx.started_here:
             torch.distributed.destroy_process_group()
@@ -105,7 +106,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoa
 def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoader], epochs: int,
          trainer: AdversarialTrainer, lr: float, momentum: float, weight_decay: float, out: Optional[Path],
          resume: bool, seed: int, ctx: distributed.Context, val_steps: int, val_samples: Optional[int],
-         restore_best: bool, progress: bool, log_every: int) -> FitResult:
+         restore_best: bool, progress: bool, log_every: int,
+         on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> FitResult:
     torch.manual_seed(seed + ctx.rank)
     model.to(ctx.device)
     if trainer.channels_last:
@@ -156,6 +158,8 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
                          "config": config}, out / LAST)
             atomic_write(out / HISTORY, lambda f: f.write(json.dumps(
                 {"config": config, "history": result.history, "best_epoch": result.best_epoch}, indent=2).encode()))
+        if ctx.is_main and on_epoch is not None:
+            on_epoch(row)
         if main_progress:
             tqdm.write("fit epoch {epoch}/{epochs}: loss {train_loss:.4f}".format(epochs=epochs, **row)
                        + (" clean {clean_acc:.2%} pgd {pgd_acc:.2%}".format(**row) if val is not None else "")

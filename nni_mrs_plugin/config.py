@@ -1,0 +1,254 @@
+"""The MRPF job's YAML config: sections model, data, pretrain, pruning, finetune, eval, output.
+
+Every key has a default, so a config only states what differs. Unknown keys get "did you mean ...", and wrong
+types or ranges get one line naming the key (``ConfigError``). ``overrides`` such as
+``{"pruning.tau": 0.5}`` come from ``--set`` on the command line or from an NNI trial's parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+__all__ = ["ConfigError", "Config", "load_config", "default_config_path", "apply_overrides"]
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names it."""
+
+
+def _require(ok: bool, key: str, message: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}, got {value!r}")
+
+
+@dataclass
+class ModelSection:
+    name: str = "small_cnn"
+    checkpoint: Optional[str] = None  # dense weights to start from (state dict); skips pre-training
+
+    def check(self, key: str) -> None:
+        from .models import MODELS
+
+        _require(self.name in MODELS, f"{key}.name", f"must be one of {', '.join(sorted(MODELS))}", self.name)
+
+
+@dataclass
+class DataSection:
+    dataset: str = "fashion_mnist"
+    root: Optional[str] = None
+    train_subset: Optional[int] = 10000
+    test_subset: Optional[int] = 1000
+    batch_size: int = 128
+
+    def check(self, key: str) -> None:
+        from .data import DATASETS
+
+        _require(self.dataset in DATASETS, f"{key}.dataset", f"must be one of {', '.join(sorted(DATASETS))}",
+                 self.dataset)
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"{key}.{name}", "must be >= 1 or null (all)", value)
+        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1", self.batch_size)
+
+
+@dataclass
+class TrainingSection:
+    """Shared by pre-training and fine-tuning: Sehwag et al.'s rule is one robust objective for both."""
+
+    epochs: int = 1
+    method: str = "pgd"
+    eps: Optional[float] = None  # default: 0.1 for one-channel data, 8/255 otherwise
+    alpha: Optional[float] = None
+    steps: int = 10
+    beta: float = 6.0
+    lr: float = 0.05
+
+    def check(self, key: str) -> None:
+        from .adversarial import METHODS
+
+        _require(self.epochs >= 0, f"{key}.epochs", "must be >= 0", self.epochs)
+        _require(self.method in METHODS, f"{key}.method", f"must be one of {', '.join(METHODS)}", self.method)
+        _require(self.eps is None or 0 < self.eps <= 1, f"{key}.eps", "must be in (0, 1] or null", self.eps)
+        _require(self.alpha is None or 0 < self.alpha <= 1, f"{key}.alpha", "must be in (0, 1] or null", self.alpha)
+        _require(self.steps >= 1, f"{key}.steps", "must be >= 1", self.steps)
+        _require(self.beta >= 0, f"{key}.beta", "must be >= 0", self.beta)
+        _require(self.lr > 0, f"{key}.lr", "must be > 0", self.lr)
+
+
+@dataclass
+class PruningSection:
+    pruner: str = "mrs"  # or any registry name: l1, l2, fpgm, taylor, ... (uniform ratios, same budget)
+    target: float = 0.5  # fraction of the budget the sped-up model loses
+    budget: str = "flops"
+    estimator: str = "weight"
+    criterion: str = "l1"
+    tau: float = 1.0
+    rho: float = 0.1
+    steps: int = 5
+    samples: int = 512
+    eps: Optional[float] = None
+    r_max: float = 0.9
+    op_types: List[str] = field(default_factory=lambda: ["Conv2d", "Linear"])
+    exclude: List[str] = field(default_factory=list)
+
+    def check(self, key: str) -> None:
+        from .cost import BUDGETS
+        from .registry import available_pruners
+        from .sensitivity import CRITERIA, ESTIMATORS
+
+        _require(self.pruner in available_pruners(), f"{key}.pruner",
+                 f"must be one of {', '.join(available_pruners())}", self.pruner)
+        _require(0 < self.target < 1, f"{key}.target", "must be in (0, 1)", self.target)
+        _require(self.budget in BUDGETS, f"{key}.budget", f"must be one of {', '.join(BUDGETS)}", self.budget)
+        _require(self.estimator in ESTIMATORS, f"{key}.estimator", f"must be one of {', '.join(ESTIMATORS)}",
+                 self.estimator)
+        _require(self.criterion in CRITERIA, f"{key}.criterion", f"must be one of {', '.join(CRITERIA)}",
+                 self.criterion)
+        _require(self.tau >= 0, f"{key}.tau", "must be >= 0", self.tau)
+        _require(self.rho > 0, f"{key}.rho", "must be > 0", self.rho)
+        _require(self.steps >= 1, f"{key}.steps", "must be >= 1", self.steps)
+        _require(self.samples >= 1, f"{key}.samples", "must be >= 1", self.samples)
+        _require(self.eps is None or 0 < self.eps <= 1, f"{key}.eps", "must be in (0, 1] or null", self.eps)
+        _require(0 < self.r_max < 1, f"{key}.r_max", "must be in (0, 1)", self.r_max)
+        _require(bool(self.op_types), f"{key}.op_types", "must name at least one layer type", self.op_types)
+
+
+@dataclass
+class EvalSection:
+    attacks: List[str] = field(default_factory=lambda: ["clean", "fgsm", "pgd20", "autoattack"])
+    eps: Optional[float] = None
+    samples: Optional[int] = 1000
+    autoattack_samples: Optional[int] = 100
+
+    def check(self, key: str) -> None:
+        from .robustness import _check_attacks
+
+        try:
+            _check_attacks(self.attacks)
+        except ValueError as err:
+            raise ConfigError(f"{key}.attacks: {err}") from None
+        _require(self.eps is None or 0 < self.eps <= 1, f"{key}.eps", "must be in (0, 1] or null", self.eps)
+        for name in ("samples", "autoattack_samples"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"{key}.{name}", "must be >= 1 or null (all)", value)
+
+
+@dataclass
+class OutputSection:
+    dir: str = "runs/mrpf"
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    pretrain: TrainingSection = field(default_factory=TrainingSection)
+    pruning: PruningSection = field(default_factory=PruningSection)
+    finetune: TrainingSection = field(default_factory=TrainingSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return any(_type_ok(value, arg) for arg in args)
+    if origin in (list, List):
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin in (list, List):
+        return f"a list of {_type_name(args[0])}"
+    return {float: "a number", int: "an integer", str: "a string", bool: "true/false"}.get(hint, str(hint))
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: must be a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key '{where}'{hint}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value if value is not None else {}, f"{where}.")
+            continue
+        if not _type_ok(value, hint):
+            raise ConfigError(f"{where}: must be {_type_name(hint)}, got {value!r}")
+        values[key] = float(value) if hint in (float, Optional[float]) and isinstance(value, int) else value
+    instance = cls(**values)
+    if hasattr(instance, "check"):
+        instance.check(prefix.rstrip("."))
+    return instance
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """Set dotted keys (``{"pruning.tau": 0.5}``) in a raw config dict; the result is validated by ``Config``."""
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = str(dotted).split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node[leaf] = value
+    return data
+
+
+def default_config_path() -> Path:
+    return Path(__file__).with_name("configs") / "fashion_mnist_small_cnn.yaml"
+
+
+def load_config(source: Union[str, Path, Mapping[str, Any], None] = None,
+                overrides: Optional[Mapping[str, Any]] = None) -> Config:
+    """A validated ``Config`` from a YAML file, a dict, or (None) the shipped default."""
+    import yaml
+
+    if source is None:
+        source = default_config_path()
+    if isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    data = apply_overrides(_deep_copy(data), overrides or {})
+    return _build(Config, data, "")
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data

@@ -1,0 +1,242 @@
+"""The MRPF job: pretrain -> prune (MRS -> allocation -> NNI masks) -> ModelSpeedup -> adversarial fine-tuning ->
+robust evaluation -> report, each stage writing its outputs to the run folder.
+
+A rerun of the same config resumes after the last finished stage, and the training stages resume within
+themselves from their last epoch. Every file is written atomically. ``stages.json`` records what each
+finished stage measured.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .checkpoint import atomic_save, atomic_write, load_pruned, save_pruned
+from .config import Config, ConfigError
+
+__all__ = ["STAGES", "Pipeline", "run_pipeline"]
+
+STAGES = ("pretrain", "prune", "speedup", "finetune", "evaluate", "report")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=float).encode()))
+
+
+class Pipeline:
+    """One run folder for one config. Call ``run()``; each stage's result is kept in ``self.state``."""
+
+    def __init__(self, config: Config, output: Optional[str] = None, on_epoch: Optional[Callable] = None):
+        import yaml
+
+        from .data import DATASETS
+
+        self.config = config
+        self.dir = Path(output or config.output.dir)
+        self.on_epoch = on_epoch  # on_epoch(stage, row) after each training epoch, e.g. NNI intermediate results
+        self.fingerprint = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        self.info = DATASETS[config.data.dataset]
+        self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
+                                   "cpu" if config.device == "auto" else config.device)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state: Dict[str, Any] = self._load_state()
+        atomic_write(self.dir / "config.yaml", lambda f: f.write(yaml.safe_dump(config.to_dict()).encode()))
+        self._loaders = None
+
+    # -- bookkeeping ----------------------------------------------------------------------------------------
+    def _load_state(self) -> Dict[str, Any]:
+        path = self.dir / "stages.json"
+        if not path.exists():
+            return {"fingerprint": self.fingerprint, "stages": {}}
+        state = json.loads(path.read_text())
+        if state.get("fingerprint") != self.fingerprint:
+            raise ConfigError(f"{self.dir} holds a run of a different config; use another output.dir or delete "
+                              f"the folder to start over")
+        return state
+
+    def _finish(self, stage: str, result: Dict[str, Any]) -> None:
+        self.state["stages"][stage] = result
+        _write_json(self.dir / "stages.json", self.state)
+
+    def done(self, stage: str) -> bool:
+        return stage in self.state["stages"]
+
+    # -- shared pieces ----------------------------------------------------------------------------------------
+    @property
+    def loaders(self):
+        if self._loaders is None:
+            from .data import make_loaders
+
+            data = self.config.data
+            self._loaders = make_loaders(data.dataset, data.root, data.batch_size, data.train_subset,
+                                         data.test_subset, self.config.seed)
+        return self._loaders
+
+    @property
+    def model_kwargs(self) -> Dict[str, Any]:
+        kwargs = {"num_classes": self.info.num_classes, "in_channels": self.info.in_channels}
+        if self.config.model.name == "small_cnn":
+            kwargs["image_size"] = self.info.image_size
+        return kwargs
+
+    @property
+    def dummy(self) -> torch.Tensor:
+        return torch.zeros(1, self.info.in_channels, self.info.image_size, self.info.image_size)
+
+    def eps(self, value: Optional[float]) -> float:
+        return value if value is not None else (0.1 if self.info.in_channels == 1 else 8 / 255)
+
+    def trainer(self, section):
+        from .adversarial import AdversarialTrainer
+
+        return AdversarialTrainer(section.method, eps=self.eps(section.eps), alpha=section.alpha,
+                                  steps=section.steps, beta=section.beta)
+
+    def _fit(self, model: nn.Module, section, stage: str) -> Dict[str, Any]:
+        from .finetune import fit
+
+        train, test = self.loaders
+        report = (lambda row: self.on_epoch(stage, row)) if self.on_epoch is not None else None
+        result = fit(model, train, test, section.epochs, self.trainer(section), lr=section.lr,
+                     checkpoint_dir=self.dir / stage, resume=True, seed=self.config.seed, device=self.device,
+                     val_samples=min(len(test.dataset), 500), progress=self.config.progress, on_epoch=report)
+        return result.to_dict()
+
+    def measure(self, model: nn.Module) -> Dict[str, Any]:
+        from .metrics import count_flops, count_params, measure_latency
+
+        model = model.to("cpu").eval()
+        return {"params": count_params(model), "flops": count_flops(model, self.dummy),
+                "cpu_latency_ms": measure_latency(model, self.dummy, warmup=5, runs=30)}
+
+    # -- stages -----------------------------------------------------------------------------------------------
+    def pretrain(self) -> Dict[str, Any]:
+        from .models import build_model
+
+        torch.manual_seed(self.config.seed)
+        model = build_model(self.config.model.name, **self.model_kwargs)
+        source = self.config.model.checkpoint
+        if source:
+            try:
+                model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+            except (OSError, RuntimeError) as err:
+                raise ConfigError(f"model.checkpoint: cannot load {source!r} into {self.config.model.name}: "
+                                  f"{str(err).splitlines()[0]}") from None
+            result: Dict[str, Any] = {"source": source}
+        elif self.config.pretrain.epochs > 0:
+            result = {"fit": self._fit(model, self.config.pretrain, "pretrain")}
+        else:
+            result = {"source": "random initialisation"}
+        save_pruned(self.dir / "dense.pt", model.cpu(), self.config.model.name, **self.model_kwargs)
+        result["dense"] = self.measure(model)
+        return result
+
+    def prune(self) -> Dict[str, Any]:
+        model = load_pruned(self.dir / "dense.pt").to(self.device)
+        cfg = self.config.pruning
+        config_list = [{"op_types": list(cfg.op_types), "sparse_ratio": cfg.target}]
+        if cfg.exclude:
+            config_list[0]["exclude_op_names"] = list(cfg.exclude)
+        train, _ = self.loaders
+        dummy = self.dummy.to(self.device)
+        if cfg.pruner == "mrs":
+            from .pruner import MRSPruner
+
+            options = {"rho": cfg.rho, "steps": cfg.steps} if cfg.estimator == "weight" else {}
+            pruner = MRSPruner(model, config_list, calibration=train, estimator=cfg.estimator,
+                               criterion=cfg.criterion, budget=cfg.budget, tau=cfg.tau, dummy_input=dummy,
+                               eps=self.eps(cfg.eps), n_samples=cfg.samples, r_max=cfg.r_max,
+                               seed=self.config.seed, progress=self.config.progress, **options)
+            _, masks = pruner.compress()
+            pruner.unwrap_model()
+            allocation = pruner.allocation
+        else:
+            allocation, masks = self._baseline(model, config_list, dummy)
+        atomic_save({k: {t: m.cpu() for t, m in v.items() if m is not None} for k, v in masks.items()},
+                    self.dir / "masks.pt")
+        _write_json(self.dir / "allocation.json", allocation.as_dict())
+        return {"pruner": cfg.pruner, "target": cfg.target, "budget": cfg.budget,
+                "predicted_removed": allocation.achieved}
+
+    def _baseline(self, model: nn.Module, config_list: List[dict], dummy: torch.Tensor):
+        """Uniform ratios meeting the same budget (tau = 0), channels chosen by the named NNI pruner."""
+        from .allocator import MRSSparsityAllocator
+        from .registry import get_pruner
+        from .speedup import compute_masks
+
+        cfg = self.config.pruning
+        allocator = MRSSparsityAllocator("taylor", cfg.budget, tau=0.0, r_max=cfg.r_max, progress=False)
+        _, units, _, _ = allocator.units(model, config_list, dummy)
+        allocation = allocator.allocate(model, config_list, dummy_input=dummy, scores={u.name: 1.0 for u in units})
+        kwargs: Dict[str, Any] = {}
+        if cfg.pruner in ("taylor", "slim", "linear", "agp", "movement"):
+            import nni
+            from nni.compression import TorchEvaluator
+
+            trainer = self.trainer(self.config.finetune)
+            optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=self.config.finetune.lr)
+            kwargs = {"evaluator": TorchEvaluator(trainer.training_func(self.loaders[0]), optimizer,
+                                                  trainer.training_step, dummy_input=dummy), "training_steps": 10}
+        masks = compute_masks(model, allocation.config_list, get_pruner(cfg.pruner), **kwargs)
+        return allocation, masks
+
+    def speedup(self) -> Dict[str, Any]:
+        from .speedup import speedup_model
+
+        model = load_pruned(self.dir / "dense.pt")
+        masks = torch.load(self.dir / "masks.pt", map_location="cpu", weights_only=True)
+        started = time.perf_counter()
+        speedup_model(model, masks, self.dummy)
+        seconds = time.perf_counter() - started
+        save_pruned(self.dir / "pruned_init.pt", model, self.config.model.name, **self.model_kwargs)
+        return {"pruned": self.measure(model), "speedup_seconds": seconds}
+
+    def finetune(self) -> Dict[str, Any]:
+        model = load_pruned(self.dir / "pruned_init.pt")
+        result = {"fit": self._fit(model, self.config.finetune, "finetune")} if self.config.finetune.epochs else {}
+        save_pruned(self.dir / "pruned.pt", model.cpu(), self.config.model.name, **self.model_kwargs)
+        return result
+
+    def evaluate(self) -> Dict[str, Any]:
+        from .robustness import evaluate_robustness
+
+        cfg = self.config.eval
+        _, test = self.loaders
+        results = {}
+        for name in ("dense", "pruned"):
+            model = load_pruned(self.dir / f"{name}.pt")
+            results[name] = evaluate_robustness(
+                model, test, cfg.attacks, eps=self.eps(cfg.eps), max_samples=cfg.samples,
+                autoattack_samples=cfg.autoattack_samples, seed=self.config.seed, device=self.device,
+                progress=self.config.progress)
+        _write_json(self.dir / "evaluation.json", results)
+        return results
+
+    def report(self) -> Dict[str, Any]:
+        from .report import write_report
+
+        return {"files": [str(p) for p in write_report(self.dir, self.config, self.state["stages"])]}
+
+    # -- driver -----------------------------------------------------------------------------------------------
+    def run(self, until: Optional[str] = None) -> Dict[str, Any]:
+        """Run the stages not yet finished (up to ``until``); returns ``stages.json``'s content."""
+        if until is not None and until not in STAGES:
+            raise ConfigError(f"until: must be one of {', '.join(STAGES)}, got {until!r}")
+        for stage in STAGES:
+            if not self.done(stage):
+                started = time.perf_counter()
+                result = getattr(self, stage)()
+                result["seconds"] = round(time.perf_counter() - started, 2)
+                self._finish(stage, result)
+            if stage == until:
+                break
+        return self.state
+
+
+def run_pipeline(config: Config, output: Optional[str] = None, **kwargs: Any) -> Dict[str, Any]:
+    return Pipeline(config, output, **kwargs).run()

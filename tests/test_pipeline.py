@@ -1,0 +1,112 @@
+"""The MRPF job: config validation, the stages end to end on a Fashion-MNIST subset, resume, baselines."""
+import json
+
+import pytest
+import torch
+from conftest import run_python
+
+from nni_mrs_plugin.checkpoint import load_pruned
+from nni_mrs_plugin.config import ConfigError, default_config_path, load_config
+from nni_mrs_plugin.metrics import count_flops
+from nni_mrs_plugin.pipeline import STAGES, Pipeline
+
+TINY = {
+    "data": {"train_subset": 256, "test_subset": 64, "batch_size": 64},
+    "pretrain": {"epochs": 1, "steps": 2},
+    "pruning": {"samples": 64, "steps": 2},
+    "finetune": {"epochs": 1, "steps": 2},
+    "eval": {"attacks": ["clean", "pgd20"], "samples": 64},
+    "progress": False,
+}
+
+
+def tiny(tmp_path, **sections):
+    data = json.loads(json.dumps(TINY))
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    data["output"] = {"dir": str(tmp_path / "run")}
+    return load_config(data)
+
+
+def test_shipped_configs_load():
+    assert load_config().model.name == "small_cnn"
+    assert load_config(default_config_path().with_name("cifar10_resnet18.yaml")).data.dataset == "cifar10"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"pruning": {"tua": 0.5}}, "unknown key 'pruning.tua'; did you mean 'pruning.tau'?"),
+    ({"modle": {}}, "unknown key 'modle'; did you mean 'model'?"),
+    ({"pruning": {"target": 1.5}}, "pruning.target: must be in (0, 1), got 1.5"),
+    ({"data": {"batch_size": "big"}}, "data.batch_size: must be an integer, got 'big'"),
+    ({"finetune": {"method": "madry"}}, "finetune.method: must be one of pgd, trades, mart, fast, natural, got 'madry'"),
+    ({"pruning": {"pruner": "nope"}}, "pruning.pruner: must be one of"),
+    ({"eval": {"attacks": ["pgd0"]}}, "eval.attacks: unknown attack 'pgd0'"),
+    ({"model": {"name": "resnet50"}}, "model.name: must be one of"),
+])
+def test_config_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(data)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_config_error_is_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("pruning:\n  estimater: weight\n")
+    result = run_python(["-m", "nni_mrs_plugin", "run", str(path)])
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("nni-mrs: config error: unknown key 'pruning.estimater'; "
+                                     "did you mean 'pruning.estimator'?")
+    result = run_python(["-m", "nni_mrs_plugin", "run", "--set", "pruning.target=2"])
+    assert result.returncode == 2 and "pruning.target: must be in (0, 1), got 2" in result.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_and_resume(tmp_path):
+    config = tiny(tmp_path)
+    seen = []
+    state = Pipeline(config, on_epoch=lambda stage, row: seen.append((stage, row["epoch"]))).run()
+    run = tmp_path / "run"
+    assert list(state["stages"]) == list(STAGES)
+    assert seen == [("pretrain", 1), ("finetune", 1)]
+    for name in ("dense.pt", "pruned.pt", "masks.pt", "allocation.json", "evaluation.json", "report.json",
+                 "report.md", "mrs_units.png", "stages.json", "config.yaml"):
+        assert (run / name).exists(), name
+    assert not list(run.rglob(".*.tmp")), "temporary files left behind"
+    dense, pruned = load_pruned(run / "dense.pt"), load_pruned(run / "pruned.pt")
+    x = torch.rand(1, 1, 28, 28)
+    assert abs(1 - count_flops(pruned, x) / count_flops(dense, x) - 0.5) <= 0.01
+    report = (run / "report.md").read_text()
+    assert "| flops |" in report and "pgd20 accuracy" in report and "features.3" in report
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert 0.0 <= evaluation["pruned"]["pgd20"]["accuracy"] <= evaluation["pruned"]["clean"]["accuracy"]
+
+    # a rerun of the same config resumes: nothing is recomputed
+    stamps = {p: p.stat().st_mtime_ns for p in run.glob("*.pt")}
+    again = Pipeline(config).run()
+    assert again["stages"] == state["stages"]
+    assert {p: p.stat().st_mtime_ns for p in run.glob("*.pt")} == stamps
+    # a different config in the same folder is refused, not mixed in
+    with pytest.raises(ConfigError, match="holds a run of a different config"):
+        Pipeline(tiny(tmp_path, pruning={"target": 0.6}))
+
+
+def test_pipeline_stops_and_resumes_between_stages(tmp_path):
+    config = tiny(tmp_path, pretrain={"epochs": 0})
+    first = Pipeline(config).run(until="prune")
+    assert list(first["stages"]) == ["pretrain", "prune"]
+    second = Pipeline(config).run(until="speedup")
+    assert list(second["stages"]) == ["pretrain", "prune", "speedup"]
+    assert second["stages"]["prune"] == first["stages"]["prune"]
+    removed = 1 - second["stages"]["speedup"]["pruned"]["flops"] / second["stages"]["pretrain"]["dense"]["flops"]
+    assert abs(removed - 0.5) <= 0.01
+
+
+@pytest.mark.parametrize("pruner", ["l1", "fpgm"])
+def test_baseline_pruners_meet_the_same_budget(tmp_path, pruner):
+    config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"pruner": pruner, "target": 0.75})
+    state = Pipeline(config).run(until="speedup")["stages"]
+    removed = 1 - state["speedup"]["pruned"]["flops"] / state["pretrain"]["dense"]["flops"]
+    assert abs(removed - 0.75) <= 0.01
+    allocation = json.loads((tmp_path / "run" / "allocation.json").read_text())
+    ratios = {row["ratio"] for row in allocation["units"]}
+    assert max(ratios) - min(ratios) < 0.1, "baselines use uniform ratios"
