@@ -39,14 +39,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparsity", type=fraction, default=0.75,
                         help="config_list sparse_ratio: the fraction of the whole model's FLOPs to remove")
-    parser.add_argument("--train-subset", type=positive_int, default=5000, help="training images (default 5000)")
-    parser.add_argument("--test-subset", type=positive_int, default=1000, help="test images (default 1000)")
+    parser.add_argument("--train-subset", type=positive_int, default=2000, help="training images (default 2000)")
+    parser.add_argument("--test-subset", type=positive_int, default=500, help="test images (default 500)")
     parser.add_argument("--epochs", type=positive_int, default=1, help="dense training epochs")
     parser.add_argument("--finetune-epochs", type=positive_int, default=1, help="fine-tuning epochs after pruning")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--lr", type=fraction, default=0.02)
     parser.add_argument("--eps", type=fraction, default=0.1, help="L-inf radius of the PGD attack, pixels in [0, 1]")
-    parser.add_argument("--pgd-steps", type=positive_int, default=10, help="PGD iterations (step eps/4)")
+    parser.add_argument("--pgd-steps", type=positive_int, default=5,
+                        help="PGD iterations (step eps/4) in evaluation and in adversarial training")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
