@@ -6,7 +6,7 @@ MRSPruner and adversarial training, and ``diff -u nni_l1_pruning.py nni_mrs_prun
 Tiny by default (a few thousand images, one epoch each); ``--help`` lists the sizes.
 """
 import argparse
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -21,18 +21,19 @@ from nni_mrs_plugin import build_model, count_flops, count_params, evaluate_robu
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def checked(kind: Callable[[str], Any], valid: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)``, refused with a one-line error unless ``valid``."""
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
+    return parse
 
 
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
-    return value
+positive_int = checked(int, lambda value: value >= 1, ">= 1")
+fraction = checked(float, lambda value: 0.0 < value < 1.0, "in (0, 1)")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
