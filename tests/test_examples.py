@@ -61,7 +61,7 @@ def test_mrs_script_removes_the_global_flops_fraction(runs):
 @pytest.mark.parametrize("script, args, message", [
     (L1, ["--sparsity", "1.5"], "argument --sparsity: must be in (0, 1), got 1.5"),
     (MRS, ["--train-subset", "0"], "argument --train-subset: must be >= 1, got 0"),
-])
+], ids=["l1-sparsity", "mrs-train-subset"])
 def test_bad_options_get_one_line_errors(script, args, message):
     result = run_python([str(script), *args], timeout=120)
     assert result.returncode == 2
