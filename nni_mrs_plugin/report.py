@@ -54,7 +54,7 @@ def plot_units(allocation: Mapping[str, Any], path: Path) -> Path:
     ax.set_xticks(list(positions))
     ax.set_xticklabels(names, rotation=70, ha="right", fontsize=7)
     ax.set_title(f"removed {allocation['achieved']:.3f} of {allocation['budget']} (target {allocation['target']:.3f})")
-    fig.legend(loc="upper right")
+    fig.legend(loc="upper left", bbox_to_anchor=(0.08, 0.9))
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
