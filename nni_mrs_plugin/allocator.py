@@ -84,14 +84,18 @@ class MRSSparsityAllocator:
     # -- all of it ----------------------------------------------------------------------------------------
     def allocate(self, model: nn.Module, config_list: Sequence[Dict[str, Any]], calibration: Any = None,
                  dummy_input: Any = None, scores: Optional[Mapping[str, float]] = None) -> allocation.Allocation:
-        """Select, group, measure MRS (unless ``scores`` are given) and allocate; the model is left unchanged."""
+        """Select, group, measure MRS (unless ``scores`` are given or ``tau`` is 0, where every unit gets the same
+        ratio whatever its MRS) and allocate; the model is left unchanged."""
         if dummy_input is None:
             if calibration is None:
                 raise ValueError("need dummy_input (or calibration data to take one sample from)")
             dummy_input = collect_samples(calibration, 1, self.seed)[0]
         if isinstance(dummy_input, torch.Tensor):
             dummy_input = dummy_input.to(_device_of(model))
+        self.adversarial_data = None
         target, units, skipped, graph_module = self.units(model, config_list, dummy_input)
+        if scores is None and self.tau == 0:  # uniform ratios: sensitivity cannot change them, skip measuring it
+            scores = {unit.name: 1.0 for unit in units}
         if scores is None:
             x_adv, y = self.calibrate(model, calibration)
             self.adversarial_data = (x_adv, y)

@@ -89,7 +89,9 @@ class Pipeline:
         return torch.zeros(1, self.info.in_channels, self.info.image_size, self.info.image_size)
 
     def eps(self, value: Optional[float]) -> float:
-        return value if value is not None else (0.1 if self.info.in_channels == 1 else 8 / 255)
+        from .calibration import default_eps
+
+        return value if value is not None else default_eps(self.dummy)
 
     def trainer(self, section):
         from .adversarial import AdversarialTrainer
@@ -170,9 +172,8 @@ class Pipeline:
         from .speedup import compute_masks
 
         cfg = self.config.pruning
-        allocator = MRSSparsityAllocator("taylor", cfg.budget, tau=0.0, r_max=cfg.r_max, progress=False)
-        _, units, _, _ = allocator.units(model, config_list, dummy)
-        allocation = allocator.allocate(model, config_list, dummy_input=dummy, scores={u.name: 1.0 for u in units})
+        allocator = MRSSparsityAllocator(budget=cfg.budget, tau=0.0, r_max=cfg.r_max, progress=False)
+        allocation = allocator.allocate(model, config_list, dummy_input=dummy)
         kwargs: Dict[str, Any] = {}
         if cfg.pruner in ("taylor", "slim", "linear", "agp", "movement"):
             import nni

@@ -99,7 +99,7 @@ class MRSPruner(Pruner):
             dummy_input = dummy_input.to(next(model.parameters()).device)
         result = self.allocator.allocate(model, self.config_list, calibration, dummy_input)
         if self.criterion == "taylor":
-            x_adv, y = self.allocator.adversarial_data
+            x_adv, y = self.allocator.adversarial_data or self.allocator.calibrate(model, calibration)
             layers = [layer for entry in result.config_list for layer in entry["op_names"]]
             self._gradients = weight_gradients(model, layers, x_adv, y, self.allocator.batch_size)
         return result

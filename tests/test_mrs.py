@@ -284,3 +284,14 @@ def test_allocation_table_and_json(calibration):
     data = json.loads(json.dumps(result.as_dict()))
     assert data["budget"] == "flops" and len(data["units"]) == 5 and "classifier.3" in data["skipped"]
     assert sum(row["budget_share"] for row in data["units"]) > 0.9
+
+
+def test_tau_zero_skips_sensitivity_but_taylor_criterion_still_gets_gradients(calibration):
+    model = make_model("small_cnn")
+    pruner = MRSPruner(model, SELECT, calibration=calibration, tau=0.0, criterion="taylor", n_samples=64,
+                       progress=False)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    assert {row.mrs for row in pruner.allocation.report} == {1.0}  # not measured: cannot change uniform ratios
+    assert abs(pruner.allocation.achieved - 0.5) <= 0.01
+    assert set(pruner._gradients) == {"features.0", "features.3", "features.7", "features.10", "classifier.1"}
