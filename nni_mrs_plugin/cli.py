@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default=None, help="run folder (default: the config's output.dir)")
     run.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ev = sub.add_parser("eval", help="robust accuracy of a saved model (pruned.pt / dense.pt) under the config's attacks")
+    ev.add_argument("checkpoint", help="a model saved by nni-mrs (save_pruned): run_folder/pruned.pt")
+    ev.add_argument("--config", default=None, help="YAML config (default: config.yaml beside the checkpoint)")
+    ev.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set eval.attacks=[clean,pgd20]")
+    ev.add_argument("--out", default=None, help="also write the result to this JSON file")
     return parser
 
 
@@ -67,6 +73,31 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .checkpoint import atomic_write, load_pruned
+    from .config import ConfigError, load_config
+    from .pipeline import robust_evaluation
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise ConfigError(f"checkpoint {str(checkpoint)!r} does not exist")
+    source = args.config or checkpoint.with_name("config.yaml")
+    config = load_config(source if Path(source).is_file() else None, dict(args.overrides))
+    try:
+        model = load_pruned(checkpoint)
+    except Exception as err:
+        raise ConfigError(f"{checkpoint} is not a model saved by nni-mrs ({type(err).__name__}: {err})") from None
+    result = robust_evaluation(config, model)
+    text = json.dumps(result, indent=2, default=float)
+    if args.out:
+        atomic_write(args.out, lambda f: f.write(text.encode()))
+    print(text)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     from .config import ConfigError
@@ -75,6 +106,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "eval":
+            return _eval(args)
     except ConfigError as err:
         print(f"nni-mrs: config error: {err}", file=sys.stderr)
         return 2

@@ -19,9 +19,41 @@ from torch import nn
 from .checkpoint import atomic_save, atomic_write, load_pruned, save_pruned
 from .config import Config, ConfigError
 
-__all__ = ["STAGES", "Pipeline", "run_pipeline"]
+__all__ = ["STAGES", "Pipeline", "run_pipeline", "robust_evaluation"]
 
 STAGES = ("pretrain", "prune", "speedup", "finetune", "evaluate", "report")
+
+
+def _dataset_info(config: Config):
+    from .data import DATASETS
+
+    return DATASETS[config.data.dataset]
+
+
+def _device(config: Config) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def _make_loaders(config: Config):
+    from .data import make_loaders
+
+    data = config.data
+    return make_loaders(data.dataset, data.root, data.batch_size, data.train_subset, data.test_subset, config.seed)
+
+
+def robust_evaluation(config: Config, model: nn.Module, test_loader: Any = None) -> Dict[str, Any]:
+    """The config's ``eval`` section applied to any model (the run's test loader, or one built from ``data``)."""
+    from .calibration import default_eps
+    from .robustness import evaluate_robustness
+
+    info, cfg = _dataset_info(config), config.eval
+    test_loader = test_loader if test_loader is not None else _make_loaders(config)[1]
+    eps = cfg.eps if cfg.eps is not None else default_eps(torch.zeros(1, info.in_channels, 1, 1))
+    return evaluate_robustness(model, test_loader, cfg.attacks, eps=eps, max_samples=cfg.samples,
+                               autoattack_samples=cfg.autoattack_samples, seed=config.seed, device=_device(config),
+                               progress=config.progress)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -34,15 +66,12 @@ class Pipeline:
     def __init__(self, config: Config, output: Optional[str] = None, on_epoch: Optional[Callable] = None):
         import yaml
 
-        from .data import DATASETS
-
         self.config = config
         self.dir = Path(output or config.output.dir)
         self.on_epoch = on_epoch  # on_epoch(stage, row) after each training epoch, e.g. NNI intermediate results
         self.fingerprint = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-        self.info = DATASETS[config.data.dataset]
-        self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
-                                   "cpu" if config.device == "auto" else config.device)
+        self.info = _dataset_info(config)
+        self.device = _device(config)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state: Dict[str, Any] = self._load_state()
         atomic_write(self.dir / "config.yaml", lambda f: f.write(yaml.safe_dump(config.to_dict()).encode()))
@@ -70,11 +99,7 @@ class Pipeline:
     @property
     def loaders(self):
         if self._loaders is None:
-            from .data import make_loaders
-
-            data = self.config.data
-            self._loaders = make_loaders(data.dataset, data.root, data.batch_size, data.train_subset,
-                                         data.test_subset, self.config.seed)
+            self._loaders = _make_loaders(self.config)
         return self._loaders
 
     @property
@@ -204,17 +229,8 @@ class Pipeline:
         return result
 
     def evaluate(self) -> Dict[str, Any]:
-        from .robustness import evaluate_robustness
-
-        cfg = self.config.eval
-        _, test = self.loaders
-        results = {}
-        for name in ("dense", "pruned"):
-            model = load_pruned(self.dir / f"{name}.pt")
-            results[name] = evaluate_robustness(
-                model, test, cfg.attacks, eps=self.eps(cfg.eps), max_samples=cfg.samples,
-                autoattack_samples=cfg.autoattack_samples, seed=self.config.seed, device=self.device,
-                progress=self.config.progress)
+        results = {name: robust_evaluation(self.config, load_pruned(self.dir / f"{name}.pt"), self.loaders[1])
+                   for name in ("dense", "pruned")}
         _write_json(self.dir / "evaluation.json", results)
         return results
 

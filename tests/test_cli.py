@@ -40,3 +40,23 @@ def test_bad_override_syntax_is_rejected():
     result = run_python(["-m", "nni_mrs_plugin", "run", "--set", "pruning.target"])
     assert result.returncode == 2
     assert "expected KEY=VALUE (e.g. pruning.tau=0.5), got 'pruning.target'" in result.stderr
+
+
+def test_eval_scores_a_saved_model_with_the_runs_config(tmp_path):
+    out = tmp_path / "run"
+    result = run_python(["-m", "nni_mrs_plugin", "run", *TINY, "--set", "pretrain.epochs=0", "--until", "speedup",
+                         "--no-progress", "--output", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(["-m", "nni_mrs_plugin", "eval", str(out / "pruned_init.pt"), "--set", "eval.samples=32",
+                         "--set", "eval.attacks=[clean, pgd5]", "--out", str(tmp_path / "eval.json")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    assert scores["clean"]["samples"] == 32 and scores["pgd5"]["samples"] == 32
+    assert scores["settings"]["eps"] == 0.1  # Fashion-MNIST's default radius, from the run's config
+    assert 0 <= scores["pgd5"]["accuracy"] <= scores["clean"]["accuracy"]
+
+
+def test_eval_of_a_missing_checkpoint_is_one_line(tmp_path):
+    result = run_python(["-m", "nni_mrs_plugin", "eval", str(tmp_path / "nope.pt")])
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"nni-mrs: config error: checkpoint '{tmp_path / 'nope.pt'}' does not exist"
