@@ -36,6 +36,13 @@ def _device(config: Config) -> torch.device:
     return torch.device(config.device)
 
 
+def _eps(config: Config, value: Optional[float]) -> float:
+    """``value``, or the data set's usual L-inf radius when the config leaves it null."""
+    from .calibration import default_eps
+
+    return value if value is not None else default_eps(torch.zeros(1, _dataset_info(config).in_channels, 1, 1))
+
+
 def _make_loaders(config: Config):
     from .data import make_loaders
 
@@ -45,13 +52,11 @@ def _make_loaders(config: Config):
 
 def robust_evaluation(config: Config, model: nn.Module, test_loader: Any = None) -> Dict[str, Any]:
     """The config's ``eval`` section applied to any model (the run's test loader, or one built from ``data``)."""
-    from .calibration import default_eps
     from .robustness import evaluate_robustness
 
-    info, cfg = _dataset_info(config), config.eval
+    cfg = config.eval
     test_loader = test_loader if test_loader is not None else _make_loaders(config)[1]
-    eps = cfg.eps if cfg.eps is not None else default_eps(torch.zeros(1, info.in_channels, 1, 1))
-    return evaluate_robustness(model, test_loader, cfg.attacks, eps=eps, max_samples=cfg.samples,
+    return evaluate_robustness(model, test_loader, cfg.attacks, eps=_eps(config, cfg.eps), max_samples=cfg.samples,
                                autoattack_samples=cfg.autoattack_samples, seed=config.seed, device=_device(config),
                                progress=config.progress)
 
@@ -69,7 +74,9 @@ class Pipeline:
         self.config = config
         self.dir = Path(output or config.output.dir)
         self.on_epoch = on_epoch  # on_epoch(stage, row) after each training epoch, e.g. NNI intermediate results
-        self.fingerprint = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        # what the results depend on: progress bars and the folder's own name do not
+        what = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output")}
+        self.fingerprint = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
         self.info = _dataset_info(config)
         self.device = _device(config)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -114,9 +121,7 @@ class Pipeline:
         return torch.zeros(1, self.info.in_channels, self.info.image_size, self.info.image_size)
 
     def eps(self, value: Optional[float]) -> float:
-        from .calibration import default_eps
-
-        return value if value is not None else default_eps(self.dummy)
+        return _eps(self.config, value)
 
     def trainer(self, section):
         from .adversarial import AdversarialTrainer

@@ -23,7 +23,10 @@ TINY = {
 def tiny(tmp_path, **sections):
     data = json.loads(json.dumps(TINY))
     for section, values in sections.items():
-        data.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
     data["output"] = {"dir": str(tmp_path / "run")}
     return load_config(data)
 
@@ -85,6 +88,8 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     again = Pipeline(config).run()
     assert again["stages"] == state["stages"]
     assert {p: p.stat().st_mtime_ns for p in run.glob("*.pt")} == stamps
+    # progress bars are not part of what a run computes: switching them on still resumes
+    assert Pipeline(tiny(tmp_path, progress=True)).run()["stages"] == state["stages"]
     # a different config in the same folder is refused, not mixed in
     with pytest.raises(ConfigError, match="holds a run of a different config"):
         Pipeline(tiny(tmp_path, pruning={"target": 0.6}))
