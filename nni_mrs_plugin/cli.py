@@ -3,11 +3,16 @@
 ``run [CONFIG]``: the MRPF job (pretrain -> MRS pruning -> ModelSpeedup -> adversarial fine-tuning -> robust
 evaluation -> report) for a YAML config; without CONFIG, the shipped Fashion-MNIST small-CNN config. A rerun
 resumes after the last finished stage.
+
+``eval CHECKPOINT``: the config's robust evaluation of a saved model. ``compare [CONFIG]``: the job across pruners
+and targets from one dense model, one table and one plot. ``experiment [CONFIG]``: an NNI experiment searching the
+config (``nni.experiment.Experiment``); ``trial [CONFIG]``: one NNI trial (what the experiment runs).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 __all__ = ["main"]
@@ -29,18 +34,39 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="the MRPF job for a config: prune, remove channels, fine-tune, evaluate, report")
     run.add_argument("config", nargs="?", default=None, help="YAML config (default: the shipped Fashion-MNIST one)")
-    run.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set pruning.target=0.75 (repeatable)")
-    run.add_argument("--output", default=None, help="run folder (default: the config's output.dir)")
     run.add_argument("--until", choices=STAGES, default=None, help="stop after this stage")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _common(run, "run folder (default: the config's output.dir)")
     ev = sub.add_parser("eval", help="robust accuracy of a saved model (pruned.pt / dense.pt) under the config's attacks")
     ev.add_argument("checkpoint", help="a model saved by nni-mrs (save_pruned): run_folder/pruned.pt")
     ev.add_argument("--config", default=None, help="YAML config (default: config.yaml beside the checkpoint)")
     ev.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set eval.attacks=[clean,pgd20]")
     ev.add_argument("--out", default=None, help="also write the result to this JSON file")
+    cmp = sub.add_parser("compare", help="the job across pruners and FLOPs targets: one table and one plot")
+    cmp.add_argument("config", nargs="?", default=None, help="YAML config (default: the shipped Fashion-MNIST one)")
+    cmp.add_argument("--pruners", nargs="+", default=["mrs", "l1"], metavar="NAME",
+                     help="registry names (default: mrs l1; l1 = uniform ratios, NNI's L1 norm channels)")
+    cmp.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.75, 0.9], metavar="S",
+                     help="fractions of the budget removed (default: 0.5 0.75 0.9)")
+    cmp.add_argument("--seeds", nargs="+", type=int, default=None, metavar="N", help="default: the config's seed")
+    _common(cmp, "default: the config's output.dir + '-compare'")
     return parser
+
+
+def _common(parser: argparse.ArgumentParser, output_help: str) -> None:
+    parser.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set finetune.epochs=2 (repeatable)")
+    parser.add_argument("--output", default=None, help=output_help)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config(args: argparse.Namespace):
+    from .config import load_config
+
+    overrides = dict(args.overrides)
+    if args.no_progress:
+        overrides["progress"] = False
+    return load_config(args.config, overrides)
 
 
 def _print_summary(state: Dict[str, Any], out: str) -> None:
@@ -60,14 +86,9 @@ def _print_summary(state: Dict[str, Any], out: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .pipeline import Pipeline
 
-    overrides = dict(args.overrides)
-    if args.no_progress:
-        overrides["progress"] = False
-    config = load_config(args.config, overrides)
-    pipeline = Pipeline(config, args.output)
+    pipeline = Pipeline(_config(args), args.output)
     state = pipeline.run(args.until)
     _print_summary(state, str(pipeline.dir))
     return 0
@@ -75,7 +96,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from .checkpoint import atomic_write, load_pruned
     from .config import ConfigError, load_config
@@ -98,6 +118,18 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    config = _config(args)
+    out = args.output or f"{config.output.dir}-compare"
+    result = compare(config, args.pruners, args.targets, out, args.seeds,
+                     on_run=lambda i, n, label: print(f"[{i}/{n}] {label}", flush=True))
+    print("\n" + "\n".join(Path(out, "compare.md").read_text().splitlines()[4:-2]))
+    print(f"\n{len(result['runs'])} runs; table and plot: {out}/compare.md, compare.png, compare.json")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     from .config import ConfigError
@@ -108,6 +140,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _run(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "compare":
+            return _compare(args)
     except ConfigError as err:
         print(f"nni-mrs: config error: {err}", file=sys.stderr)
         return 2

@@ -68,12 +68,15 @@ def _write_json(path: Path, data: Any) -> None:
 class Pipeline:
     """One run folder for one config. Call ``run()``; each stage's result is kept in ``self.state``."""
 
-    def __init__(self, config: Config, output: Optional[str] = None, on_epoch: Optional[Callable] = None):
+    def __init__(self, config: Config, output: Optional[str] = None, on_epoch: Optional[Callable] = None,
+                 dense_evaluation: Optional[Dict[str, Any]] = None):
         import yaml
 
         self.config = config
         self.dir = Path(output or config.output.dir)
         self.on_epoch = on_epoch  # on_epoch(stage, row) after each training epoch, e.g. NNI intermediate results
+        # the dense model's robust_evaluation when the caller already has it (compare shares one across runs)
+        self.dense_evaluation = dense_evaluation
         # what the results depend on: progress bars and the folder's own name do not
         what = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output")}
         self.fingerprint = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
@@ -235,7 +238,8 @@ class Pipeline:
 
     def evaluate(self) -> Dict[str, Any]:
         results = {name: robust_evaluation(self.config, load_pruned(self.dir / f"{name}.pt"), self.loaders[1])
-                   for name in ("dense", "pruned")}
+                   for name in ("dense", "pruned") if name != "dense" or self.dense_evaluation is None}
+        results.setdefault("dense", self.dense_evaluation)
         _write_json(self.dir / "evaluation.json", results)
         return results
 

@@ -1,0 +1,65 @@
+"""``compare``: pruners x targets from one dense model, identical fine-tuning, one table and one plot."""
+import json
+
+import pytest
+import torch
+from conftest import run_python
+from test_pipeline import tiny
+
+from nni_mrs_plugin.checkpoint import load_pruned
+from nni_mrs_plugin.compare import compare
+from nni_mrs_plugin.config import ConfigError
+
+
+@pytest.mark.slow
+def test_compare_runs_every_pruner_from_one_dense_model(tmp_path):
+    config = tiny(tmp_path)
+    seen = []
+    out = tmp_path / "cmp"
+    result = compare(config, ["mrs", "l1"], [0.5], str(out), on_run=lambda i, n, label: seen.append((i, n, label)))
+    assert seen == [(0, 2, "dense model, seed 0"), (1, 2, "mrs-0.5, seed 0"), (2, 2, "l1-0.5, seed 0")]
+    dense_dir = out / "seed0" / "dense"
+    dense_state = load_pruned(dense_dir / "dense.pt").state_dict()
+    dense_eval = json.loads((dense_dir / "evaluation.json").read_text())
+    for pruner in ("mrs", "l1"):
+        run = out / "seed0" / f"{pruner}-0.5"
+        start = load_pruned(run / "dense.pt").state_dict()
+        assert all(torch.equal(start[k], dense_state[k]) for k in dense_state), "runs must share the dense model"
+        assert json.loads((run / "evaluation.json").read_text())["dense"] == dense_eval
+        assert (run / "report.md").exists()
+    rows = {row["pruner"]: row for row in result["rows"]}
+    assert set(rows) == {"dense", "mrs", "l1"}
+    for pruner in ("mrs", "l1"):
+        assert abs(rows[pruner]["flops_removed"]["mean"] - 0.5) <= 0.01
+        assert rows[pruner]["flops"]["mean"] < rows["dense"]["flops"]["mean"]
+        assert set(rows[pruner]["accuracy"]) == {"clean", "pgd20"}
+    # the two allocations differ: MRS is not uniform
+    allocations = [json.loads((out / "seed0" / f"{p}-0.5" / "allocation.json").read_text()) for p in ("mrs", "l1")]
+    assert [u["ratio"] for u in allocations[0]["units"]] != [u["ratio"] for u in allocations[1]["units"]]
+    table = (out / "compare.md").read_text()
+    assert "| mrs | 0.5 |" in table and "| l1 | 0.5 |" in table and "| dense | – |" in table
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "compare.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+
+    # a rerun resumes: nothing is trained again
+    stamp = (out / "seed0" / "mrs-0.5" / "pruned.pt").stat().st_mtime_ns
+    again = compare(config, ["mrs", "l1"], [0.5], str(out))
+    assert (out / "seed0" / "mrs-0.5" / "pruned.pt").stat().st_mtime_ns == stamp
+    assert again["rows"] == result["rows"]
+
+
+@pytest.mark.parametrize("pruners, targets, message", [
+    (["mrs", "l3"], [0.5], "pruners: unknown pruner 'l3'; available:"),
+    (["mrs"], [0.5, 1.0], "targets: each target must be in (0, 1), got 1.0"),
+    ([], [0.5], "compare needs at least one pruner"),
+])
+def test_compare_rejects_a_bad_grid_before_training(tmp_path, pruners, targets, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compare(tiny(tmp_path), pruners, targets, str(tmp_path / "cmp"))
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_cli_compare_bad_pruner_is_one_line(tmp_path):
+    result = run_python(["-m", "nni_mrs_plugin", "compare", "--pruners", "mrs", "nope", "--output", str(tmp_path)])
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("nni-mrs: config error: pruners: unknown pruner 'nope'; available: ")
