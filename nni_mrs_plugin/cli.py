@@ -11,6 +11,7 @@ config (``nni.experiment.Experiment``); ``trial [CONFIG]``: one NNI trial (what 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -50,6 +51,21 @@ def _parser() -> argparse.ArgumentParser:
                      help="fractions of the budget removed (default: 0.5 0.75 0.9)")
     cmp.add_argument("--seeds", nargs="+", type=int, default=None, metavar="N", help="default: the config's seed")
     _common(cmp, "default: the config's output.dir + '-compare'")
+    exp = sub.add_parser("experiment", help="an NNI experiment (nni.experiment.Experiment) searching the config")
+    exp.add_argument("config", nargs="?", default=None, help="YAML config (default: the shipped Fashion-MNIST one)")
+    exp.add_argument("--search-space", default=None, metavar="JSON",
+                     help="NNI search space over dotted config keys (default: the shipped one: tau, estimator, "
+                          "rho, fine-tuning method and TRADES beta)")
+    exp.add_argument("--trials", type=int, default=8, help="maximum number of trials (default: 8)")
+    exp.add_argument("--concurrency", type=int, default=1, help="trials at once (default: 1)")
+    exp.add_argument("--tuner", default="TPE", help="an NNI built-in tuner (default: TPE)")
+    exp.add_argument("--port", type=int, default=8080, help="NNI manager and web portal port (default: 8080)")
+    exp.add_argument("--max-duration", default=None, metavar="DURATION", help="e.g. 2h (default: no limit)")
+    _common(exp, "default: the config's output.dir + '-experiment'")
+    trial = sub.add_parser("trial", help="one NNI trial: the tuner's parameters as config overrides (run by NNI)")
+    trial.add_argument("config", nargs="?", default=None, help="YAML config (default: the shipped Fashion-MNIST one)")
+    trial.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key before the tuner's parameters (repeatable)")
     return parser
 
 
@@ -95,7 +111,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import json
 
     from .checkpoint import atomic_write, load_pruned
     from .config import ConfigError, load_config
@@ -130,6 +145,27 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from .experiment import default_search_space_path, launch_experiment
+
+    overrides = {**dict(args.overrides), **({"progress": False} if args.no_progress else {})}
+    result = launch_experiment(args.config, args.search_space or default_search_space_path(), overrides=overrides,
+                               output=args.output, trials=args.trials, concurrency=args.concurrency,
+                               tuner=args.tuner, port=args.port, max_duration=args.max_duration)
+    out = Path(result["working_directory"]).parent
+    print(Path(out, "experiment.md").read_text())
+    print(f"results: {out}/experiment.json; NNI's logs and each trial's run folder: {result['working_directory']}")
+    return 0 if result["status"] == "done" else 1
+
+
+def _trial(args: argparse.Namespace) -> int:
+    from .experiment import run_trial
+
+    metrics = run_trial(args.config, dict(args.overrides))
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     from .config import ConfigError
@@ -142,6 +178,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _eval(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "experiment":
+            return _experiment(args)
+        if args.command == "trial":
+            return _trial(args)
     except ConfigError as err:
         print(f"nni-mrs: config error: {err}", file=sys.stderr)
         return 2

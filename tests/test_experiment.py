@@ -1,0 +1,101 @@
+"""The NNI experiment manager: a real 2-trial experiment (local, loopback), trial entry, search-space checks,
+and the shipped nnictl example."""
+import json
+import shlex
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import run_python
+from test_pipeline import TINY
+
+from nni_mrs_plugin.cli import _parser
+from nni_mrs_plugin.config import ConfigError, load_config
+from nni_mrs_plugin.experiment import check_search_space, default_search_space_path, launch_experiment
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nni_experiment"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_trial_experiment_end_to_end(tmp_path):
+    out = tmp_path / "exp"
+    space = {"pruning.tau": {"_type": "choice", "_value": [0.0, 1.0]}}
+    result = launch_experiment(dict(TINY), space, output=str(out), trials=2, tuner="GridSearch", port=free_port())
+    assert result["status"] == "done"
+    trials = result["trials"]
+    assert [t["status"] for t in trials] == ["SUCCEEDED", "SUCCEEDED"]
+    assert sorted(t["parameters"]["pruning.tau"] for t in trials) == [0.0, 1.0]
+    assert trials[0]["metrics"]["default"] >= trials[1]["metrics"]["default"], "sorted best first"
+    allocations = []
+    for trial in trials:
+        metrics = trial["metrics"]
+        assert metrics["default"] == metrics["pgd20_accuracy"] and 0 <= metrics["default"] <= 1
+        assert abs(metrics["flops_removed"] - 0.5) <= 0.01
+        assert {"clean_accuracy", "params", "flops", "cpu_latency_ms"} <= set(metrics)
+        # one intermediate result per fine-tuning epoch, robust accuracy as default
+        assert len(trial["intermediate"]) == TINY["finetune"]["epochs"]
+        assert 0 <= trial["intermediate"][0]["default"] <= 1
+        run = Path(trial["trial_dir"]) / "mrpf"
+        assert json.loads((run / "trial.json").read_text()) == {"parameters": trial["parameters"], "metrics": metrics}
+        assert load_config(yaml.safe_load((run / "config.yaml").read_text())).pruning.tau == trial["parameters"][
+            "pruning.tau"]
+        allocations.append([u["ratio"] for u in json.loads((run / "allocation.json").read_text())["units"]])
+    assert allocations[0] != allocations[1], "tau changes the allocation"
+    assert json.loads((out / "experiment.json").read_text())["trials"] == json.loads(json.dumps(trials))
+    assert all(t["id"] in (out / "experiment.md").read_text() for t in trials)
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"pruning.tua": {"_type": "choice", "_value": [0.5]}},
+     "search space 'pruning.tua' value 0.5: unknown key 'pruning.tua'; did you mean 'pruning.tau'?"),
+    ({"pruning.estimator": {"_type": "choice", "_value": ["weight", "magic"]}},
+     "search space 'pruning.estimator' value 'magic': pruning.estimator: must be one of"),
+    ({"pruning.tau": {"_type": "uniform", "_value": [-1, 1]}},
+     "search space 'pruning.tau' value -1: pruning.tau: must be >= 0, got -1"),
+    ({"pruning.tau": {"_type": "gaussian", "_value": [0, 1]}}, "search space 'pruning.tau': unknown _type 'gaussian'"),
+    ({"pruning.tau": [0, 1]}, "search space 'pruning.tau': must be {'_type': ..., '_value': [...]}"),
+    ({}, "search space: must be a non-empty mapping"),
+])
+def test_search_space_is_checked_against_the_config(space, message):
+    with pytest.raises(ConfigError) as info:
+        check_search_space(load_config(), space)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_bad_tuner_and_missing_robust_attack_fail_before_nni_starts(tmp_path):
+    space = {"pruning.tau": {"_type": "choice", "_value": [0.0]}}
+    with pytest.raises(ConfigError, match="tuner: unknown NNI tuner 'TPEE'; built in: .*TPE"):
+        launch_experiment(dict(TINY), space, output=str(tmp_path / "a"), tuner="TPEE")
+    no_pgd = dict(TINY, eval={"attacks": ["clean", "fgsm"]})
+    with pytest.raises(ConfigError, match="eval.attacks: a trial reports robust accuracy"):
+        launch_experiment(no_pgd, space, output=str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    result = run_python(["-m", "nni_mrs_plugin", "trial", "--set", "eval.attacks=[clean]"])
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("nni-mrs: config error: eval.attacks: a trial reports robust accuracy")
+
+
+def test_nnictl_example_is_a_valid_experiment_of_the_default_config():
+    from nni.experiment.config import ExperimentConfig
+
+    data = yaml.safe_load((EXAMPLE / "config.yml").read_text())
+    config = ExperimentConfig.load(str(EXAMPLE / "config.yml"))  # as nnictl reads it: paths relative to the file
+    config.validate()
+    canonical = config.canonical_copy()
+    assert Path(canonical.trial_code_directory) == EXAMPLE and canonical.search_space == json.loads(
+        default_search_space_path().read_text())
+    space = json.loads((EXAMPLE / data["searchSpaceFile"]).read_text())
+    assert space == json.loads(default_search_space_path().read_text()), "example and shipped search space differ"
+    check_search_space(load_config(), space)
+    words = shlex.split(data["trialCommand"])
+    assert words[:3] == ["python3", "-m", "nni_mrs_plugin"]
+    args = _parser().parse_args(words[3:])
+    assert args.command == "trial"
+    assert data["tuner"]["classArgs"]["optimize_mode"] == "maximize"
