@@ -199,15 +199,17 @@ class Pipeline:
                 "predicted_removed": allocation.achieved}
 
     def _baseline(self, model: nn.Module, config_list: List[dict], dummy: torch.Tensor):
-        """Uniform ratios meeting the same budget (tau = 0), channels chosen by the named NNI pruner."""
-        from .allocator import MRSSparsityAllocator
+        """The named NNI pruner at the same budget: uniform ratios, or one global ranking (``l1-global``)."""
+        import inspect
+
+        from .baselines import baseline_masks
         from .registry import get_pruner
-        from .speedup import compute_masks
 
         cfg = self.config.pruning
-        allocator = MRSSparsityAllocator(budget=cfg.budget, tau=0.0, r_max=cfg.r_max, progress=False)
-        allocation = allocator.allocate(model, config_list, dummy_input=dummy)
+        pruner_cls = get_pruner(cfg.pruner)
         kwargs: Dict[str, Any] = {}
+        if "seed" in inspect.signature(pruner_cls).parameters:
+            kwargs["seed"] = self.config.seed
         if cfg.pruner in ("taylor", "slim", "linear", "agp", "movement"):
             import nni
             from nni.compression import TorchEvaluator
@@ -216,8 +218,7 @@ class Pipeline:
             optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=self.config.finetune.lr)
             kwargs = {"evaluator": TorchEvaluator(trainer.training_func(self.loaders[0]), optimizer,
                                                   trainer.training_step, dummy_input=dummy), "training_steps": 10}
-        masks = compute_masks(model, allocation.config_list, get_pruner(cfg.pruner), **kwargs)
-        return allocation, masks
+        return baseline_masks(model, config_list, dummy, pruner_cls, cfg.budget, cfg.r_max, **kwargs)
 
     def speedup(self) -> Dict[str, Any]:
         from .speedup import speedup_model

@@ -24,6 +24,8 @@ _BUILTIN: Dict[str, str] = {
     "linear": "nni.compression.pruning:LinearPruner",
     "agp": "nni.compression.pruning:AGPPruner",
     "movement": "nni.compression.pruning:MovementPruner",
+    "random": "nni_mrs_plugin.baselines:RandomPruner",
+    "l1-global": "nni_mrs_plugin.baselines:GlobalL1NormPruner",
 }
 _registered: Dict[str, Union[str, type]] = {}
 
