@@ -31,6 +31,7 @@ _EXPORTS = {
     "UnitReport": "allocation", "CostModel": "cost", "Unit": "units", "ESTIMATORS": "sensitivity",
     "WeightMRS": "sensitivity", "ProbeMRS": "sensitivity", "TaylorMRS": "sensitivity",
     "get_pruner": "registry", "register_pruner": "registry", "available_pruners": "registry",
+    "RandomPruner": "baselines", "GlobalL1NormPruner": "baselines", "baseline_masks": "baselines",
     # checkpoints
     "save_pruned": "checkpoint", "load_pruned": "checkpoint", "architecture": "checkpoint", "rebuild": "checkpoint",
     # training: natural and adversarial, NNI TorchEvaluator hooks, standalone fine-tuning, robust evaluation
@@ -39,7 +40,9 @@ _EXPORTS = {
     "fit": "finetune", "FitResult": "finetune", "evaluate_robustness": "robustness",
     # the MRPF job
     "load_config": "config", "Config": "config", "ConfigError": "config", "Pipeline": "pipeline",
-    "run_pipeline": "pipeline", "write_report": "report",
+    "run_pipeline": "pipeline", "write_report": "report", "compare": "compare",
+    # NNI's experiment manager
+    "run_trial": "experiment", "launch_experiment": "experiment", "check_search_space": "experiment",
 }
 
 __all__ = ["compat", "__version__", *_EXPORTS]

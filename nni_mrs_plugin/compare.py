@@ -1,21 +1,24 @@
-"""One config across pruners and targets: the MRPF job per (pruner, target, seed), one table and one plot.
+"""One config across pruners and targets: the MRPF job per (variant, target, seed), one table and one plot.
 
-Every run starts from the same dense model (pre-trained once per seed) and gets identical fine-tuning and
-evaluation, so the rows differ only in how channels were chosen. The dense model is evaluated once per seed.
-Layout of the output folder::
+A variant is a pruner name (``mrs``, ``l1``, ...) or, from Python, a label with any config overrides (e.g.
+natural fine-tuning). Runs whose model, data, pre-training and evaluation agree start from the same dense
+model, pre-trained and evaluated once per seed, and get identical fine-tuning unless the variant changes it,
+so the rows differ only in what the variant names. Layout of the output folder::
 
     seed0/dense/            the pre-trained dense model (Pipeline until 'pretrain') and its evaluation
-    seed0/mrs-0.5/          one full run folder per (pruner, target)
+    seed0/dense-1a2b3c/     another dense model, when a variant changes pre-training
+    seed0/mrs-0.5/          one full run folder per (variant, target)
     compare.json, compare.md, compare.png
 
 Each run resumes like ``nni-mrs run``; a rerun of ``compare`` skips what is finished.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .checkpoint import atomic_save, atomic_write
 from .config import Config, ConfigError, load_config
@@ -49,64 +52,85 @@ def _dense_run(config: Config, folder: Path) -> Dict[str, Any]:
     return {"weights": str(weights.resolve()), "evaluation": evaluation, "measure": state["stages"]["pretrain"]["dense"]}
 
 
-def _check(pruners: Sequence[str], targets: Sequence[float], seeds: Sequence[int]) -> None:
+def _variants(variants: Union[Sequence[str], Mapping[str, Mapping[str, Any]]]) -> Dict[str, Dict[str, Any]]:
     from .registry import available_pruners
 
+    if isinstance(variants, Mapping):
+        return {str(label): dict(overrides) for label, overrides in variants.items()}
     known = available_pruners()
-    for name in pruners:
+    for name in variants:
         if name not in known:
             raise ConfigError(f"pruners: unknown pruner {name!r}; available: {', '.join(known)}")
-    for target in targets:
-        if not 0 < target < 1:
-            raise ConfigError(f"targets: each target must be in (0, 1), got {target!r}")
-    if not pruners or not targets or not seeds:
-        raise ConfigError("compare needs at least one pruner, one target and one seed")
+    return {name: {"pruning.pruner": name} for name in variants}
 
 
-def compare(config: Config, pruners: Sequence[str], targets: Sequence[float], output: Optional[str] = None,
-            seeds: Optional[Sequence[int]] = None,
+_DENSE_KEYS = ("model", "data", "pretrain", "eval", "seed", "device")  # what the dense model and its scores depend on
+
+
+def _dense_identity(config: Config) -> str:
+    data = config.to_dict()
+    return hashlib.sha256(json.dumps({k: data[k] for k in _DENSE_KEYS}, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def compare(config: Config, variants: Union[Sequence[str], Mapping[str, Mapping[str, Any]]],
+            targets: Sequence[float], output: Optional[str] = None, seeds: Optional[Sequence[int]] = None,
             on_run: Optional[Callable[[int, int, str], None]] = None) -> Dict[str, Any]:
     """Run the grid and write compare.json/.md/.png in ``output``; returns compare.json's content.
 
-    ``on_run(i, n, label)`` is called before each run (the CLI prints it).
+    ``variants``: pruner names, or ``{label: {dotted key: value}}``. ``on_run(i, n, label)`` is called before
+    each run (the CLI prints it).
     """
+    variants = _variants(variants)
     seeds = list(seeds) if seeds is not None else [config.seed]
-    _check(pruners, targets, seeds)
-    out = Path(output or f"{config.output.dir}-compare")
+    for target in targets:
+        if not 0 < target < 1:
+            raise ConfigError(f"targets: each target must be in (0, 1), got {target!r}")
+    if not variants or not targets or not seeds:
+        raise ConfigError("compare needs at least one pruner, one target and one seed")
     base = config.to_dict()
-    runs: List[Dict[str, Any]] = []
-    dense: Dict[int, Dict[str, Any]] = {}
-    total, index = len(seeds) * len(pruners) * len(targets), 0
-    for seed in seeds:
-        seed_dir = out / f"seed{seed}"
-        seeded = load_config(base, {"seed": seed})
-        if on_run is not None:
-            on_run(0, total, f"dense model, seed {seed}")
-        dense[seed] = _dense_run(seeded, seed_dir / "dense")
-        for pruner in pruners:
+    configs = {}
+    for seed in seeds:  # every run's config is checked before anything trains
+        for label, overrides in variants.items():
             for target in targets:
-                index += 1
-                label = f"{pruner}-{target:g}"
-                if on_run is not None:
-                    on_run(index, total, f"{label}, seed {seed}")
-                run_config = load_config(base, {"seed": seed, "pruning.pruner": pruner, "pruning.target": target,
-                                                "model.checkpoint": dense[seed]["weights"]})
-                pipeline = Pipeline(run_config, str(seed_dir / label), dense_evaluation=dense[seed]["evaluation"])
-                stages = pipeline.run()["stages"]
-                runs.append({"pruner": pruner, "target": target, "seed": seed, "folder": str(pipeline.dir),
-                             "pruned": stages["speedup"]["pruned"], "dense": stages["pretrain"]["dense"],
-                             "accuracy": _accuracies(stages["evaluate"]["pruned"])})
-                write_compare_report(out, _result(config, seeds, dense, runs))  # partial results survive
-    result = _result(config, seeds, dense, runs)
+                try:
+                    configs[label, target, seed] = load_config(base, {**overrides, "seed": seed,
+                                                                      "pruning.target": target})
+                except ConfigError as err:
+                    raise ConfigError(f"variant {label!r}: {err}") from None
+    out = Path(output or f"{config.output.dir}-compare")
+    runs: List[Dict[str, Any]] = []
+    dense: Dict[str, Dict[str, Any]] = {}
+    total = len(configs)
+    for index, ((label, target, seed), run_config) in enumerate(configs.items(), 1):
+        identity = _dense_identity(run_config)
+        if identity not in dense:
+            name = "dense" if identity == _dense_identity(load_config(base, {"seed": seed})) else f"dense-{identity}"
+            if on_run is not None:
+                on_run(0, total, f"{name}, seed {seed}")
+            shared = {**base, **{key: run_config.to_dict()[key] for key in _DENSE_KEYS}}
+            dense[identity] = {"label": "dense" if name == "dense" else f"dense ({label})", "seed": seed,
+                               **_dense_run(load_config(shared), out / f"seed{seed}" / name)}
+        if on_run is not None:
+            on_run(index, total, f"{label}-{target:g}, seed {seed}")
+        run_config = load_config(run_config.to_dict(), {"model.checkpoint": dense[identity]["weights"]})
+        pipeline = Pipeline(run_config, str(out / f"seed{seed}" / f"{label}-{target:g}"),
+                            dense_evaluation=dense[identity]["evaluation"])
+        stages = pipeline.run()["stages"]
+        runs.append({"variant": label, "pruner": run_config.pruning.pruner, "target": target, "seed": seed,
+                     "dense": identity, "folder": str(pipeline.dir), "pruned": stages["speedup"]["pruned"],
+                     "dense_measure": stages["pretrain"]["dense"],
+                     "accuracy": _accuracies(stages["evaluate"]["pruned"])})
+        write_compare_report(out, _result(config, variants, seeds, dense, runs))  # partial results survive
+    result = _result(config, variants, seeds, dense, runs)
     write_compare_report(out, result)
     return result
 
 
-def _result(config: Config, seeds: List[int], dense: Dict[int, Dict[str, Any]],
+def _result(config: Config, variants: Dict[str, Dict[str, Any]], seeds: List[int], dense: Dict[str, Dict[str, Any]],
             runs: List[Dict[str, Any]]) -> Dict[str, Any]:
-    return {"config": config.to_dict(), "pruners": list(dict.fromkeys(r["pruner"] for r in runs)), "seeds": seeds,
-            "dense": {str(seed): {"measure": d["measure"], "accuracy": _accuracies(d["evaluation"])}
-                      for seed, d in dense.items()},
+    return {"config": config.to_dict(), "variants": variants, "seeds": seeds,
+            "dense": {key: {"label": d["label"], "seed": d["seed"], "measure": d["measure"],
+                            "accuracy": _accuracies(d["evaluation"])} for key, d in dense.items()},
             "runs": runs, "rows": compare_rows(dense, runs)}
 
 
@@ -115,21 +139,25 @@ def _mean_std(values: List[float]) -> Dict[str, float]:
             "n": len(values)}
 
 
-def compare_rows(dense: Dict[int, Dict[str, Any]], runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One row per (pruner, target) plus the dense row: mean and std over seeds of every metric."""
+def compare_rows(dense: Dict[str, Dict[str, Any]], runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """A row per dense model and per (variant, target): mean and std over seeds of every metric."""
     def summary(members: List[Dict[str, Any]], flops_removed: List[float]) -> Dict[str, Any]:
         return {"flops_removed": _mean_std(flops_removed),
                 **{m: _mean_std([r["measure"][m] for r in members]) for m in _MODEL_METRICS},
                 "accuracy": {a: _mean_std([r["accuracy"][a] for r in members]) for a in members[0]["accuracy"]}}
 
-    dense_members = [{"measure": d["measure"], "accuracy": _accuracies(d["evaluation"])} for d in dense.values()]
-    rows = [{"pruner": "dense", "target": 0.0, **summary(dense_members, [0.0] * len(dense_members))}]
+    rows = []
+    by_label: Dict[str, List[Dict[str, Any]]] = {}
+    for d in dense.values():
+        by_label.setdefault(d["label"], []).append({"measure": d["measure"], "accuracy": _accuracies(d["evaluation"])})
+    for label, members in by_label.items():
+        rows.append({"variant": label, "target": 0.0, **summary(members, [0.0] * len(members))})
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for run in runs:
-        groups.setdefault((run["pruner"], run["target"]), []).append(run)
-    for (pruner, target), members in groups.items():
-        removed = [1 - r["pruned"]["flops"] / r["dense"]["flops"] for r in members]
-        rows.append({"pruner": pruner, "target": target,
+        groups.setdefault((run["variant"], run["target"]), []).append(run)
+    for (label, target), members in groups.items():
+        removed = [1 - r["pruned"]["flops"] / r["dense_measure"]["flops"] for r in members]
+        rows.append({"variant": label, "target": target,
                      **summary([{"measure": r["pruned"], "accuracy": r["accuracy"]} for r in members], removed)})
     return rows
 
@@ -140,7 +168,8 @@ def _pm(stat: Dict[str, float]) -> str:
 
 
 def plot_compare(result: Dict[str, Any], path: Path) -> Path:
-    """Accuracy against measured FLOPs removed, one panel per attack, one line per pruner (dense dashed)."""
+    """Accuracy against measured FLOPs removed, one panel per attack, one line per variant, dense models as
+    horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,15 +177,17 @@ def plot_compare(result: Dict[str, Any], path: Path) -> Path:
 
     rows = result["rows"]
     attacks = list(rows[0]["accuracy"])
+    dense_rows = [r for r in rows if r["variant"].startswith("dense")]
     fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 3.6), squeeze=False)
     for ax, attack in zip(axes[0], attacks):
-        ax.axhline(100 * rows[0]["accuracy"][attack]["mean"], color="gray", linestyle="--", label="dense")
-        for pruner in result["pruners"]:
-            points = sorted((r["flops_removed"]["mean"], r["accuracy"][attack]) for r in rows[1:]
-                            if r["pruner"] == pruner and attack in r["accuracy"])
+        for row, style in zip(dense_rows, ("--", ":", "-.")):
+            ax.axhline(100 * row["accuracy"][attack]["mean"], color="gray", linestyle=style, label=row["variant"])
+        for label in result["variants"]:
+            points = sorted((r["flops_removed"]["mean"], r["accuracy"][attack]) for r in rows
+                            if r["variant"] == label and attack in r["accuracy"])
             if points:
                 ax.errorbar([100 * x for x, _ in points], [100 * s["mean"] for _, s in points],
-                            yerr=[100 * s["std"] for _, s in points], marker="o", capsize=3, label=pruner)
+                            yerr=[100 * s["std"] for _, s in points], marker="o", capsize=3, label=label)
         ax.set_xlabel("FLOPs removed (%)")
         ax.set_ylabel(f"{attack} accuracy (%)")
         ax.set_title(attack)
@@ -178,14 +209,15 @@ def write_compare_report(out: Path, result: Dict[str, Any]) -> List[Path]:
     seeds = result["seeds"]
     lines = [f"# {cfg['model']['name']} on {cfg['data']['dataset']}: pruners compared at equal "
              f"{cfg['pruning']['budget']} budgets", "",
-             f"Fine-tuning `{cfg['finetune']['method']}` for {cfg['finetune']['epochs']} epoch(s) after each pruner; "
+             f"Fine-tuning `{cfg['finetune']['method']}` for {cfg['finetune']['epochs']} epoch(s) after each pruner "
+             "unless the variant says otherwise; "
              f"seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if len(seeds) > 1 else "") + ".", "",
-             "| pruner | target | FLOPs removed | params | FLOPs | CPU ms | " + " | ".join(attacks) + " |",
+             "| variant | target | FLOPs removed | params | FLOPs | CPU ms | " + " | ".join(attacks) + " |",
              "|---|---:|---:|---:|---:|---:|" + "---:|" * len(attacks)]
     for row in rows:
         accuracy = [(_pm(row["accuracy"][a]) + "%") if a in row["accuracy"] else "–" for a in attacks]
-        target = f"{row['target']:g}" if row["pruner"] != "dense" else "–"
-        lines.append(f"| {row['pruner']} | {target} | {_pm(row['flops_removed'])}% | "
+        target = "–" if row["variant"].startswith("dense") else f"{row['target']:g}"
+        lines.append(f"| {row['variant']} | {target} | {_pm(row['flops_removed'])}% | "
                      f"{row['params']['mean']:,.0f} | {row['flops']['mean'] / 1e6:.2f}M | "
                      f"{row['cpu_latency_ms']['mean']:.3f} | " + " | ".join(accuracy) + " |")
     lines += ["", "![accuracy against FLOPs removed](compare.png)", ""]

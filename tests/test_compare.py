@@ -17,7 +17,7 @@ def test_compare_runs_every_pruner_from_one_dense_model(tmp_path):
     seen = []
     out = tmp_path / "cmp"
     result = compare(config, ["mrs", "l1"], [0.5], str(out), on_run=lambda i, n, label: seen.append((i, n, label)))
-    assert seen == [(0, 2, "dense model, seed 0"), (1, 2, "mrs-0.5, seed 0"), (2, 2, "l1-0.5, seed 0")]
+    assert seen == [(0, 2, "dense, seed 0"), (1, 2, "mrs-0.5, seed 0"), (2, 2, "l1-0.5, seed 0")]
     dense_dir = out / "seed0" / "dense"
     dense_state = load_pruned(dense_dir / "dense.pt").state_dict()
     dense_eval = json.loads((dense_dir / "evaluation.json").read_text())
@@ -27,7 +27,7 @@ def test_compare_runs_every_pruner_from_one_dense_model(tmp_path):
         assert all(torch.equal(start[k], dense_state[k]) for k in dense_state), "runs must share the dense model"
         assert json.loads((run / "evaluation.json").read_text())["dense"] == dense_eval
         assert (run / "report.md").exists()
-    rows = {row["pruner"]: row for row in result["rows"]}
+    rows = {row["variant"]: row for row in result["rows"]}
     assert set(rows) == {"dense", "mrs", "l1"}
     for pruner in ("mrs", "l1"):
         assert abs(rows[pruner]["flops_removed"]["mean"] - 0.5) <= 0.01
@@ -46,6 +46,40 @@ def test_compare_runs_every_pruner_from_one_dense_model(tmp_path):
     again = compare(config, ["mrs", "l1"], [0.5], str(out))
     assert (out / "seed0" / "mrs-0.5" / "pruned.pt").stat().st_mtime_ns == stamp
     assert again["rows"] == result["rows"]
+
+
+@pytest.mark.slow
+def test_variants_share_a_dense_model_only_when_pretraining_agrees(tmp_path):
+    config = tiny(tmp_path)
+    out = tmp_path / "cmp"
+    variants = {"l1-natural": {"pruning.pruner": "l1", "finetune.method": "natural"},
+                "mrs": {"pruning.pruner": "mrs"},
+                "l1-natural-pretrain": {"pruning.pruner": "l1", "pretrain.method": "natural",
+                                        "finetune.method": "natural"}}
+    result = compare(config, variants, [0.5], str(out))
+    folders = sorted(p.name for p in (out / "seed0").iterdir())
+    other = [name for name in folders if name.startswith("dense-")]
+    assert "dense" in folders and len(other) == 1
+    assert {row["variant"] for row in result["rows"]} == {"dense", "dense (l1-natural-pretrain)", "l1-natural", "mrs",
+                                                          "l1-natural-pretrain"}
+    runs = {run["variant"]: run for run in result["runs"]}
+    assert runs["l1-natural"]["dense"] == runs["mrs"]["dense"] != runs["l1-natural-pretrain"]["dense"]
+    assert load_config_of(out / "seed0" / "l1-natural-0.5").finetune.method == "natural"
+    assert load_config_of(out / "seed0" / "mrs-0.5").finetune.method == "pgd"
+    # another order of the same variants resumes every folder instead of refusing them
+    again = compare(config, dict(reversed(list(variants.items()))), [0.5], str(out))
+    assert sorted(map(str, again["rows"])) == sorted(map(str, result["rows"]))
+    with pytest.raises(ConfigError, match="variant 'bad': pruning.pruner: must be one of"):
+        compare(config, {"mrs": {}, "bad": {"pruning.pruner": "nope"}}, [0.5], str(tmp_path / "none"))
+    assert not (tmp_path / "none").exists(), "configs are checked before anything runs"
+
+
+def load_config_of(folder):
+    import yaml
+
+    from nni_mrs_plugin.config import load_config
+
+    return load_config(yaml.safe_load((folder / "config.yaml").read_text()))
 
 
 @pytest.mark.parametrize("pruners, targets, message", [
