@@ -35,3 +35,38 @@ def test_speedup_benchmark_small_cnn(tmp_path, capsys):
     with pytest.raises(SystemExit):
         speedup.main(["--targets", "1.5", "--out", str(tmp_path / "bad.json")])
     assert "1.5" in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
+
+
+def test_robustness_verdicts_rule():
+    robustness = load_script("robustness")
+
+    def row(variant, mean, std, target=0.5):
+        return {"variant": variant, "target": target, "accuracy": {"pgd20": {"mean": mean, "std": std, "n": 3}}}
+
+    rows = [row("dense", 0.7, 0.0, 0.0), row("mrs", 0.60, 0.01), row("l1", 0.55, 0.02), row("random", 0.59, 0.02),
+            row("taylor", 0.65, 0.01), row("l1-natural", 0.1, 0.0)]
+    found = {v["baseline"]: v["verdict"] for v in robustness.verdicts(rows)}
+    assert found == {"l1": "win", "random": "tie", "taylor": "loss"}
+
+
+@pytest.mark.slow
+def test_robustness_benchmark_runs_and_resumes(tmp_path, capsys):
+    import yaml
+    from test_pipeline import TINY
+
+    robustness = load_script("robustness")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    argv = ["--config", str(config), "--methods", "mrs", "random", "--natural", "mrs", "--targets", "0.5",
+            "--seeds", "0", "--output", str(tmp_path / "out")]
+    assert robustness.main(argv) == 0
+    summary = json.loads((tmp_path / "out" / "robustness.json").read_text())
+    assert {(v["baseline"], v["metric"]) for v in summary["verdicts"]} == {("random", "clean"), ("random", "pgd20")}
+    rows = json.loads((tmp_path / "out" / "compare.json").read_text())["rows"]
+    assert {r["variant"] for r in rows} == {"dense", "dense (mrs-natural)", "mrs", "random", "mrs-natural"}
+    assert "| mrs-natural | 0.5 |" in capsys.readouterr().out
+    model = tmp_path / "out" / "seed0" / "mrs-natural-0.5" / "pruned.pt"
+    stamp = model.stat().st_mtime_ns
+    assert robustness.main(argv) == 0  # resumes: nothing retrains
+    assert model.stat().st_mtime_ns == stamp
+    assert robustness.main(argv[:-2] + ["--set", "pruning.tua=1", "--output", str(tmp_path / "x")]) == 2
