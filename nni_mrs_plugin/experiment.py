@@ -139,6 +139,7 @@ def launch_experiment(source: Union[str, Path, None], search_space: Union[str, P
         raise ConfigError(f"tuner: unknown NNI tuner {tuner!r}; built in: {', '.join(sorted(tuners))}")
     if trials < 1 or concurrency < 1:
         raise ConfigError(f"trials and concurrency must be >= 1, got {trials} and {concurrency}")
+    _check_port(port)
     out = Path(output or f"{config.output.dir}-experiment").resolve()
     out.mkdir(parents=True, exist_ok=True)
     trial_config = out / "trial_config.yaml"
@@ -161,11 +162,25 @@ def launch_experiment(source: Union[str, Path, None], search_space: Union[str, P
         cfg.max_experiment_duration = max_duration
     try:
         finished = experiment.run(port)
+        if finished is None:  # Ctrl-C: NNI has already stopped the experiment
+            raise KeyboardInterrupt
         result = _collect(experiment, finished)
     finally:
         experiment.stop()
     _write_results(out, result)
     return result
+
+
+def _check_port(port: int) -> None:
+    import socket
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"port: must be in 1..65535, got {port}")
+    with socket.socket() as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            raise ConfigError(f"port: {port} is in use (another NNI experiment?); pass a free one with --port") from None
 
 
 def _collect(experiment: Any, finished: Optional[bool]) -> Dict[str, Any]:

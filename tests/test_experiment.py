@@ -73,6 +73,11 @@ def test_bad_tuner_and_missing_robust_attack_fail_before_nni_starts(tmp_path):
     space = {"pruning.tau": {"_type": "choice", "_value": [0.0]}}
     with pytest.raises(ConfigError, match="tuner: unknown NNI tuner 'TPEE'; built in: .*TPE"):
         launch_experiment(dict(TINY), space, output=str(tmp_path / "a"), tuner="TPEE")
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        with pytest.raises(ConfigError, match=f"port: {busy.getsockname()[1]} is in use"):
+            launch_experiment(dict(TINY), space, output=str(tmp_path / "a"), port=busy.getsockname()[1])
     no_pgd = dict(TINY, eval={"attacks": ["clean", "fgsm"]})
     with pytest.raises(ConfigError, match="eval.attacks: a trial reports robust accuracy"):
         launch_experiment(no_pgd, space, output=str(tmp_path / "b"))
