@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from .checkpoint import atomic_save, atomic_write
+from .checkpoint import atomic_save, atomic_write, load_pruned
 from .config import Config, ConfigError, load_config
 from .pipeline import Pipeline, robust_evaluation
 
@@ -36,8 +36,6 @@ def _accuracies(evaluation: Dict[str, Any]) -> Dict[str, float]:
 
 def _dense_run(config: Config, folder: Path) -> Dict[str, Any]:
     """Pre-train (or load) the dense model once, save it as a plain state dict, evaluate it once."""
-    from .checkpoint import load_pruned
-
     pipeline = Pipeline(config, str(folder))
     state = pipeline.run("pretrain")
     weights = folder / "dense_state.pt"
