@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from nni_mrs_plugin.checkpoint import atomic_write
-from nni_mrs_plugin.cli import _override
+from nni_mrs_plugin.cli import add_set_argument
 from nni_mrs_plugin.compare import compare
 from nni_mrs_plugin.config import ConfigError, load_config
 
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
                         help="methods also run with natural pre-training and fine-tuning (default: mrs l1)")
     parser.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.75, 0.9])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE")
+    add_set_argument(parser, "override a config key of every run, e.g. --set finetune.epochs=5")
     parser.add_argument("--output", default="runs/robustness")
     args = parser.parse_args(argv)
 

@@ -40,8 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="robust accuracy of a saved model (pruned.pt / dense.pt) under the config's attacks")
     ev.add_argument("checkpoint", help="a model saved by nni-mrs (save_pruned): run_folder/pruned.pt")
     ev.add_argument("--config", default=None, help="YAML config (default: config.yaml beside the checkpoint)")
-    ev.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config key, e.g. --set eval.attacks=[clean,pgd20]")
+    add_set_argument(ev, "override a config key, e.g. --set eval.attacks=[clean,pgd20]")
     ev.add_argument("--out", default=None, help="also write the result to this JSON file")
     cmp = sub.add_parser("compare", help="the job across pruners and FLOPs targets: one table and one plot")
     cmp.add_argument("config", nargs="?", default=None, help="YAML config (default: the shipped Fashion-MNIST one)")
@@ -64,14 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     _common(exp, "default: the config's output.dir + '-experiment'")
     trial = sub.add_parser("trial", help="one NNI trial: the tuner's parameters as config overrides (run by NNI)")
     trial.add_argument("config", nargs="?", default=None, help="YAML config (default: the shipped Fashion-MNIST one)")
-    trial.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key before the tuner's parameters (repeatable)")
+    add_set_argument(trial, "override a config key before the tuner's parameters (repeatable)")
     return parser
 
 
-def _common(parser: argparse.ArgumentParser, output_help: str) -> None:
+def add_set_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--set KEY=VALUE`` (repeatable, YAML values) into ``args.overrides``; benchmarks use it too."""
     parser.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set finetune.epochs=2 (repeatable)")
+                        help=help_text)
+
+
+def _common(parser: argparse.ArgumentParser, output_help: str) -> None:
+    add_set_argument(parser, "override a config key, e.g. --set finetune.epochs=2 (repeatable)")
     parser.add_argument("--output", default=None, help=output_help)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
