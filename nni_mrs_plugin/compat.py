@@ -97,6 +97,41 @@ def _silence_module_print(module: ModuleType) -> None:
     module.print = lambda *args, **kwargs: None  # shadows the builtin for this module only
 
 
+# --- fix 4: functools.wraps(type) on Python 3.12+ ----------------------------------------------------------
+
+def _wraps_of_type_fails(tracer: ModuleType) -> bool:
+    """Python 3.12 added ``__type_params__`` to ``functools.WRAPPER_ASSIGNMENTS``; ``type.__type_params__`` is
+    a descriptor, not a tuple, so ``functools.wraps(type)`` on the tracer's ``type`` wrapper raises TypeError."""
+    module = getattr(tracer, "functools", None)
+    if module is None:
+        return False
+    try:
+        module.wraps(type)(lambda instance: instance)
+    except TypeError:
+        return True
+    return False
+
+
+def _tolerant_wraps(wrapped, assigned=None, updated=None):
+    """``functools.wraps`` that skips ``__type_params__`` when the wrapped object has no tuple there."""
+    import functools
+
+    assigned = functools.WRAPPER_ASSIGNMENTS if assigned is None else assigned
+    updated = functools.WRAPPER_UPDATES if updated is None else updated
+    if not isinstance(getattr(wrapped, "__type_params__", ()), tuple):
+        assigned = tuple(a for a in assigned if a != "__type_params__")
+    return functools.wraps(wrapped, assigned=assigned, updated=updated)
+
+
+def _tolerate_type_params(tracer: ModuleType) -> None:
+    import functools
+
+    shim = ModuleType("functools")
+    shim.__dict__.update(functools.__dict__)
+    shim.wraps = _tolerant_wraps
+    tracer.functools = shim  # this module's name only; the real functools is untouched
+
+
 FIXES: Dict[str, Fix] = {
     f.name: f
     for f in (
@@ -111,6 +146,10 @@ FIXES: Dict[str, Fix] = {
         Fix("mask-conflict-debug-print", _MASK_CONFLICT, "debug print in nni/compression/speedup/mask_conflict.py",
             "ModelSpeedup prints '0 Filter' to stdout: silence that module's print",
             _has_debug_print, _silence_module_print),
+        Fix("wraps-type-params", _TRACER, "python/cpython: __type_params__ in functools.WRAPPER_ASSIGNMENTS, 3.12",
+            "concrete_trace fails on Python 3.12+ with '__type_params__ must be set to a tuple' "
+            "(functools.wraps(type)): the tracer's wraps skips that attribute when it is not a tuple",
+            _wraps_of_type_fails, _tolerate_type_params),
     )
 }
 

@@ -73,6 +73,7 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
     if cw_steps < 1:
         raise ValueError(f"cw_steps must be >= 1, got {cw_steps}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)  # a model loaded on the CPU is evaluated where the data goes
     was_training = model.training
     model.eval()
     correct = {name: 0 for name in attacks}

@@ -29,6 +29,7 @@ print('params', sum(p.numel() for p in model.parameters()))
 UPSTREAM_ERRORS = {
     "leaf-function-module-none": "'NoneType' object has no attribute 'startswith'",
     "node-is-impure-signature": "is_impure() takes 1 positional argument but 2 were given",
+    "wraps-type-params": "__type_params__ must be set to a tuple",  # Python >= 3.12 only
 }
 
 
@@ -116,6 +117,38 @@ def test_existing_nni_script_runs_unchanged():
     pruned = int(lines["Pruned model paramater number"])
     assert pruned < 0.35 * original  # 50% of channels in every dependency group: ~1/4 of the conv weights
     assert lines["output shape"].strip() == "(2, 10)"
+
+
+def test_tolerant_wraps_skips_a_type_params_that_is_no_tuple():
+    """The failure behind wraps-type-params: ``functools.wraps`` copies ``__type_params__`` (3.12+), which for
+    ``type`` is a descriptor, not a tuple. Plain wraps raises there (3.12+) or copies the descriptor (3.11)."""
+    import functools
+
+    class Callable:
+        __name__ = "Wrapped"
+        __type_params__ = "not a tuple"  # as ``type.__type_params__``, a descriptor, reads on 3.12
+
+        def __call__(self):
+            return None
+
+    Wrapped = Callable()
+
+    assigned = tuple(functools.WRAPPER_ASSIGNMENTS) + ("__type_params__",) * (
+        "__type_params__" not in functools.WRAPPER_ASSIGNMENTS)
+
+    def type_params(wrapper):
+        return getattr(wrapper, "__type_params__", ())
+
+    try:
+        plain = type_params(functools.wraps(Wrapped, assigned=assigned)(lambda: None))
+    except TypeError:
+        plain = None
+    assert not isinstance(plain, tuple)  # what the fix is for
+    wrapper = compat._tolerant_wraps(Wrapped, assigned=assigned)(lambda: None)
+    assert isinstance(type_params(wrapper), tuple)
+    assert wrapper.__wrapped__ is Wrapped and wrapper.__name__ == "Wrapped"
+    kept = compat._tolerant_wraps(len)(lambda x: x)  # ordinary callables keep every attribute
+    assert kept.__name__ == "len" and kept.__doc__ == len.__doc__
 
 
 def test_describe_lists_every_fix():

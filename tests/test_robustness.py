@@ -67,3 +67,17 @@ def test_bad_input_is_one_clear_value_error(trained, kwargs, message):
     with pytest.raises(ValueError) as info:
         evaluate_robustness(model, loader, **kwargs)
     assert message in str(info.value)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_a_cpu_model_is_evaluated_on_the_requested_device(trained):
+    """compare/eval load checkpoints on the CPU and pass the config's device: the model must follow the data."""
+    model, loader = trained
+    cpu = evaluate_robustness(model, loader, ("clean", "pgd5"), eps=0.1, max_samples=32, seed=3)
+    model.cpu()
+    result = evaluate_robustness(model, loader, ("clean", "pgd5"), eps=0.1, max_samples=32, seed=3, device="cuda")
+    assert next(model.parameters()).device.type == "cuda"
+    assert result["clean"]["correct"] == cpu["clean"]["correct"]
+    assert abs(result["pgd5"]["correct"] - cpu["pgd5"]["correct"]) <= 2  # other kernels, other rounding
+    model.cpu()
