@@ -17,10 +17,10 @@ from typing import Callable, Dict
 import torch
 from torch import nn
 
-from nni_mrs_plugin.adversarial import METHODS, AdversarialTrainer
+from nni_mrs_plugin.train.trainer import METHODS, AdversarialTrainer
 from nni_mrs_plugin.checkpoint import atomic_write
 from nni_mrs_plugin.models import build_model
-from nni_mrs_plugin.training import cross_entropy_loss
+from nni_mrs_plugin.train.loop import cross_entropy_loss
 
 SHAPES = {"small_cnn": (1, 28), "resnet18": (3, 32), "vgg16_bn": (3, 32), "mobilenet_v2": (3, 32)}
 

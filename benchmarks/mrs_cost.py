@@ -16,7 +16,7 @@ import time
 import torch
 import torchattacks
 
-from nni_mrs_plugin.allocator import MRSSparsityAllocator
+from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
 from nni_mrs_plugin.checkpoint import atomic_write
 from nni_mrs_plugin.models import build_model
 

@@ -11,12 +11,12 @@ import time
 
 import torch
 
-from nni_mrs_plugin.allocator import MRSSparsityAllocator
+from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
 from nni_mrs_plugin.checkpoint import atomic_write
 from nni_mrs_plugin.data import load_dataset
 from nni_mrs_plugin.models import build_model
-from nni_mrs_plugin.sensitivity import WeightMRS
-from nni_mrs_plugin.training import train_natural
+from nni_mrs_plugin.mrs.sensitivity import WeightMRS
+from nni_mrs_plugin.train.loop import train_natural
 
 
 def spearman(a: dict, b: dict) -> float:

@@ -8,7 +8,7 @@ training rows (pruning as the only defence): clean, PGD-20 and AutoAttack accura
 Methods (registry names): ``mrs`` (MRPF), ``l1`` (uniform ratios, = MRS with tau 0), ``l1-global`` (one L1
 ranking across layers), ``taylor`` (NNI TaylorPruner, uniform ratios, adversarial gradients) and ``random``.
 Natural rows (``--natural``) pre-train and fine-tune without attacks. Every run is a resumable run folder
-(``nni_mrs_plugin.compare``): rerun the same command to finish an interrupted benchmark. Verdicts compare MRS
+(``nni_mrs_plugin.job.compare``): rerun the same command to finish an interrupted benchmark. Verdicts compare MRS
 with each baseline per (target, metric): a win or loss when the means differ by more than the larger of
 the two standard deviations, a tie otherwise.
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from nni_mrs_plugin.checkpoint import atomic_write
-from nni_mrs_plugin.cli import add_set_argument
-from nni_mrs_plugin.compare import compare
-from nni_mrs_plugin.config import ConfigError, load_config
+from nni_mrs_plugin.job.cli import add_set_argument
+from nni_mrs_plugin.job.compare import compare
+from nni_mrs_plugin.job.config import ConfigError, load_config
 
 METHODS = ["mrs", "l1", "l1-global", "taylor", "random"]
 

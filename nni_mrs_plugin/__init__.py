@@ -1,6 +1,6 @@
 """nni-mrs-plugin: robustness-aware structured pruning for NNI 3.0.
 
-Importing the package installs the NNI compat fixes (see ``nni_mrs_plugin.compat``) and nothing heavier:
+Importing the package installs the NNI compat fixes (see ``nni_mrs_plugin.nni.compat``) and nothing heavier:
 the public API below is loaded on first use, so the ``.pth`` hook that applies the fixes to unchanged NNI
 scripts costs no torch import at interpreter start.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import compat
+from .nni import compat  # light: standard library only
 
 __version__ = "0.1.0"
 
@@ -22,27 +22,27 @@ _EXPORTS = {
     # data
     "load_dataset": "data", "make_loaders": "data", "DataNotFoundError": "data", "DATASETS": "data",
     # structured removal
-    "trace": "speedup", "group_dependencies": "speedup", "compute_masks": "speedup",
-    "mask_like_removal": "speedup", "speedup_model": "speedup", "remove_channels": "speedup", "TraceError": "speedup",
+    "trace": "nni.speedup", "group_dependencies": "nni.speedup", "compute_masks": "nni.speedup",
+    "mask_like_removal": "nni.speedup", "speedup_model": "nni.speedup", "remove_channels": "nni.speedup", "TraceError": "nni.speedup",
     # measurement
-    "count_params": "metrics", "count_flops": "metrics", "measure_latency": "metrics", "accuracy": "metrics",
+    "count_params": "evaluate", "count_flops": "evaluate", "measure_latency": "evaluate", "accuracy": "evaluate",
     # module robustness sensitivity -> allocation -> pruning
-    "MRSPruner": "pruner", "MRSSparsityAllocator": "allocator", "Allocation": "allocation",
-    "UnitReport": "allocation", "CostModel": "cost", "Unit": "units", "ESTIMATORS": "sensitivity",
-    "WeightMRS": "sensitivity", "ProbeMRS": "sensitivity", "TaylorMRS": "sensitivity",
-    "get_pruner": "registry", "register_pruner": "registry", "available_pruners": "registry",
-    "RandomPruner": "baselines", "GlobalL1NormPruner": "baselines", "baseline_masks": "baselines",
+    "MRSPruner": "mrs.pruner", "MRSSparsityAllocator": "mrs.allocator", "Allocation": "mrs.allocation",
+    "UnitReport": "mrs.allocation", "CostModel": "mrs.cost", "Unit": "mrs.units", "ESTIMATORS": "mrs.sensitivity",
+    "WeightMRS": "mrs.sensitivity", "ProbeMRS": "mrs.sensitivity", "TaylorMRS": "mrs.sensitivity",
+    "get_pruner": "nni.registry", "register_pruner": "nni.registry", "available_pruners": "nni.registry",
+    "RandomPruner": "mrs.baselines", "GlobalL1NormPruner": "mrs.baselines", "baseline_masks": "mrs.baselines",
     # checkpoints
     "save_pruned": "checkpoint", "load_pruned": "checkpoint", "architecture": "checkpoint", "rebuild": "checkpoint",
     # training: natural and adversarial, NNI TorchEvaluator hooks, standalone fine-tuning, robust evaluation
-    "train_natural": "training", "NonFiniteLossError": "training",
-    "AdversarialTrainer": "adversarial", "trades_loss": "adversarial", "mart_loss": "adversarial",
-    "fit": "finetune", "FitResult": "finetune", "evaluate_robustness": "robustness",
+    "train_natural": "train.loop", "NonFiniteLossError": "train.loop",
+    "AdversarialTrainer": "train.trainer", "trades_loss": "train.trainer", "mart_loss": "train.trainer",
+    "fit": "train.fit", "FitResult": "train.fit", "evaluate_robustness": "evaluate",
     # the MRPF job
-    "load_config": "config", "Config": "config", "ConfigError": "config", "Pipeline": "pipeline",
-    "run_pipeline": "pipeline", "write_report": "report", "compare": "compare",
+    "load_config": "job.config", "Config": "job.config", "ConfigError": "job.config", "Pipeline": "job.pipeline",
+    "run_pipeline": "job.pipeline", "write_report": "job.report", "compare": "job.compare",
     # NNI's experiment manager
-    "run_trial": "experiment", "launch_experiment": "experiment", "check_search_space": "experiment",
+    "run_trial": "job.experiment", "launch_experiment": "job.experiment", "check_search_space": "job.experiment",
 }
 
 __all__ = ["compat", "__version__", *_EXPORTS]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from conftest import DEVICES
-from nni_mrs_plugin.adversarial import METHODS, AdversarialTrainer
+from nni_mrs_plugin.train.trainer import METHODS, AdversarialTrainer
 from nni_mrs_plugin.models import build_model
 
 # A fixed tiny batch: 3 samples, 4 features, 3 classes; x_adv is given, so the losses are deterministic.
@@ -158,7 +158,7 @@ def test_bf16_autocast_and_channels_last_cover_attack_and_loss(device):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_training_steps_do_not_synchronise_with_the_host():
-    from nni_mrs_plugin.training import cosine_sgd
+    from nni_mrs_plugin.train.loop import cosine_sgd
 
     model = small_cnn().cuda()
     trainer = AdversarialTrainer("trades", eps=0.1, steps=3, amp=True, channels_last=True)

@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import MODEL_SHAPES, dummy_input, make_model
 
-from nni_mrs_plugin import allocation
-from nni_mrs_plugin.allocator import MRSSparsityAllocator
-from nni_mrs_plugin.cost import CostModel
-from nni_mrs_plugin.metrics import count_flops, count_params
-from nni_mrs_plugin.speedup import compute_masks, speedup_model
+from nni_mrs_plugin.mrs import allocation
+from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
+from nni_mrs_plugin.mrs.cost import CostModel
+from nni_mrs_plugin.evaluate import count_flops, count_params
+from nni_mrs_plugin.nni.speedup import compute_masks, speedup_model
 
 SELECT = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}]
 

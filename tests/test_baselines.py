@@ -5,13 +5,13 @@ import pytest
 import torch
 from test_pipeline import tiny
 
-from nni_mrs_plugin.baselines import GlobalL1NormPruner, RandomPruner, baseline_masks
-from nni_mrs_plugin.metrics import count_flops
+from nni_mrs_plugin.mrs.baselines import GlobalL1NormPruner, RandomPruner, baseline_masks
+from nni_mrs_plugin.evaluate import count_flops
 from nni_mrs_plugin.models import build_model
-from nni_mrs_plugin.pipeline import Pipeline
-from nni_mrs_plugin.registry import get_pruner
-from nni_mrs_plugin.sensitivity import channel_importance
-from nni_mrs_plugin.speedup import compute_masks, output_channel_keep, speedup_model
+from nni_mrs_plugin.job.pipeline import Pipeline
+from nni_mrs_plugin.nni.registry import get_pruner
+from nni_mrs_plugin.mrs.sensitivity import channel_importance
+from nni_mrs_plugin.nni.speedup import compute_masks, output_channel_keep, speedup_model
 
 SELECT = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}]
 

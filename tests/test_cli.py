@@ -5,7 +5,7 @@ import torch
 from conftest import run_python
 
 from nni_mrs_plugin.checkpoint import load_pruned
-from nni_mrs_plugin.metrics import count_params
+from nni_mrs_plugin.evaluate import count_params
 
 TINY = ["--set", "data.train_subset=256", "--set", "data.test_subset=64", "--set", "data.batch_size=64",
         "--set", "pretrain.epochs=1", "--set", "pretrain.steps=2", "--set", "pruning.samples=64",

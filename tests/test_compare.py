@@ -7,8 +7,8 @@ from conftest import run_python
 from test_pipeline import tiny
 
 from nni_mrs_plugin.checkpoint import load_pruned
-from nni_mrs_plugin.compare import compare
-from nni_mrs_plugin.config import ConfigError
+from nni_mrs_plugin.job.compare import compare
+from nni_mrs_plugin.job.config import ConfigError
 
 
 @pytest.mark.slow
@@ -77,7 +77,7 @@ def test_variants_share_a_dense_model_only_when_pretraining_agrees(tmp_path):
 def load_config_of(folder):
     import yaml
 
-    from nni_mrs_plugin.config import load_config
+    from nni_mrs_plugin.job.config import load_config
 
     return load_config(yaml.safe_load((folder / "config.yaml").read_text()))
 

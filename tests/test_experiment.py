@@ -10,9 +10,9 @@ import yaml
 from conftest import run_python
 from test_pipeline import TINY
 
-from nni_mrs_plugin.cli import _parser
-from nni_mrs_plugin.config import ConfigError, load_config
-from nni_mrs_plugin.experiment import check_search_space, default_search_space_path, launch_experiment
+from nni_mrs_plugin.job.cli import _parser
+from nni_mrs_plugin.job.config import ConfigError, load_config
+from nni_mrs_plugin.job.experiment import check_search_space, default_search_space_path, launch_experiment
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nni_experiment"
 

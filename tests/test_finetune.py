@@ -14,12 +14,12 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import DEVICES
-from nni_mrs_plugin.adversarial import AdversarialTrainer
+from nni_mrs_plugin.train.trainer import AdversarialTrainer
 from nni_mrs_plugin.data import load_dataset
-from nni_mrs_plugin.finetune import BEST, HISTORY, LAST, fit
+from nni_mrs_plugin.train.fit import BEST, HISTORY, LAST, fit
 from nni_mrs_plugin.models import build_model
-from nni_mrs_plugin.robustness import evaluate_robustness
-from nni_mrs_plugin.training import NonFiniteLossError
+from nni_mrs_plugin.evaluate import evaluate_robustness
+from nni_mrs_plugin.train.loop import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = str(ROOT / "tests" / "scripts" / "fit_job.py")

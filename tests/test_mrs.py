@@ -10,13 +10,13 @@ from conftest import DEVICES, dummy_input, make_model, run_python
 from torch import nn
 from torch.nn import functional as F
 
-from nni_mrs_plugin.allocator import MRSSparsityAllocator
+from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
 from nni_mrs_plugin.data import load_dataset
-from nni_mrs_plugin.metrics import count_flops
-from nni_mrs_plugin.pruner import MRSPruner
-from nni_mrs_plugin.sensitivity import WeightMRS
-from nni_mrs_plugin.speedup import TraceError, compute_masks, speedup_model
-from nni_mrs_plugin.training import train_natural
+from nni_mrs_plugin.evaluate import count_flops
+from nni_mrs_plugin.mrs.pruner import MRSPruner
+from nni_mrs_plugin.mrs.sensitivity import WeightMRS
+from nni_mrs_plugin.nni.speedup import TraceError, compute_masks, speedup_model
+from nni_mrs_plugin.train.loop import train_natural
 
 SELECT = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}]
 
@@ -133,7 +133,7 @@ def test_config_list_accepted_by_nni_pruners(pruner_name, calibration):
     import nni
     from nni.compression import TorchEvaluator
 
-    from nni_mrs_plugin.registry import get_pruner
+    from nni_mrs_plugin.nni.registry import get_pruner
 
     model, x = make_model("resnet18"), dummy_input("resnet18", 1)
     images = torch.rand(16, 3, 32, 32)
@@ -204,7 +204,7 @@ def test_import_from_nni_pruning_in_a_fresh_interpreter():
 
 
 def test_registry_names_and_entry_points(tmp_path):
-    from nni_mrs_plugin.registry import available_pruners, get_pruner
+    from nni_mrs_plugin.nni.registry import available_pruners, get_pruner
 
     assert {"mrs", "l1", "l2", "fpgm", "taylor"} <= set(available_pruners())
     assert get_pruner("mrs") is MRSPruner
@@ -217,7 +217,7 @@ def test_registry_names_and_entry_points(tmp_path):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text("[nni_mrs_plugin.pruners]\nmine = thirdparty:MyPruner\n")
-    result = run_python("from nni_mrs_plugin.registry import get_pruner\nprint(get_pruner('mine').__name__)",
+    result = run_python("from nni_mrs_plugin.nni.registry import get_pruner\nprint(get_pruner('mine').__name__)",
                         env_extra={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0 and result.stdout.strip() == "MyPruner", result.stderr[-2000:]
 

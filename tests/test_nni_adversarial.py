@@ -6,10 +6,10 @@ from nni.compression import TorchEvaluator
 from nni.compression.pruning import SlimPruner, TaylorPruner
 from torch.utils.data import DataLoader
 
-from nni_mrs_plugin.adversarial import AdversarialTrainer
+from nni_mrs_plugin.train.trainer import AdversarialTrainer
 from nni_mrs_plugin.data import load_dataset
 from nni_mrs_plugin.models import build_model
-from nni_mrs_plugin.speedup import output_channel_keep
+from nni_mrs_plugin.nni.speedup import output_channel_keep
 
 # NNI patches optimizer.step after the traced scheduler exists; PyTorch then warns about call order, wrongly.
 pytestmark = pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
@@ -56,8 +56,8 @@ def test_slim_pruner_trains_adversarially_through_its_patched_loss():
 def test_mrs_pruner_draws_calibration_from_adversarial_evaluator_training():
     from nni.compression.speedup import ModelSpeedup
 
-    from nni_mrs_plugin.metrics import count_flops
-    from nni_mrs_plugin.pruner import MRSPruner
+    from nni_mrs_plugin.evaluate import count_flops
+    from nni_mrs_plugin.mrs.pruner import MRSPruner
 
     model, trainer, evaluator = setup("pgd")
     x = torch.rand(1, 1, 28, 28)

@@ -6,9 +6,9 @@ import torch
 from conftest import run_python
 
 from nni_mrs_plugin.checkpoint import load_pruned
-from nni_mrs_plugin.config import ConfigError, default_config_path, load_config
-from nni_mrs_plugin.metrics import count_flops
-from nni_mrs_plugin.pipeline import STAGES, Pipeline
+from nni_mrs_plugin.job.config import ConfigError, default_config_path, load_config
+from nni_mrs_plugin.evaluate import count_flops
+from nni_mrs_plugin.job.pipeline import STAGES, Pipeline
 
 TINY = {
     "data": {"train_subset": 256, "test_subset": 64, "batch_size": 64},

@@ -7,8 +7,8 @@ from torch.utils.data import DataLoader
 
 from nni_mrs_plugin.data import load_dataset
 from nni_mrs_plugin.models import build_model
-from nni_mrs_plugin.robustness import ATTACKS, evaluate_robustness
-from nni_mrs_plugin.training import train_natural
+from nni_mrs_plugin.evaluate import ATTACKS, evaluate_robustness
+from nni_mrs_plugin.train.loop import train_natural
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import torch
 
 from conftest import DEVICES, MODEL_SHAPES, dummy_input, make_model
 from nni_mrs_plugin.checkpoint import load_pruned, save_pruned
-from nni_mrs_plugin.metrics import count_flops, count_params
-from nni_mrs_plugin.speedup import (TraceError, compute_masks, group_dependencies, mask_like_removal,
+from nni_mrs_plugin.evaluate import count_flops, count_params
+from nni_mrs_plugin.nni.speedup import (TraceError, compute_masks, group_dependencies, mask_like_removal,
                                     output_channel_keep, remove_channels, speedup_model, trace)
 
 CONFIG = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]

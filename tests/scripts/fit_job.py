@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from nni_mrs_plugin.adversarial import AdversarialTrainer
+from nni_mrs_plugin.train.trainer import AdversarialTrainer
 from nni_mrs_plugin.data import load_dataset
-from nni_mrs_plugin.finetune import fit
+from nni_mrs_plugin.train.fit import fit
 from nni_mrs_plugin.models import build_model
 
 

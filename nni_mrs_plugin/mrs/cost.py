@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .metrics import count_flops, count_params
+from ..evaluate import count_flops, count_params
 from .units import PRUNABLE_TYPES, Unit
 
 __all__ = ["BUDGETS", "CostModel"]

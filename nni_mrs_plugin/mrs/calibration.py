@@ -1,16 +1,14 @@
 """Calibration data for sensitivity: n training samples and their adversarial versions X', made once with the
-model in eval mode by a torchattacks attack (PGD by default)."""
+model in eval mode by a torchattacks attack (``attacks.build_attack``: PGD by default)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Tuple, Union
+from typing import Any, Iterable, Tuple
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["collect_samples", "default_eps", "make_attack", "adversarial_examples", "mean_loss"]
-
-AttackSpec = Union[None, str, Callable[[nn.Module], Any], Any]
+__all__ = ["collect_samples", "adversarial_examples", "mean_loss"]
 
 
 def collect_samples(calibration: Any, n_samples: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -46,36 +44,6 @@ def collect_samples(calibration: Any, n_samples: int, seed: int = 0) -> Tuple[to
     if len(x) == 0:
         raise ValueError("calibration data is empty: 0 samples")
     return x.detach(), y.detach()
-
-
-def default_eps(x: torch.Tensor) -> float:
-    """The usual L-inf radius: 0.1 for grayscale (Fashion-MNIST), 8/255 for colour (CIFAR, SVHN)."""
-    return 0.1 if x.shape[1] == 1 else 8 / 255
-
-
-def make_attack(model: nn.Module, attack: AttackSpec = None, eps: float = 8 / 255, **kwargs) -> Any:
-    """A torchattacks attack on ``model``: None -> PGD-10 (alpha = eps/4, random start), a torchattacks class
-    or class name (``eps`` passed when it takes one, plus ``kwargs``), a factory ``model -> attack``, or a
-    ready attack instance."""
-    import torchattacks
-
-    from .adversarial import _accepted, resolve_attack
-
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    if attack is None:
-        return torchattacks.PGD(model, **{"eps": eps, "alpha": eps / 4, "steps": 10, "random_start": True, **kwargs})
-    if isinstance(attack, torchattacks.attack.Attack):
-        return attack
-    if isinstance(attack, (str, type)):
-        cls = resolve_attack(attack)
-        try:
-            return cls(model, **_accepted(cls, {"eps": eps}), **kwargs)
-        except TypeError as err:
-            raise ValueError(f"bad attack_kwargs {kwargs} for {cls.__name__}: {err}") from None
-    if callable(attack):
-        return attack(model)
-    raise ValueError(f"attack must be None, a torchattacks class or name, a factory or an attack, got {attack!r}")
 
 
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Any, batch_size: int = 256,

@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import distributed
-from .adversarial import AdversarialTrainer
-from .checkpoint import atomic_save, atomic_write
-from .robustness import evaluate_robustness
-from .training import cosine_sgd, train_epoch
+from .trainer import AdversarialTrainer
+from ..checkpoint import atomic_save, atomic_write
+from ..evaluate import evaluate_robustness
+from .loop import cosine_sgd, train_epoch
 
 __all__ = ["fit", "FitResult", "LAST", "BEST", "HISTORY"]
 

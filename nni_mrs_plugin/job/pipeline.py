@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from .checkpoint import atomic_save, atomic_write, load_pruned, save_pruned
+from ..checkpoint import atomic_save, atomic_write, load_pruned, save_pruned
 from .config import Config, ConfigError
 
 __all__ = ["STAGES", "Pipeline", "run_pipeline", "robust_evaluation"]
@@ -25,7 +25,7 @@ STAGES = ("pretrain", "prune", "speedup", "finetune", "evaluate", "report")
 
 
 def _dataset_info(config: Config):
-    from .data import DATASETS
+    from ..data import DATASETS
 
     return DATASETS[config.data.dataset]
 
@@ -38,13 +38,13 @@ def _device(config: Config) -> torch.device:
 
 def _eps(config: Config, value: Optional[float]) -> float:
     """``value``, or the data set's usual L-inf radius when the config leaves it null."""
-    from .calibration import default_eps
+    from ..attacks import default_eps
 
-    return value if value is not None else default_eps(torch.zeros(1, _dataset_info(config).in_channels, 1, 1))
+    return value if value is not None else default_eps(_dataset_info(config).in_channels)
 
 
 def _make_loaders(config: Config):
-    from .data import make_loaders
+    from ..data import make_loaders
 
     data = config.data
     return make_loaders(data.dataset, data.root, data.batch_size, data.train_subset, data.test_subset, config.seed)
@@ -52,7 +52,7 @@ def _make_loaders(config: Config):
 
 def robust_evaluation(config: Config, model: nn.Module, test_loader: Any = None) -> Dict[str, Any]:
     """The config's ``eval`` section applied to any model (the run's test loader, or one built from ``data``)."""
-    from .robustness import evaluate_robustness
+    from ..evaluate import evaluate_robustness
 
     cfg = config.eval
     test_loader = test_loader if test_loader is not None else _make_loaders(config)[1]
@@ -127,13 +127,13 @@ class Pipeline:
         return _eps(self.config, value)
 
     def trainer(self, section):
-        from .adversarial import AdversarialTrainer
+        from ..train.trainer import AdversarialTrainer
 
         return AdversarialTrainer(section.method, eps=self.eps(section.eps), alpha=section.alpha,
                                   steps=section.steps, beta=section.beta)
 
     def _fit(self, model: nn.Module, section, stage: str) -> Dict[str, Any]:
-        from .finetune import fit
+        from ..train.fit import fit
 
         train, test = self.loaders
         report = (lambda row: self.on_epoch(stage, row)) if self.on_epoch is not None else None
@@ -143,7 +143,7 @@ class Pipeline:
         return result.to_dict()
 
     def measure(self, model: nn.Module) -> Dict[str, Any]:
-        from .metrics import count_flops, count_params, measure_latency
+        from ..evaluate import count_flops, count_params, measure_latency
 
         model = model.to("cpu").eval()
         return {"params": count_params(model), "flops": count_flops(model, self.dummy),
@@ -151,7 +151,7 @@ class Pipeline:
 
     # -- stages -----------------------------------------------------------------------------------------------
     def pretrain(self) -> Dict[str, Any]:
-        from .models import build_model
+        from ..models import build_model
 
         torch.manual_seed(self.config.seed)
         model = build_model(self.config.model.name, **self.model_kwargs)
@@ -180,7 +180,7 @@ class Pipeline:
         train, _ = self.loaders
         dummy = self.dummy.to(self.device)
         if cfg.pruner == "mrs":
-            from .pruner import MRSPruner
+            from ..mrs.pruner import MRSPruner
 
             options = {"rho": cfg.rho, "steps": cfg.steps} if cfg.estimator == "weight" else {}
             pruner = MRSPruner(model, config_list, calibration=train, estimator=cfg.estimator,
@@ -202,8 +202,8 @@ class Pipeline:
         """The named NNI pruner at the same budget: uniform ratios, or one global ranking (``l1-global``)."""
         import inspect
 
-        from .baselines import baseline_masks
-        from .registry import get_pruner
+        from ..mrs.baselines import baseline_masks
+        from ..nni.registry import get_pruner
 
         cfg = self.config.pruning
         pruner_cls = get_pruner(cfg.pruner)
@@ -221,7 +221,7 @@ class Pipeline:
         return baseline_masks(model, config_list, dummy, pruner_cls, cfg.budget, cfg.r_max, **kwargs)
 
     def speedup(self) -> Dict[str, Any]:
-        from .speedup import speedup_model
+        from ..nni.speedup import speedup_model
 
         model = load_pruned(self.dir / "dense.pt")
         masks = torch.load(self.dir / "masks.pt", map_location="cpu", weights_only=True)

@@ -19,10 +19,6 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 import torch
 from torch import nn
 
-from . import compat
-
-compat.install()
-
 __all__ = [
     "TraceError", "trace", "group_dependencies", "compute_masks", "mask_like_removal", "speedup_model",
     "remove_channels", "output_channel_keep",
@@ -37,7 +33,7 @@ class TraceError(RuntimeError):
 
 
 # ModelSpeedup forces its default logger to INFO and logs every node; it gets this one instead, quiet unless
-# the user lowers its level (logging.getLogger("nni_mrs_plugin.speedup").setLevel(logging.INFO)).
+# the user lowers its level (logging.getLogger("nni_mrs_plugin.nni.speedup").setLevel(logging.INFO)).
 _logger = logging.getLogger(__name__)
 if _logger.level == logging.NOTSET:
     _logger.setLevel(logging.ERROR)

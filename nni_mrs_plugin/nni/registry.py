@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import importlib
 from importlib import metadata
+from types import ModuleType
 from typing import Dict, List, Union
+
+from . import compat
 
 __all__ = ["ENTRY_POINT_GROUP", "get_pruner", "register_pruner", "available_pruners"]
 
 ENTRY_POINT_GROUP = "nni_mrs_plugin.pruners"
 
 _BUILTIN: Dict[str, str] = {
-    "mrs": "nni_mrs_plugin.pruner:MRSPruner",
+    "mrs": "nni_mrs_plugin.mrs.pruner:MRSPruner",
     "l1": "nni.compression.pruning:L1NormPruner",
     "l2": "nni.compression.pruning:L2NormPruner",
     "fpgm": "nni.compression.pruning:FPGMPruner",
@@ -24,8 +27,8 @@ _BUILTIN: Dict[str, str] = {
     "linear": "nni.compression.pruning:LinearPruner",
     "agp": "nni.compression.pruning:AGPPruner",
     "movement": "nni.compression.pruning:MovementPruner",
-    "random": "nni_mrs_plugin.baselines:RandomPruner",
-    "l1-global": "nni_mrs_plugin.baselines:GlobalL1NormPruner",
+    "random": "nni_mrs_plugin.mrs.baselines:RandomPruner",
+    "l1-global": "nni_mrs_plugin.mrs.baselines:GlobalL1NormPruner",
 }
 _registered: Dict[str, Union[str, type]] = {}
 
@@ -70,3 +73,27 @@ def get_pruner(name: str) -> type:
         return _load(entry) if isinstance(entry, str) else entry
     except (ImportError, AttributeError) as err:
         raise ValueError(f"pruner {name!r} is registered as {entry!r} but cannot be loaded: {err}") from err
+
+
+# --- ``from nni.compression.pruning import MRSPruner`` ------------------------------------------------------------
+
+_EXPOSED = {"MRSPruner": "mrs"}  # attribute of nni.compression.pruning -> registry name
+
+
+def _expose_pruners(module: ModuleType) -> None:
+    """The plugin's pruners as attributes of NNI's pruning module, loaded on first use (a module ``__getattr__``)."""
+    previous = module.__dict__.get("__getattr__")
+
+    def __getattr__(name: str):
+        if name in _EXPOSED:
+            value = get_pruner(_EXPOSED[name])
+            setattr(module, name, value)
+            return value
+        if previous is not None:
+            return previous(name)
+        raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
+
+    module.__getattr__ = __getattr__
+
+
+compat.add_extension("nni.compression.pruning", _expose_pruners)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
-from .checkpoint import atomic_write
+from ..checkpoint import atomic_write
 from .config import Config
 
 __all__ = ["write_report", "summary_rows", "plot_units"]

@@ -115,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
 
-    from .checkpoint import atomic_write, load_pruned
+    from ..checkpoint import atomic_write, load_pruned
     from .config import ConfigError, load_config
     from .pipeline import robust_evaluation
 
@@ -172,7 +172,7 @@ def _trial(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     from .config import ConfigError
-    from .data import DataNotFoundError
+    from ..data import DataNotFoundError
 
     try:
         if args.command == "run":

@@ -31,7 +31,7 @@ class ModelSection:
     checkpoint: Optional[str] = None  # dense weights to start from (state dict); skips pre-training
 
     def check(self, key: str) -> None:
-        from .models import MODELS
+        from ..models import MODELS
 
         _require(self.name in MODELS, f"{key}.name", f"must be one of {', '.join(sorted(MODELS))}", self.name)
 
@@ -45,7 +45,7 @@ class DataSection:
     batch_size: int = 128
 
     def check(self, key: str) -> None:
-        from .data import DATASETS
+        from ..data import DATASETS
 
         _require(self.dataset in DATASETS, f"{key}.dataset", f"must be one of {', '.join(sorted(DATASETS))}",
                  self.dataset)
@@ -68,7 +68,7 @@ class TrainingSection:
     lr: float = 0.05
 
     def check(self, key: str) -> None:
-        from .adversarial import METHODS
+        from ..train.trainer import METHODS
 
         _require(self.epochs >= 0, f"{key}.epochs", "must be >= 0", self.epochs)
         _require(self.method in METHODS, f"{key}.method", f"must be one of {', '.join(METHODS)}", self.method)
@@ -96,9 +96,9 @@ class PruningSection:
     exclude: List[str] = field(default_factory=list)
 
     def check(self, key: str) -> None:
-        from .cost import BUDGETS
-        from .registry import available_pruners
-        from .sensitivity import CRITERIA, ESTIMATORS
+        from ..mrs.cost import BUDGETS
+        from ..nni.registry import available_pruners
+        from ..mrs.sensitivity import CRITERIA, ESTIMATORS
 
         _require(self.pruner in available_pruners(), f"{key}.pruner",
                  f"must be one of {', '.join(available_pruners())}", self.pruner)
@@ -125,10 +125,10 @@ class EvalSection:
     autoattack_samples: Optional[int] = 100
 
     def check(self, key: str) -> None:
-        from .robustness import _check_attacks
+        from ..attacks import check_eval_attacks
 
         try:
-            _check_attacks(self.attacks)
+            check_eval_attacks(self.attacks)
         except ValueError as err:
             raise ConfigError(f"{key}.attacks: {err}") from None
         _require(self.eps is None or 0 < self.eps <= 1, f"{key}.eps", "must be in (0, 1] or null", self.eps)
@@ -222,7 +222,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Mapping[str, Any]) -> Dict[
 
 
 def default_config_path() -> Path:
-    return Path(__file__).with_name("configs") / "fashion_mnist_small_cnn.yaml"
+    return Path(__file__).parents[1] / "configs" / "fashion_mnist_small_cnn.yaml"
 
 
 def load_config(source: Union[str, Path, Mapping[str, Any], None] = None,

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from .checkpoint import atomic_write
+from ..checkpoint import atomic_write
 from .config import Config, ConfigError, load_config
 
 __all__ = ["run_trial", "trial_metrics", "robust_attack", "check_search_space", "launch_experiment",
@@ -89,7 +89,7 @@ def _tuners() -> Dict[str, str]:
 
 
 def default_search_space_path() -> Path:
-    return Path(__file__).with_name("configs") / "search_space.json"
+    return Path(__file__).parents[1] / "configs" / "search_space.json"
 
 
 def check_search_space(config: Config, space: Mapping[str, Any]) -> None:

@@ -23,18 +23,18 @@ running statistics, as in the reference code.
 """
 from __future__ import annotations
 
-import inspect
 import sys
 from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Dict, Iterable, Mapping, Optional, Type, Union
+from typing import Any, Callable, ContextManager, Dict, Iterable, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .training import train_epoch
+from ..attacks import accepted_kwargs, check_alpha, check_eps, default_alpha, resolve_attack
+from .loop import train_epoch
 
-__all__ = ["AdversarialTrainer", "METHODS", "trades_loss", "mart_loss", "resolve_attack"]
+__all__ = ["AdversarialTrainer", "METHODS", "trades_loss", "mart_loss"]
 
 # method -> (default torchattacks class name, BatchNorm in train mode while attacking)
 _DEFAULTS: Dict[str, tuple] = {
@@ -71,25 +71,6 @@ def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tenso
     return boosted_ce + beta * (kl * (1.0000001 - true_probs)).mean()
 
 
-def resolve_attack(attack: Union[str, type]) -> Type:
-    """A torchattacks attack class from its class or its name (``"PGD"``); anything else is a ValueError."""
-    import torchattacks
-
-    known = sorted(n for n in torchattacks.__all__ if n not in ("MultiAttack", "LGV"))
-    if isinstance(attack, str):
-        if attack not in known:
-            raise ValueError(f"unknown attack {attack!r}; choose a torchattacks attack: {', '.join(known)}")
-        return getattr(torchattacks, attack)
-    if isinstance(attack, type) and issubclass(attack, torchattacks.attack.Attack):
-        return attack
-    raise ValueError(f"attack must be a torchattacks attack class or name, got {attack!r}; known: {', '.join(known)}")
-
-
-def _accepted(cls: type, kwargs: Mapping[str, Any]) -> Dict[str, Any]:
-    params = inspect.signature(cls.__init__).parameters
-    return {k: v for k, v in kwargs.items() if k in params}
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module under DistributedDataParallel: attacks run on it, so they neither sync buffers nor arm DDP's
     gradient reduction."""
@@ -121,10 +102,9 @@ class AdversarialTrainer:
                  amp: bool = False, channels_last: bool = False):
         if method not in _DEFAULTS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        if not (isinstance(eps, (int, float)) and 0 <= eps <= 1):
-            raise ValueError(f"eps must be an L-inf radius in [0, 1] (inputs are in [0, 1]), got {eps!r}")
-        if alpha is not None and not (isinstance(alpha, (int, float)) and 0 < alpha <= 1):
-            raise ValueError(f"alpha (attack step size) must be in (0, 1], got {alpha!r}")
+        check_eps(eps)
+        if alpha is not None:
+            check_alpha(alpha)
         if method in _MULTI_STEP and not (isinstance(steps, int) and steps >= 1):
             raise ValueError(f"steps must be an integer >= 1 for method {method!r}, got {steps!r}")
         if not (isinstance(beta, (int, float)) and beta >= 0):
@@ -134,7 +114,7 @@ class AdversarialTrainer:
         if method == "natural" and (attack is not None or attack_kwargs):
             raise ValueError("method 'natural' trains on clean inputs; do not pass attack or attack_kwargs")
         self.method, self.eps, self.steps, self.beta = method, float(eps), steps, float(beta)
-        self.alpha = float(alpha) if alpha is not None else (1.25 * eps if method == "fast" else eps / 4)
+        self.alpha = float(alpha) if alpha is not None else (1.25 * eps if method == "fast" else default_alpha(eps))
         self.amp, self.channels_last = amp, channels_last
         default_name, bn_train = _DEFAULTS[method]
         self.attack_bn = attack_bn or ("train" if bn_train else "eval")
@@ -143,7 +123,7 @@ class AdversarialTrainer:
         if method != "natural":
             self.attack_class = resolve_attack(attack if attack is not None else default_name)
             base = {"eps": self.eps, "alpha": self.alpha, "steps": steps}
-            self.attack_kwargs = {**_accepted(self.attack_class, base), **dict(attack_kwargs or {})}
+            self.attack_kwargs = {**accepted_kwargs(self.attack_class, base), **dict(attack_kwargs or {})}
             self._check_attack_kwargs()
         self.adversarial_batches = 0  # how many batches got adversarial examples (NNI tests read it)
         self._cached: Optional[tuple] = None

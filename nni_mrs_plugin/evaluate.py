@@ -1,5 +1,6 @@
-"""Robust accuracy under the attacks robust-pruning papers report (clean, FGSM, PGD-20, CW, AutoAttack), all from
-torchattacks, as a dict that serialises to JSON with its sample counts, seeds and attack settings.
+"""Evaluation: what pruning buys (parameters, FLOPs counted by ``torch.utils.flop_counter``, latency) and what it
+costs (accuracy, and robust accuracy under the attacks robust-pruning papers report: clean, FGSM, PGD-20, CW,
+AutoAttack, all from torchattacks, as a dict that serialises to JSON with its sample counts, seeds and settings).
 
 The model is attacked in eval mode, in its [0, 1] input space (normalisation is the model's first layer).
 Caveat stated in the result: torchattacks' ``CW`` is Carlini-Wagner **L2** (no epsilon bound; a budget of
@@ -7,47 +8,71 @@ Caveat stated in the result: torchattacks' ``CW`` is Carlini-Wagner **L2** (no e
 """
 from __future__ import annotations
 
-import re
+import statistics
+import time
 from typing import Any, Dict, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-__all__ = ["evaluate_robustness", "ATTACKS"]
+from .attacks import EVAL_ATTACKS, check_alpha, check_eps, check_eval_attacks, default_alpha, eval_attack
 
-ATTACKS = ("clean", "fgsm", "pgd20", "cw", "autoattack")
-_PGD = re.compile(r"pgd(\d+)$")
+__all__ = ["evaluate_robustness", "ATTACKS", "count_params", "count_flops", "measure_latency", "accuracy"]
 
+# --- what pruning buys ------------------------------------------------------------------------------------
 
-def _check_attacks(attacks: Sequence[str]) -> None:
-    if isinstance(attacks, str) or not attacks:
-        raise ValueError(f"attacks must be a non-empty sequence of names from {ATTACKS} (or 'pgdN'), got {attacks!r}")
-    for name in attacks:
-        match = _PGD.match(name) if isinstance(name, str) else None
-        if name not in ATTACKS and not (match and int(match.group(1)) >= 1):
-            raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)} or 'pgdN' (N >= 1 steps)")
-    if len(set(attacks)) != len(attacks):
-        raise ValueError(f"attacks lists a name twice: {list(attacks)}")
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
-def _build(name: str, model: nn.Module, eps: float, alpha: float, cw_c: float, cw_steps: int, n_classes: int,
-           seed: int) -> tuple:
-    """(torchattacks attack, its settings) for one attack name."""
-    import torchattacks
+@torch.no_grad()
+def count_flops(model: nn.Module, dummy_input: Any) -> int:
+    """FLOPs of one forward pass at the dummy input's shape (a multiply-add counts 2), eval mode."""
+    args = dummy_input if isinstance(dummy_input, tuple) else (dummy_input,)
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(*args)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
 
-    if name == "fgsm":
-        params: Dict[str, Any] = {"eps": eps}
-        cls = torchattacks.FGSM
-    elif name == "cw":
-        params, cls = {"c": cw_c, "kappa": 0.0, "steps": cw_steps, "lr": 0.01}, torchattacks.CW
-    elif name == "autoattack":
-        params = {"norm": "Linf", "eps": eps, "version": "standard", "n_classes": n_classes, "seed": seed}
-        cls = torchattacks.AutoAttack
-    else:
-        params = {"eps": eps, "alpha": alpha, "steps": int(_PGD.match(name).group(1)), "random_start": True}
-        cls = torchattacks.PGD
-    return cls(model, **params), {"attack": f"torchattacks.{cls.__name__}", "params": params}
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, dummy_input: torch.Tensor, warmup: int = 5, runs: int = 20) -> float:
+    """Median wall-clock milliseconds of one forward pass (CUDA events on GPU), after ``warmup`` passes."""
+    if warmup < 0 or runs < 1:
+        raise ValueError(f"need warmup >= 0 and runs >= 1, got {warmup} and {runs}")
+    was_training = model.training
+    model.eval()
+    cuda = dummy_input.is_cuda
+    times = []
+    try:
+        for i in range(warmup + runs):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(dummy_input)
+                end.record()
+                torch.cuda.synchronize()
+                elapsed = start.elapsed_time(end)
+            else:
+                t0 = time.perf_counter()
+                model(dummy_input)
+                elapsed = (time.perf_counter() - t0) * 1000.0
+            if i >= warmup:
+                times.append(elapsed)
+    finally:
+        model.train(was_training)
+    return statistics.median(times)
+
+
+# --- what it costs ----------------------------------------------------------------------------------------
+
+ATTACKS = EVAL_ATTACKS
 
 
 def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[str] = ATTACKS, *, eps: float = 8 / 255,
@@ -61,12 +86,9 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
     samples, and its entry then says ``"subset": true`` with the count it ran on. The global RNG is seeded with
     ``seed`` inside a forked RNG state, so results repeat and the caller's random stream is untouched.
     """
-    _check_attacks(attacks)
-    if not (isinstance(eps, (int, float)) and 0 <= eps <= 1):
-        raise ValueError(f"eps must be an L-inf radius in [0, 1], got {eps!r}")
-    alpha = eps / 4 if alpha is None else alpha
-    if not 0 < alpha <= 1:
-        raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+    check_eval_attacks(attacks)
+    eps = check_eps(eps)
+    alpha = default_alpha(eps) if alpha is None else check_alpha(alpha)
     for label, value in (("max_samples", max_samples), ("autoattack_samples", autoattack_samples)):
         if value is not None and value < 1:
             raise ValueError(f"{label} must be >= 1 or None, got {value}")
@@ -102,7 +124,7 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                         predictions = logits.argmax(1)
                     else:
                         if name not in built:
-                            built[name] = _build(name, model, eps, alpha, cw_c, cw_steps, logits.shape[1], seed)
+                            built[name] = eval_attack(name, model, eps, alpha, logits.shape[1], seed, cw_c, cw_steps)
                         adversarial = built[name][0](x[:keep], y[:keep])
                         with torch.no_grad():
                             predictions = model(adversarial).argmax(1)
@@ -130,3 +152,8 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                 entry["note"] = f"AutoAttack ran on a subset: the first {counted[name]} of {seen} samples"
         result[name] = entry
     return result
+
+
+def accuracy(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu") -> float:
+    """Clean top-1 accuracy in [0, 1] over a loader (``evaluate_robustness`` with the clean column only)."""
+    return evaluate_robustness(model, loader, ("clean",), device=device)["clean"]["accuracy"]

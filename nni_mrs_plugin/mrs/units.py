@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .speedup import group_dependencies, trace
+from ..nni.speedup import group_dependencies, trace
 
 __all__ = ["Unit", "Selection", "PRUNABLE_TYPES", "parse_config_list", "normalize_config", "find_units", "output_layers"]
 

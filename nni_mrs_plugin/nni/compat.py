@@ -171,26 +171,22 @@ def skipped_fixes() -> set:
     return {v.strip() for v in value.split(",") if v.strip()}
 
 
-# --- additions (not fixes): make the plugin's components visible where NNI users look for them -------------
+# --- additions (not fixes): other modules of this package register them, so compat imports nothing above it --
 
-def _expose_mrs_pruner(module: ModuleType) -> None:
-    """``from nni.compression.pruning import MRSPruner``, loaded on first use (a module ``__getattr__``)."""
-    previous = module.__dict__.get("__getattr__")
-
-    def __getattr__(name: str):
-        if name == "MRSPruner":
-            from nni_mrs_plugin.pruner import MRSPruner
-
-            setattr(module, name, MRSPruner)
-            return MRSPruner
-        if previous is not None:
-            return previous(name)
-        raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
-
-    module.__getattr__ = __getattr__
+EXTENSIONS: Dict[str, Callable[[ModuleType], None]] = {}
 
 
-EXTENSIONS: Dict[str, Callable[[ModuleType], None]] = {"nni.compression.pruning": _expose_mrs_pruner}
+def add_extension(module: str, extend: Callable[[ModuleType], None]) -> None:
+    """Run ``extend(module)`` once when the NNI module ``module`` is imported (now, if it already is).
+
+    ``nni.registry`` uses it to expose the plugin's pruners in ``nni.compression.pruning``."""
+    with _lock:
+        EXTENSIONS[module] = extend
+        for finder in sys.meta_path:
+            if isinstance(finder, _PostImportFinder):
+                finder.names = frozenset(finder.names | {module})
+        if module in sys.modules:
+            _apply_fixes_for(sys.modules[module])
 
 
 def _hooked_modules() -> set:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .allocation import Allocation
 from .allocator import MRSSparsityAllocator
-from .speedup import Masks, compute_masks
+from ..nni.speedup import Masks, compute_masks
 
 __all__ = ["RandomPruner", "GlobalL1NormPruner", "baseline_masks"]
 

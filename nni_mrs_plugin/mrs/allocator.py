@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from . import allocation
-from .calibration import adversarial_examples, collect_samples, default_eps, make_attack
+from ..attacks import build_attack, check_eps, default_eps
+from .calibration import adversarial_examples, collect_samples
 from .cost import BUDGETS, CostModel
 from .sensitivity import CRITERIA, ESTIMATORS, Estimator, build_estimator
 from .units import Unit, find_units, parse_config_list
@@ -45,8 +46,8 @@ class MRSSparsityAllocator:
             raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         if not 0.0 <= r_min <= r_max < 1.0:
             raise ValueError(f"need 0 <= r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
-        if eps is not None and not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+        if eps is not None:
+            check_eps(eps, positive=True)
         if not 0.0 < tolerance < 0.5:
             raise ValueError(f"tolerance must be in (0, 0.5), got {tolerance}")
         allocation.weights_from_scores({}, tau)  # validates tau
@@ -72,7 +73,7 @@ class MRSSparsityAllocator:
         device = _device_of(model)
         x, y = x.to(device), y.to(device)
         eps = self.eps if self.eps is not None else default_eps(x)
-        attack = make_attack(model, self.attack, eps, **self.attack_kwargs)
+        attack = build_attack(model, self.attack, eps, **self.attack_kwargs)
         return adversarial_examples(model, x, y, attack, self.batch_size, self.seed, self.progress), y
 
     def sensitivities(self, model: nn.Module, units: Sequence[Unit], x_adv: torch.Tensor, y: torch.Tensor,

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibration import mean_loss
-from .speedup import mask_like_removal
+from ..nni.speedup import mask_like_removal
 from .units import Unit
 
 __all__ = ["Estimator", "WeightMRS", "ProbeMRS", "TaylorMRS", "ESTIMATORS", "CRITERIA", "build_estimator",
@@ -186,7 +186,7 @@ class ProbeMRS(Estimator):
         self.ratio, self.criterion = ratio, criterion
 
     def estimate(self, model, units, x_adv, y, graph_module):
-        from .speedup import trace
+        from ..nni.speedup import trace
 
         graph_module = graph_module if graph_module is not None else trace(model, x_adv[:1])
         modules = dict(model.named_modules())

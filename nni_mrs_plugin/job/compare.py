@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from .checkpoint import atomic_save, atomic_write, load_pruned
+from ..checkpoint import atomic_save, atomic_write, load_pruned
 from .config import Config, ConfigError, load_config
 from .pipeline import Pipeline, robust_evaluation
 
@@ -51,7 +51,7 @@ def _dense_run(config: Config, folder: Path) -> Dict[str, Any]:
 
 
 def _variants(variants: Union[Sequence[str], Mapping[str, Mapping[str, Any]]]) -> Dict[str, Dict[str, Any]]:
-    from .registry import available_pruners
+    from ..nni.registry import available_pruners
 
     if isinstance(variants, Mapping):
         return {str(label): dict(overrides) for label, overrides in variants.items()}
