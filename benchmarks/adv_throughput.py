@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nni_mrs_plugin.train.trainer import METHODS, AdversarialTrainer
-from nni_mrs_plugin.checkpoint import atomic_write
+from nni_mrs_plugin.checkpoint import atomic_json
 from nni_mrs_plugin.models import build_model
 from nni_mrs_plugin.train.loop import cross_entropy_loss
 
@@ -94,10 +94,9 @@ def main() -> Dict:
         result["methods"][method] = {"samples_per_s": round(speed, 1), "gradient_steps_k": k,
                                      "goal_fwd_bwd_over_k_plus_1": round(budget, 1),
                                      "ratio_to_goal": round(speed / budget, 3)}
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.json:
-        atomic_write(args.json, lambda f: f.write(text.encode()))
+        atomic_json(args.json, result)
     return result
 
 

@@ -9,7 +9,6 @@ Inputs are random CIFAR-sized tensors: cost does not depend on the pixel values.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
@@ -17,7 +16,7 @@ import torch
 import torchattacks
 
 from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
-from nni_mrs_plugin.checkpoint import atomic_write
+from nni_mrs_plugin.checkpoint import atomic_json
 from nni_mrs_plugin.models import build_model
 
 
@@ -87,7 +86,7 @@ def main() -> None:
         entry["fraction_of_epoch"] = entry["seconds"] / epoch
         print(f"MRS {name}: {100 * entry['fraction_of_epoch']:.2f}% of one PGD-10 epoch")
     if args.out:
-        atomic_write(args.out, lambda f: f.write(json.dumps(results, indent=2).encode()))
+        atomic_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,12 @@ the unit ranking for each (rho, T), compared by Spearman correlation with T = 10
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
 from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
-from nni_mrs_plugin.checkpoint import atomic_write
+from nni_mrs_plugin.checkpoint import atomic_json
 from nni_mrs_plugin.data import load_dataset
 from nni_mrs_plugin.models import build_model
 from nni_mrs_plugin.mrs.sensitivity import WeightMRS
@@ -64,8 +63,7 @@ def main() -> None:
                for a, b in zip(longest, longest[1:])}
     print("rank agreement between neighbouring rho at T max:", ranking)
     if args.out:
-        atomic_write(args.out, lambda f: f.write(json.dumps({"units": [u.name for u in units], "rows": rows},
-                                                            indent=2).encode()))
+        atomic_json(args.out, {"units": [u.name for u in units], "rows": rows})
 
 
 if __name__ == "__main__":

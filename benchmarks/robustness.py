@@ -15,7 +15,6 @@ the two standard deviations, a tie otherwise.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from nni_mrs_plugin.checkpoint import atomic_write
+from nni_mrs_plugin.checkpoint import atomic_json
 from nni_mrs_plugin.job.cli import add_set_argument
 from nni_mrs_plugin.job.compare import compare
 from nni_mrs_plugin.job.config import ConfigError, load_config
@@ -83,7 +82,7 @@ def main(argv=None) -> int:
     summary = {"command": " ".join(["python", "benchmarks/robustness.py", *(argv or sys.argv[1:])]),
                "date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": platform.platform(),
                "seconds": round(time.time() - started), "verdicts": verdicts(result["rows"])}
-    atomic_write(Path(args.output) / "robustness.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    atomic_json(Path(args.output) / "robustness.json", summary)
     print(Path(args.output, "compare.md").read_text())
     print("| target | baseline | metric | MRS | baseline | difference | verdict |\n|---:|---|---|---:|---:|---:|---|")
     for v in summary["verdicts"]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import platform
 import shlex
 import subprocess
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from nni_mrs_plugin.checkpoint import atomic_write
+from nni_mrs_plugin.checkpoint import atomic_json
 from nni_mrs_plugin.evaluate import count_flops, count_params, measure_latency
 from nni_mrs_plugin.models import MODELS, build_model
 from nni_mrs_plugin.mrs.pruner import MRSPruner
@@ -206,7 +205,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             bar.update()
     bar.close()
     print(markdown(result["rows"]))
-    atomic_write(args.out, lambda f: f.write(json.dumps(result, indent=2).encode()))
+    atomic_json(args.out, result)
     print(f"wrote {args.out}", file=sys.stderr)
     return result
 

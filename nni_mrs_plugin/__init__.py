@@ -31,6 +31,7 @@ _EXPORTS = {
     "UnitReport": "mrs.allocation", "CostModel": "mrs.cost", "Unit": "mrs.units", "ESTIMATORS": "mrs.sensitivity",
     "WeightMRS": "mrs.sensitivity", "ProbeMRS": "mrs.sensitivity", "TaylorMRS": "mrs.sensitivity",
     "get_pruner": "nni.registry", "register_pruner": "nni.registry", "available_pruners": "nni.registry",
+    "pruner_spec": "nni.registry", "PrunerSpec": "nni.registry", "unregister_pruner": "nni.registry",
     "RandomPruner": "mrs.baselines", "GlobalL1NormPruner": "mrs.baselines", "baseline_masks": "mrs.baselines",
     # checkpoints
     "save_pruned": "checkpoint", "load_pruned": "checkpoint", "architecture": "checkpoint", "rebuild": "checkpoint",

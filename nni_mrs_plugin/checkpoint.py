@@ -6,6 +6,7 @@ and constructor arguments plus each layer's new shape (plain dicts), next to the
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -73,6 +74,11 @@ def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], None]) -> P
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_json(path: Union[str, Path], data: Any) -> Path:
+    """``data`` as indented JSON, atomically (see ``atomic_write``); numbers JSON lacks (numpy, tensors) as float."""
+    return atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=float).encode()))
 
 
 def atomic_save(obj: Any, path: Union[str, Path]) -> Path:

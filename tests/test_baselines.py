@@ -54,6 +54,24 @@ def test_global_l1_meets_the_budget_after_real_removal(name, shape):
     assert max(ratios) - min(ratios) > 0.5, "a global ranking does not prune every layer alike"
 
 
+def test_global_l1_pruner_used_directly_is_the_capped_ranking():
+    """One name, one behaviour: NNI-style use of GlobalL1NormPruner gives the masks the job's 'l1-global' gives."""
+    model, dummy = small_cnn()
+    pruner = GlobalL1NormPruner(model, SELECT, dummy_input=dummy, r_max=0.9)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    assert all(u.ratio <= 0.9 + 1e-9 for u in pruner.allocation.report)
+    assert abs(pruner.allocation.achieved - 0.5) <= 0.01
+    _, via_job = baseline_masks(model, SELECT, dummy, get_pruner("l1-global"))
+    assert masks.keys() == via_job.keys()
+    for name in masks:
+        assert torch.equal(masks[name]["weight"], via_job[name]["weight"]), name
+    with pytest.raises(ValueError, match="GlobalL1NormPruner needs dummy_input"):
+        GlobalL1NormPruner(model, SELECT).compress()
+    with pytest.raises(ValueError, match="unknown budget 'speed'"):
+        GlobalL1NormPruner(model, SELECT, dummy_input=dummy, budget="speed")
+
+
 def test_global_l1_takes_the_globally_smallest_filters():
     model, dummy = small_cnn()
     allocation, masks = baseline_masks(model, SELECT, dummy, GlobalL1NormPruner)

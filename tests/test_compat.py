@@ -119,7 +119,7 @@ def test_existing_nni_script_runs_unchanged():
     assert lines["output shape"].strip() == "(2, 10)"
 
 
-def test_tolerant_wraps_skips_a_type_params_that_is_no_tuple():
+def testtolerant_wraps_skips_a_type_params_that_is_no_tuple():
     """The failure behind wraps-type-params: ``functools.wraps`` copies ``__type_params__`` (3.12+), which for
     ``type`` is a descriptor, not a tuple. Plain wraps raises there (3.12+) or copies the descriptor (3.11)."""
     import functools
@@ -144,10 +144,10 @@ def test_tolerant_wraps_skips_a_type_params_that_is_no_tuple():
     except TypeError:
         plain = None
     assert not isinstance(plain, tuple)  # what the fix is for
-    wrapper = compat._tolerant_wraps(Wrapped, assigned=assigned)(lambda: None)
+    wrapper = compat.tolerant_wraps(Wrapped, assigned=assigned)(lambda: None)
     assert isinstance(type_params(wrapper), tuple)
     assert wrapper.__wrapped__ is Wrapped and wrapper.__name__ == "Wrapped"
-    kept = compat._tolerant_wraps(len)(lambda x: x)  # ordinary callables keep every attribute
+    kept = compat.tolerant_wraps(len)(lambda x: x)  # ordinary callables keep every attribute
     assert kept.__name__ == "len" and kept.__doc__ == len.__doc__
 
 

@@ -89,7 +89,7 @@ def _config(args: argparse.Namespace):
 
 
 def _print_summary(state: Dict[str, Any], out: str) -> None:
-    from .report import _fmt, summary_rows
+    from .report import format_metric, summary_rows
 
     stages = state["stages"]
     if "speedup" not in stages:
@@ -98,8 +98,8 @@ def _print_summary(state: Dict[str, Any], out: str) -> None:
     print(f"\n{'':34}{'dense':>14}{'pruned':>14}{'ratio':>8}")
     for row in summary_rows(stages):
         ratio = row["pruned"] / row["dense"] if row["dense"] else float("nan")
-        print(f"{row['metric']:34}{_fmt(row['dense'], row['metric']):>14}{_fmt(row['pruned'], row['metric']):>14}"
-              f"{ratio:>8.2f}")
+        dense, pruned = format_metric(row["dense"], row["metric"]), format_metric(row["pruned"], row["metric"])
+        print(f"{row['metric']:34}{dense:>14}{pruned:>14}{ratio:>8.2f}")
     seconds = sum(stage.get("seconds", 0) for stage in stages.values())
     print(f"\nrun folder: {out} (report.md, report.json, mrs_units.png, pruned.pt); stages took {seconds:.0f} s")
 
@@ -115,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
 
-    from ..checkpoint import atomic_write, load_pruned
+    from ..checkpoint import atomic_json, load_pruned
     from .config import ConfigError, load_config
     from .pipeline import robust_evaluation
 
@@ -129,21 +129,20 @@ def _eval(args: argparse.Namespace) -> int:
     except Exception as err:
         raise ConfigError(f"{checkpoint} is not a model saved by nni-mrs ({type(err).__name__}: {err})") from None
     result = robust_evaluation(config, model)
-    text = json.dumps(result, indent=2, default=float)
     if args.out:
-        atomic_write(args.out, lambda f: f.write(text.encode()))
-    print(text)
+        atomic_json(args.out, result)
+    print(json.dumps(result, indent=2, default=float))
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from .compare import compare, compare_table
 
     config = _config(args)
     out = args.output or f"{config.output.dir}-compare"
     result = compare(config, args.pruners, args.targets, out, args.seeds,
                      on_run=lambda i, n, label: print(f"[{i}/{n}] {label}", flush=True))
-    print("\n" + "\n".join(Path(out, "compare.md").read_text().splitlines()[4:-2]))
+    print("\n" + compare_table(result))
     print(f"\n{len(result['runs'])} runs; table and plot: {out}/compare.md, compare.png, compare.json")
     return 0
 

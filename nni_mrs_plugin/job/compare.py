@@ -14,17 +14,18 @@ Each run resumes like ``nni-mrs run``; a rerun of ``compare`` skips what is fini
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from ..checkpoint import atomic_save, atomic_write, load_pruned
+from ..checkpoint import atomic_json, atomic_save, atomic_write, load_pruned
 from .config import Config, ConfigError, load_config
 from .pipeline import Pipeline, robust_evaluation
 
-__all__ = ["compare", "compare_rows", "plot_compare", "write_compare_report"]
+__all__ = ["compare", "compare_rows", "compare_table", "plot_compare", "write_compare_report"]
 
 _MODEL_METRICS = ("params", "flops", "cpu_latency_ms")
 
@@ -46,7 +47,7 @@ def _dense_run(config: Config, folder: Path) -> Dict[str, Any]:
         evaluation = json.loads(path.read_text())
     else:
         evaluation = robust_evaluation(config, load_pruned(folder / "dense.pt"))
-        atomic_write(path, lambda f: f.write(json.dumps(evaluation, indent=2, default=float).encode()))
+        atomic_json(path, evaluation)
     return {"weights": str(weights.resolve()), "evaluation": evaluation, "measure": state["stages"]["pretrain"]["dense"]}
 
 
@@ -99,10 +100,11 @@ def compare(config: Config, variants: Union[Sequence[str], Mapping[str, Mapping[
     runs: List[Dict[str, Any]] = []
     dense: Dict[str, Dict[str, Any]] = {}
     total = len(configs)
+    usual = {seed: _dense_identity(load_config(base, {"seed": seed})) for seed in seeds}  # the base's dense model
     for index, ((label, target, seed), run_config) in enumerate(configs.items(), 1):
         identity = _dense_identity(run_config)
         if identity not in dense:
-            name = "dense" if identity == _dense_identity(load_config(base, {"seed": seed})) else f"dense-{identity}"
+            name = "dense" if identity == usual[seed] else f"dense-{identity}"
             if on_run is not None:
                 on_run(0, total, f"{name}, seed {seed}")
             shared = {**base, **{key: run_config.to_dict()[key] for key in _DENSE_KEYS}}
@@ -110,7 +112,8 @@ def compare(config: Config, variants: Union[Sequence[str], Mapping[str, Mapping[
                                **_dense_run(load_config(shared), out / f"seed{seed}" / name)}
         if on_run is not None:
             on_run(index, total, f"{label}-{target:g}, seed {seed}")
-        run_config = load_config(run_config.to_dict(), {"model.checkpoint": dense[identity]["weights"]})
+        run_config = copy.deepcopy(run_config)  # checked above; only the dense weights to start from change
+        run_config.model.checkpoint = dense[identity]["weights"]
         pipeline = Pipeline(run_config, str(out / f"seed{seed}" / f"{label}-{target:g}"),
                             dense_evaluation=dense[identity]["evaluation"])
         stages = pipeline.run()["stages"]
@@ -197,20 +200,11 @@ def plot_compare(result: Dict[str, Any], path: Path) -> Path:
     return path
 
 
-def write_compare_report(out: Path, result: Dict[str, Any]) -> List[Path]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "compare.json", lambda f: f.write(json.dumps(result, indent=2, default=float).encode()))
+def compare_table(result: Dict[str, Any]) -> str:
+    """The Markdown table of a compare result: a row per dense model and per (variant, target)."""
     rows = result["rows"]
     attacks = list(rows[0]["accuracy"])
-    cfg = result["config"]
-    seeds = result["seeds"]
-    lines = [f"# {cfg['model']['name']} on {cfg['data']['dataset']}: pruners compared at equal "
-             f"{cfg['pruning']['budget']} budgets", "",
-             f"Fine-tuning `{cfg['finetune']['method']}` for {cfg['finetune']['epochs']} epoch(s) after each pruner "
-             "unless the variant says otherwise; "
-             f"seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if len(seeds) > 1 else "") + ".", "",
-             "| variant | target | FLOPs removed | params | FLOPs | CPU ms | " + " | ".join(attacks) + " |",
+    lines = ["| variant | target | FLOPs removed | params | FLOPs | CPU ms | " + " | ".join(attacks) + " |",
              "|---|---:|---:|---:|---:|---:|" + "---:|" * len(attacks)]
     for row in rows:
         accuracy = [(_pm(row["accuracy"][a]) + "%") if a in row["accuracy"] else "–" for a in attacks]
@@ -218,6 +212,20 @@ def write_compare_report(out: Path, result: Dict[str, Any]) -> List[Path]:
         lines.append(f"| {row['variant']} | {target} | {_pm(row['flops_removed'])}% | "
                      f"{row['params']['mean']:,.0f} | {row['flops']['mean'] / 1e6:.2f}M | "
                      f"{row['cpu_latency_ms']['mean']:.3f} | " + " | ".join(accuracy) + " |")
-    lines += ["", "![accuracy against FLOPs removed](compare.png)", ""]
+    return "\n".join(lines)
+
+
+def write_compare_report(out: Path, result: Dict[str, Any]) -> List[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_json(out / "compare.json", result)
+    cfg = result["config"]
+    seeds = result["seeds"]
+    lines = [f"# {cfg['model']['name']} on {cfg['data']['dataset']}: pruners compared at equal "
+             f"{cfg['pruning']['budget']} budgets", "",
+             f"Fine-tuning `{cfg['finetune']['method']}` for {cfg['finetune']['epochs']} epoch(s) after each pruner "
+             "unless the variant says otherwise; "
+             f"seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if len(seeds) > 1 else "") + ".", "",
+             compare_table(result), "", "![accuracy against FLOPs removed](compare.png)", ""]
     atomic_write(out / "compare.md", lambda f: f.write("\n".join(lines).encode()))
     return [out / "compare.json", out / "compare.md", plot_compare(result, out / "compare.png")]

@@ -6,6 +6,7 @@ types or ranges get one line naming the key (``ConfigError``). ``overrides`` suc
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -242,13 +243,6 @@ def load_config(source: Union[str, Path, Mapping[str, Any], None] = None,
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    data = apply_overrides(_deep_copy(data), overrides or {})
+    data = apply_overrides(copy.deepcopy(data), overrides or {})
     return _build(Config, data, "")
 
-
-def _deep_copy(data: Any) -> Any:
-    if isinstance(data, Mapping):
-        return {k: _deep_copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deep_copy(v) for v in data]
-    return data

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from ..checkpoint import atomic_write
+from ..checkpoint import atomic_json, atomic_write
 from .config import Config, ConfigError, load_config
 
 __all__ = ["run_trial", "trial_metrics", "robust_attack", "check_search_space", "launch_experiment",
@@ -76,8 +76,7 @@ def run_trial(source: Union[str, Path, Mapping[str, Any], None] = None,
 
     pipeline = Pipeline(config, output, on_epoch=on_epoch)
     metrics = trial_metrics(pipeline.run()["stages"], attack)
-    atomic_write(pipeline.dir / "trial.json",
-                 lambda f: f.write(json.dumps({"parameters": parameters, "metrics": metrics}, indent=2).encode()))
+    atomic_json(pipeline.dir / "trial.json", {"parameters": parameters, "metrics": metrics})
     nni.report_final_result(metrics)
     return metrics
 
@@ -198,7 +197,7 @@ def _collect(experiment: Any, finished: Optional[bool]) -> Dict[str, Any]:
 
 
 def _write_results(out: Path, result: Dict[str, Any]) -> None:
-    atomic_write(out / "experiment.json", lambda f: f.write(json.dumps(result, indent=2, default=float).encode()))
+    atomic_json(out / "experiment.json", result)
     lines = [f"# NNI experiment {result['experiment_id']} ({result['status']})", "",
              "| trial | status | parameters | robust accuracy | clean accuracy | FLOPs removed |",
              "|---|---|---|---:|---:|---:|"]

@@ -11,12 +11,12 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_save, atomic_write, load_pruned, save_pruned
+from ..checkpoint import atomic_json, atomic_save, atomic_write, load_pruned, save_pruned
 from .config import Config, ConfigError
 
 __all__ = ["STAGES", "Pipeline", "run_pipeline", "robust_evaluation"]
@@ -61,10 +61,6 @@ def robust_evaluation(config: Config, model: nn.Module, test_loader: Any = None)
                                progress=config.progress)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=float).encode()))
-
-
 class Pipeline:
     """One run folder for one config. Call ``run()``; each stage's result is kept in ``self.state``."""
 
@@ -100,7 +96,7 @@ class Pipeline:
 
     def _finish(self, stage: str, result: Dict[str, Any]) -> None:
         self.state["stages"][stage] = result
-        _write_json(self.dir / "stages.json", self.state)
+        atomic_json(self.dir / "stages.json", self.state)
 
     def done(self, stage: str) -> bool:
         return stage in self.state["stages"]
@@ -172,53 +168,52 @@ class Pipeline:
         return result
 
     def prune(self) -> Dict[str, Any]:
+        """Any registered pruner at the config's budget, built the same way: its registry spec says what it takes."""
+        from ..mrs.baselines import baseline_masks
+        from ..nni.registry import get_pruner, pruner_spec
+
         model = load_pruned(self.dir / "dense.pt").to(self.device)
         cfg = self.config.pruning
         config_list = [{"op_types": list(cfg.op_types), "sparse_ratio": cfg.target}]
         if cfg.exclude:
             config_list[0]["exclude_op_names"] = list(cfg.exclude)
-        train, _ = self.loaders
         dummy = self.dummy.to(self.device)
-        if cfg.pruner == "mrs":
-            from ..mrs.pruner import MRSPruner
-
-            options = {"rho": cfg.rho, "steps": cfg.steps} if cfg.estimator == "weight" else {}
-            pruner = MRSPruner(model, config_list, calibration=train, estimator=cfg.estimator,
-                               criterion=cfg.criterion, budget=cfg.budget, tau=cfg.tau, dummy_input=dummy,
-                               eps=self.eps(cfg.eps), n_samples=cfg.samples, r_max=cfg.r_max,
-                               seed=self.config.seed, progress=self.config.progress, **options)
-            _, masks = pruner.compress()
-            pruner.unwrap_model()
-            allocation = pruner.allocation
-        else:
-            allocation, masks = self._baseline(model, config_list, dummy)
+        spec = pruner_spec(cfg.pruner)
+        allocation, masks = baseline_masks(model, config_list, dummy, get_pruner(cfg.pruner), cfg.budget, cfg.r_max,
+                                           **self._pruner_options(spec, model, dummy))
         atomic_save({k: {t: m.cpu() for t, m in v.items() if m is not None} for k, v in masks.items()},
                     self.dir / "masks.pt")
-        _write_json(self.dir / "allocation.json", allocation.as_dict())
+        atomic_json(self.dir / "allocation.json", allocation.as_dict())
         return {"pruner": cfg.pruner, "target": cfg.target, "budget": cfg.budget,
                 "predicted_removed": allocation.achieved}
 
-    def _baseline(self, model: nn.Module, config_list: List[dict], dummy: torch.Tensor):
-        """The named NNI pruner at the same budget: uniform ratios, or one global ranking (``l1-global``)."""
-        import inspect
-
-        from ..mrs.baselines import baseline_masks
-        from ..nni.registry import get_pruner
+    def _pruner_options(self, spec, model: nn.Module, dummy: torch.Tensor) -> Dict[str, Any]:
+        """The keywords ``spec`` asks for, from the config: the job offers the same options to every pruner."""
+        from ..mrs.sensitivity import ESTIMATORS
 
         cfg = self.config.pruning
-        pruner_cls = get_pruner(cfg.pruner)
-        kwargs: Dict[str, Any] = {}
-        if "seed" in inspect.signature(pruner_cls).parameters:
-            kwargs["seed"] = self.config.seed
-        if cfg.pruner in ("taylor", "slim", "linear", "agp", "movement"):
+        offered = {"calibration": self.loaders[0], "estimator": cfg.estimator, "criterion": cfg.criterion,
+                   "tau": cfg.tau, "eps": self.eps(cfg.eps), "n_samples": cfg.samples,
+                   "progress": self.config.progress,
+                   "estimator_options": {name: getattr(cfg, name) for name in ESTIMATORS[cfg.estimator].options}}
+        unknown = sorted(set(spec.options) - set(offered))
+        if unknown:
+            raise ConfigError(f"pruning.pruner: {cfg.pruner!r} is registered with options {unknown} that the job "
+                              f"does not offer (it offers {', '.join(sorted(offered))})")
+        options = {name: offered[name] for name in spec.options if name != "estimator_options"}
+        options.update(offered["estimator_options"] if "estimator_options" in spec.options else {})
+        if spec.takes_seed:
+            options["seed"] = self.config.seed
+        if spec.needs_evaluator:  # it trains inside compress(): on the fine-tuning objective, for 10 steps
             import nni
             from nni.compression import TorchEvaluator
 
             trainer = self.trainer(self.config.finetune)
             optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=self.config.finetune.lr)
-            kwargs = {"evaluator": TorchEvaluator(trainer.training_func(self.loaders[0]), optimizer,
-                                                  trainer.training_step, dummy_input=dummy), "training_steps": 10}
-        return baseline_masks(model, config_list, dummy, pruner_cls, cfg.budget, cfg.r_max, **kwargs)
+            options["evaluator"] = TorchEvaluator(trainer.training_func(self.loaders[0]), optimizer,
+                                                  trainer.training_step, dummy_input=dummy)
+            options["training_steps"] = 10
+        return options
 
     def speedup(self) -> Dict[str, Any]:
         from ..nni.speedup import speedup_model
@@ -241,7 +236,7 @@ class Pipeline:
         results = {name: robust_evaluation(self.config, load_pruned(self.dir / f"{name}.pt"), self.loaders[1])
                    for name in ("dense", "pruned") if name != "dense" or self.dense_evaluation is None}
         results.setdefault("dense", self.dense_evaluation)
-        _write_json(self.dir / "evaluation.json", results)
+        atomic_json(self.dir / "evaluation.json", results)
         return results
 
     def report(self) -> Dict[str, Any]:

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
-from ..checkpoint import atomic_write
+from ..checkpoint import atomic_json, atomic_write
 from .config import Config
 
-__all__ = ["write_report", "summary_rows", "plot_units"]
+__all__ = ["write_report", "summary_rows", "plot_units", "format_metric"]
 
 
 def summary_rows(stages: Mapping[str, Any]) -> List[Dict[str, Any]]:
@@ -26,7 +26,8 @@ def summary_rows(stages: Mapping[str, Any]) -> List[Dict[str, Any]]:
     return rows
 
 
-def _fmt(value: Any, metric: str) -> str:
+def format_metric(value: Any, metric: str) -> str:
+    """A summary value as people read it: accuracies in percent, latency in ms, counts with separators."""
     if "accuracy" in metric:
         return f"{100 * value:.2f}%"
     if metric == "cpu_latency_ms":
@@ -66,15 +67,15 @@ def write_report(run_dir: Path, config: Config, stages: Mapping[str, Any]) -> Li
     allocation = json.loads((run_dir / "allocation.json").read_text())
     rows = summary_rows(stages)
     report = {"config": config.to_dict(), "summary": rows, "allocation": allocation, "stages": dict(stages)}
-    atomic_write(run_dir / "report.json", lambda f: f.write(json.dumps(report, indent=2, default=float).encode()))
+    atomic_json(run_dir / "report.json", report)
     cfg = config.pruning
     lines = [f"# {config.model.name} on {config.data.dataset}: {cfg.pruner} pruning, "
              f"{cfg.target:.0%} of {cfg.budget} removed", "",
              "| metric | dense | pruned | pruned / dense |", "|---|---:|---:|---:|"]
     for row in rows:
         ratio = row["pruned"] / row["dense"] if row["dense"] else float("nan")
-        lines.append(f"| {row['metric']} | {_fmt(row['dense'], row['metric'])} | "
-                     f"{_fmt(row['pruned'], row['metric'])} | {ratio:.2f} |")
+        lines.append(f"| {row['metric']} | {format_metric(row['dense'], row['metric'])} | "
+                     f"{format_metric(row['pruned'], row['metric'])} | {ratio:.2f} |")
     lines += ["", f"Pruner `{cfg.pruner}`, estimator `{cfg.estimator}`, criterion `{cfg.criterion}`, tau {cfg.tau}; "
               f"fine-tuning `{config.finetune.method}` for {config.finetune.epochs} epoch(s).", "",
               "| unit | layers | MRS | ratio | channels |", "|---|---:|---:|---:|---:|"]

@@ -1,4 +1,6 @@
-"""Turn module robustness sensitivities into per-unit pruning ratios that meet a global budget.
+"""The budget solver: per-unit pruning ratios that meet a global budget on the sped-up model, and the
+``Allocation`` that carries them (an NNI config_list plus the report). Every allocator uses it: MRS, uniform
+ratios (tau = 0) and the global L1 ranking.
 
 r_u = clip(c * (mean(m) / m_u) ** tau, r_min_u, r_max_u): more sensitive units are pruned less; tau = 0 gives
 one ratio for every unit (the uniform baseline). ``c`` is found by bisection on the *predicted sped-up model*
@@ -12,9 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Mapping, Sequence
 
 from .cost import BUDGETS, CostModel
-from .units import Unit
+from .units import Unit, find_units, parse_config_list
 
-__all__ = ["UnitReport", "Allocation", "allocate", "weights_from_scores"]
+__all__ = ["UnitReport", "Allocation", "allocate", "weights_from_scores", "budget_units", "build_allocation"]
 
 
 @dataclass
@@ -139,3 +141,31 @@ def _refine(units, weights, pruned, removed, target, tolerance) -> Dict[str, int
         if not moved:
             break
     return pruned
+
+
+def budget_units(model, config_list, dummy_input, r_min: float = 0.0, r_max: float = 0.9):
+    """(global target, units, skipped layers, traced graph) for an NNI selection whose ``sparse_ratio`` is the
+    global fraction of the budget to remove."""
+    selection = parse_config_list(model, config_list)
+    units, skipped, graph_module = find_units(model, selection, dummy_input, r_min, r_max)
+    return selection.target, units, skipped, graph_module
+
+
+def build_allocation(units: Sequence[Unit], scores: Mapping[str, float], pruned: Mapping[str, int], cost: CostModel,
+                     target: float, budget: str, skipped: Mapping[str, str]) -> Allocation:
+    """The ``Allocation`` for per-unit prune counts: one NNI config_list entry (``op_names``, ``sparse_ratio``,
+    ``dependency_group_id``) and one report row per unit, and the removed fraction the cost model predicts."""
+    kept = {unit.name: unit.kept(pruned[unit.name]) for unit in units}
+    shares = cost.unit_share(budget)
+    config_list: List[dict] = []
+    rows = []
+    for unit in units:
+        entry = {"op_names": list(unit.layers), "sparse_ratio": unit.sparse_ratio(pruned[unit.name]),
+                 "dependency_group_id": unit.name}
+        if unit.block > 1:
+            entry["internal_metric_block"] = unit.block
+        config_list.append(entry)
+        rows.append(UnitReport(unit.name, list(unit.layers), float(scores[unit.name]),
+                               1.0 - kept[unit.name] / unit.channels, unit.channels, kept[unit.name],
+                               shares[unit.name]))
+    return Allocation(config_list, rows, target, cost.removed_fraction(kept, budget), budget, dict(skipped))

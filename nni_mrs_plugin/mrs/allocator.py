@@ -5,7 +5,7 @@ selection (NNI config_list) -> units (dependency groups) -> calibration X' (torc
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from ..attacks import build_attack, check_eps, default_eps
 from .calibration import adversarial_examples, collect_samples
 from .cost import BUDGETS, CostModel
 from .sensitivity import CRITERIA, ESTIMATORS, Estimator, build_estimator
-from .units import Unit, find_units, parse_config_list
+from .units import Unit
 
 __all__ = ["MRSSparsityAllocator"]
 
@@ -63,9 +63,7 @@ class MRSSparsityAllocator:
     # -- the steps, usable one by one ---------------------------------------------------------------------
     def units(self, model: nn.Module, config_list: Sequence[Dict[str, Any]], dummy_input: Any):
         """(global target, units, skipped layers, traced graph) for this selection."""
-        selection = parse_config_list(model, config_list)
-        units, skipped, graph_module = find_units(model, selection, dummy_input, self.r_min, self.r_max)
-        return selection.target, units, skipped, graph_module
+        return allocation.budget_units(model, config_list, dummy_input, self.r_min, self.r_max)
 
     def calibrate(self, model: nn.Module, calibration: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """(X', Y): the calibration samples and their adversarial versions, on the model's device."""
@@ -107,18 +105,4 @@ class MRSSparsityAllocator:
 
     def report(self, units: Sequence[Unit], scores: Mapping[str, float], pruned: Mapping[str, int],
                cost: CostModel, target: float, skipped: Dict[str, str]) -> allocation.Allocation:
-        kept = {unit.name: unit.kept(pruned[unit.name]) for unit in units}
-        shares = cost.unit_share(self.budget)
-        config_list: List[dict] = []
-        rows = []
-        for unit in units:
-            entry = {"op_names": list(unit.layers), "sparse_ratio": unit.sparse_ratio(pruned[unit.name]),
-                     "dependency_group_id": unit.name}
-            if unit.block > 1:
-                entry["internal_metric_block"] = unit.block
-            config_list.append(entry)
-            rows.append(allocation.UnitReport(unit.name, list(unit.layers), float(scores[unit.name]),
-                                              1.0 - kept[unit.name] / unit.channels, unit.channels, kept[unit.name],
-                                              shares[unit.name]))
-        return allocation.Allocation(config_list, rows, target, cost.removed_fraction(kept, self.budget),
-                                     self.budget, dict(skipped))
+        return allocation.build_allocation(units, scores, pruned, cost, target, self.budget, skipped)

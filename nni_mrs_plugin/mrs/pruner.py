@@ -21,7 +21,25 @@ from .allocator import MRSSparsityAllocator
 from .sensitivity import weight_gradients
 from .units import normalize_config, parse_config_list
 
-__all__ = ["MRSPruner"]
+__all__ = ["MRSPruner", "apply_allocation"]
+
+
+def apply_allocation(target_spaces: Dict[str, Dict[str, Any]], allocation: Optional[Allocation]) -> None:
+    """Set each selected layer's NNI target space to its unit's ratio and dependency group (0 elsewhere), so NNI's
+    ``generate_sparsity`` prunes exactly the allocated channel counts."""
+    if allocation is None:
+        raise RuntimeError("no allocation yet: compress() allocates before it generates sparsity")
+    allocated = {layer: entry for entry in allocation.config_list for layer in entry["op_names"]}
+    for layer, spaces in target_spaces.items():
+        space = spaces.get("weight")
+        if space is None:
+            continue
+        entry = allocated.get(layer)
+        space.sparse_ratio = float(entry["sparse_ratio"]) if entry else 0.0
+        if entry:
+            space.dependency_group_id = entry["dependency_group_id"]
+            if "internal_metric_block" in entry:
+                space._setting["internal_metric_block"] = entry["internal_metric_block"]
 
 
 class MRSPruner(Pruner):
@@ -34,6 +52,8 @@ class MRSPruner(Pruner):
     options go to :class:`MRSSparsityAllocator` (``eps``, ``n_samples``, ``rho``, ``steps``, ``seed``, ...).
     After ``compress()``, ``allocation`` holds the per-unit report.
     """
+
+    allocates = True  # takes the global target and allocates per-unit ratios itself
 
     def __init__(self, model: nn.Module, config_list: List[Dict[str, Any]], evaluator: Any = None, *,
                  calibration: Any = None, attack: Any = None, estimator: Any = "weight", criterion: str = "l1",
@@ -77,18 +97,7 @@ class MRSPruner(Pruner):
         return norm_metrics(p=2 if self.criterion == "l2" else 1, data=data, target_spaces=self._target_spaces)
 
     def _generate_sparsity(self, metrics: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
-        assert self.allocation is not None
-        allocated = {layer: entry for entry in self.allocation.config_list for layer in entry["op_names"]}
-        for layer, spaces in self._target_spaces.items():
-            space = spaces.get("weight")
-            if space is None:
-                continue
-            entry = allocated.get(layer)
-            space.sparse_ratio = float(entry["sparse_ratio"]) if entry else 0.0
-            if entry:
-                space.dependency_group_id = entry["dependency_group_id"]
-                if "internal_metric_block" in entry:
-                    space._setting["internal_metric_block"] = entry["internal_metric_block"]
+        apply_allocation(self._target_spaces, self.allocation)
         return generate_sparsity(metrics, self._target_spaces)
 
     def _allocate(self, model: nn.Module, calibration: Any) -> Allocation:

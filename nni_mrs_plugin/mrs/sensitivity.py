@@ -11,7 +11,7 @@ The formulation is this project's own (see docs/method.md): the MRPF paper's tex
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Type
+from typing import Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -72,6 +72,7 @@ class Estimator:
     """Common interface: subclasses compute one MRS value per unit, in eval mode, leaving the model unchanged."""
 
     name = ""
+    options: Tuple[str, ...] = ()  # constructor options a config may set (the job passes exactly these)
 
     def __init__(self, batch_size: int = 256, progress: bool = True):
         if batch_size < 1:
@@ -104,6 +105,7 @@ class WeightMRS(Estimator):
     """max over ||Delta_u||_2 <= rho ||W_u||_2 of L(theta + Delta_u) - L(theta)."""
 
     name = "weight"
+    options = ("rho", "steps")
 
     def __init__(self, rho: float = 0.1, steps: int = 5, **kwargs):
         super().__init__(**kwargs)

@@ -112,7 +112,7 @@ def _wraps_of_type_fails(tracer: ModuleType) -> bool:
     return False
 
 
-def _tolerant_wraps(wrapped, assigned=None, updated=None):
+def tolerant_wraps(wrapped, assigned=None, updated=None):
     """``functools.wraps`` that skips ``__type_params__`` when the wrapped object has no tuple there."""
     import functools
 
@@ -128,7 +128,7 @@ def _tolerate_type_params(tracer: ModuleType) -> None:
 
     shim = ModuleType("functools")
     shim.__dict__.update(functools.__dict__)
-    shim.wraps = _tolerant_wraps
+    shim.wraps = tolerant_wraps
     tracer.functools = shim  # this module's name only; the real functools is untouched
 
 

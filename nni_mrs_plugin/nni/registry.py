@@ -1,4 +1,5 @@
-"""Pruners by name, for config files: 'mrs', 'l1', 'l2', 'fpgm', 'taylor', ... -> NNI pruner classes.
+"""Pruners by name, for config files: 'mrs', 'l1', 'l2', 'fpgm', 'taylor', ... -> NNI pruner classes, each with a
+small spec that tells the job how to build it, so the job builds every pruner the same way.
 
 NNI 3.0 has no registry of its own. Other packages add names through the ``nni_mrs_plugin.pruners``
 entry-point group (``name = "package.module:PrunerClass"``); ``register_pruner`` adds one at run time.
@@ -6,40 +7,69 @@ entry-point group (``name = "package.module:PrunerClass"``); ``register_pruner``
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
-from typing import Dict, List, Union
+from typing import Dict, List, Tuple, Union
 
 from . import compat
 
-__all__ = ["ENTRY_POINT_GROUP", "get_pruner", "register_pruner", "available_pruners"]
+__all__ = ["ENTRY_POINT_GROUP", "PrunerSpec", "get_pruner", "pruner_spec", "register_pruner", "unregister_pruner",
+           "available_pruners"]
 
 ENTRY_POINT_GROUP = "nni_mrs_plugin.pruners"
+ALLOCATIONS = ("uniform", "self")
 
-_BUILTIN: Dict[str, str] = {
-    "mrs": "nni_mrs_plugin.mrs.pruner:MRSPruner",
-    "l1": "nni.compression.pruning:L1NormPruner",
-    "l2": "nni.compression.pruning:L2NormPruner",
-    "fpgm": "nni.compression.pruning:FPGMPruner",
-    "level": "nni.compression.pruning:LevelPruner",
-    "taylor": "nni.compression.pruning:TaylorPruner",
-    "slim": "nni.compression.pruning:SlimPruner",
-    "linear": "nni.compression.pruning:LinearPruner",
-    "agp": "nni.compression.pruning:AGPPruner",
-    "movement": "nni.compression.pruning:MovementPruner",
-    "random": "nni_mrs_plugin.mrs.baselines:RandomPruner",
-    "l1-global": "nni_mrs_plugin.mrs.baselines:GlobalL1NormPruner",
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """How to build a pruner at a global budget.
+
+    ``allocation``: 'uniform' (the budget solver gives every unit the same ratio, the pruner picks channels inside
+    each unit) or 'self' (the pruner takes the global target as ``sparse_ratio`` and ``dummy_input``/``budget``/
+    ``r_max`` keywords and allocates itself, as ``MRSPruner`` and ``GlobalL1NormPruner`` do).
+    ``needs_evaluator``: it trains inside ``compress()`` (Taylor, Slim, AGP, ...), so it gets a ``TorchEvaluator``.
+    ``takes_seed``: it draws random numbers and takes a ``seed`` keyword.
+    """
+
+    pruner: Union[str, type]  # the class, or its "module:Class" path
+    allocation: str = "uniform"
+    needs_evaluator: bool = False
+    takes_seed: bool = False
+    options: Tuple[str, ...] = ()  # the job's pruning options it takes as keywords (see job/pipeline.py)
+
+    def __post_init__(self):
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+
+
+_NNI = "nni.compression.pruning:"
+_BUILTIN: Dict[str, PrunerSpec] = {
+    "mrs": PrunerSpec("nni_mrs_plugin.mrs.pruner:MRSPruner", allocation="self", takes_seed=True,
+                      options=("calibration", "estimator", "criterion", "tau", "eps", "n_samples", "progress",
+                               "estimator_options")),
+    "l1": PrunerSpec(_NNI + "L1NormPruner"),
+    "l2": PrunerSpec(_NNI + "L2NormPruner"),
+    "fpgm": PrunerSpec(_NNI + "FPGMPruner"),
+    "level": PrunerSpec(_NNI + "LevelPruner"),
+    "taylor": PrunerSpec(_NNI + "TaylorPruner", needs_evaluator=True),
+    "slim": PrunerSpec(_NNI + "SlimPruner", needs_evaluator=True),
+    "linear": PrunerSpec(_NNI + "LinearPruner", needs_evaluator=True),
+    "agp": PrunerSpec(_NNI + "AGPPruner", needs_evaluator=True),
+    "movement": PrunerSpec(_NNI + "MovementPruner", needs_evaluator=True),
+    "random": PrunerSpec("nni_mrs_plugin.mrs.baselines:RandomPruner", takes_seed=True),
+    "l1-global": PrunerSpec("nni_mrs_plugin.mrs.baselines:GlobalL1NormPruner", allocation="self"),
 }
-_registered: Dict[str, Union[str, type]] = {}
+_registered: Dict[str, PrunerSpec] = {}
 
 
-def _entry_points() -> Dict[str, metadata.EntryPoint]:
+def _entry_points() -> Dict[str, PrunerSpec]:
     found = metadata.entry_points()
     points = found.select(group=ENTRY_POINT_GROUP) if hasattr(found, "select") else found.get(ENTRY_POINT_GROUP, [])
-    return {point.name: point for point in points}
+    return {point.name: PrunerSpec(point.value) for point in points}
 
 
-def _known() -> Dict[str, object]:
+def _known() -> Dict[str, PrunerSpec]:
     return {**_BUILTIN, **_entry_points(), **_registered}
 
 
@@ -47,30 +77,39 @@ def available_pruners() -> List[str]:
     return sorted(_known())
 
 
-def register_pruner(name: str, pruner: Union[str, type], overwrite: bool = False) -> None:
-    """Add ``name`` -> a pruner class (or its "module:Class" path)."""
+def register_pruner(name: str, pruner: Union[str, type], overwrite: bool = False, *, allocation: str = "uniform",
+                    needs_evaluator: bool = False, takes_seed: bool = False, options: Tuple[str, ...] = ()) -> None:
+    """Add ``name`` -> a pruner class (or its "module:Class" path), with how the job should build it."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"pruner name must be a non-empty string, got {name!r}")
     if name in _known() and not overwrite:
         raise ValueError(f"pruner name {name!r} is taken; pass overwrite=True to replace it")
-    _registered[name] = pruner
+    _registered[name] = PrunerSpec(pruner, allocation, needs_evaluator, takes_seed, tuple(options))
 
 
-def _load(path: str) -> type:
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
+def unregister_pruner(name: str) -> None:
+    """Remove a name added by ``register_pruner`` (built-in and entry-point names stay)."""
+    if name not in _registered:
+        raise ValueError(f"pruner {name!r} was not added by register_pruner")
+    del _registered[name]
+
+
+def pruner_spec(name: str) -> PrunerSpec:
+    """How the pruner registered under ``name`` is built."""
+    known = _known()
+    if name not in known:
+        raise ValueError(f"unknown pruner {name!r}; available: {', '.join(sorted(known))}")
+    return known[name]
 
 
 def get_pruner(name: str) -> type:
     """The pruner class registered under ``name``."""
-    known = _known()
-    if name not in known:
-        raise ValueError(f"unknown pruner {name!r}; available: {', '.join(sorted(known))}")
-    entry = known[name]
+    entry = pruner_spec(name).pruner
+    if not isinstance(entry, str):
+        return entry
+    module, _, attr = entry.partition(":")
     try:
-        if isinstance(entry, metadata.EntryPoint):
-            return entry.load()
-        return _load(entry) if isinstance(entry, str) else entry
+        return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"pruner {name!r} is registered as {entry!r} but cannot be loaded: {err}") from err
 

@@ -9,7 +9,6 @@ DistributedDataParallel; rank 0 alone writes checkpoints and logs.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .trainer import AdversarialTrainer
-from ..checkpoint import atomic_save, atomic_write
+from ..checkpoint import atomic_json, atomic_save
 from ..evaluate import evaluate_robustness
 from .loop import cosine_sgd, train_epoch
 
@@ -156,8 +155,7 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
                          "schedule": schedule.state_dict(), "rng": rng, "history": result.history,
                          "best_epoch": result.best_epoch, "best_robust_accuracy": result.best_robust_accuracy,
                          "config": config}, out / LAST)
-            atomic_write(out / HISTORY, lambda f: f.write(json.dumps(
-                {"config": config, "history": result.history, "best_epoch": result.best_epoch}, indent=2).encode()))
+            atomic_json(out / HISTORY, {"config": config, "history": result.history, "best_epoch": result.best_epoch})
         if ctx.is_main and on_epoch is not None:
             on_epoch(row)
         if main_progress:

@@ -1,0 +1,64 @@
+"""Pruners by name (nni/registry.py): built-ins, entry points, run-time registration with a spec the job reads,
+and MRSPruner in NNI's own namespace."""
+import inspect
+
+import pytest
+from conftest import run_python
+from test_pipeline import tiny
+
+from nni_mrs_plugin.job.config import ConfigError
+from nni_mrs_plugin.job.pipeline import Pipeline
+from nni_mrs_plugin.mrs.pruner import MRSPruner
+from nni_mrs_plugin.nni.registry import available_pruners, get_pruner, pruner_spec, register_pruner, unregister_pruner
+
+
+def test_import_from_nni_pruning_in_a_fresh_interpreter():
+    result = run_python("from nni.compression.pruning import MRSPruner, L1NormPruner\n"
+                        "from nni.compression.base.compressor import Pruner\n"
+                        "import nni_mrs_plugin\n"
+                        "assert issubclass(MRSPruner, Pruner) and MRSPruner is nni_mrs_plugin.MRSPruner\n"
+                        "print('ok')")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_registry_names_and_entry_points(tmp_path):
+    from nni_mrs_plugin.nni.registry import available_pruners, get_pruner
+
+    assert {"mrs", "l1", "l2", "fpgm", "taylor"} <= set(available_pruners())
+    assert get_pruner("mrs") is MRSPruner
+    with pytest.raises(ValueError, match="unknown pruner 'nope'; available: .*mrs"):
+        get_pruner("nope")
+    # a third-party package adds a name through the entry-point group
+    (tmp_path / "thirdparty.py").write_text("from nni.compression.pruning import L1NormPruner\n"
+                                            "class MyPruner(L1NormPruner):\n    pass\n")
+    info = tmp_path / "thirdparty-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[nni_mrs_plugin.pruners]\nmine = thirdparty:MyPruner\n")
+    result = run_python("from nni_mrs_plugin.nni.registry import get_pruner\nprint(get_pruner('mine').__name__)",
+                        env_extra={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0 and result.stdout.strip() == "MyPruner", result.stderr[-2000:]
+
+
+def test_every_builtin_spec_matches_its_class():
+    """The registry spec is what the job reads; the class attribute is what baseline_masks reads: they agree."""
+    for name in ("mrs", "l1", "l2", "fpgm", "taylor", "random", "l1-global"):
+        spec, cls = pruner_spec(name), get_pruner(name)
+        assert (spec.allocation == "self") == getattr(cls, "allocates", False), name
+        params = inspect.signature(cls).parameters
+        takes = "seed" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        assert takes or not spec.takes_seed, name
+    assert pruner_spec("taylor").needs_evaluator and not pruner_spec("l1").needs_evaluator
+
+
+def test_a_registered_pruner_with_an_option_the_job_does_not_offer_is_one_line(tmp_path):
+    register_pruner("needs-magic", "nni.compression.pruning:L1NormPruner", options=("magic",))
+    try:
+        assert "needs-magic" in available_pruners()
+        config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"pruner": "needs-magic"})
+        with pytest.raises(ConfigError, match=r"registered with options \['magic'\] that the job does not offer"):
+            Pipeline(config).run(until="prune")
+    finally:
+        unregister_pruner("needs-magic")
+    with pytest.raises(ValueError, match="allocation must be one of uniform, self"):
+        register_pruner("odd", "nni.compression.pruning:L1NormPruner", allocation="sometimes")
