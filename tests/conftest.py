@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+from nni_mrs_plugin.data import load_dataset
 from nni_mrs_plugin.models import build_model
 
 CUDA = torch.cuda.is_available()
@@ -46,3 +47,16 @@ def run_python(code_or_args, env_extra=None, timeout=600):
     env.update(env_extra or {})
     args = ["-c", code_or_args] if isinstance(code_or_args, str) else list(code_or_args)
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    """2,000 real Fashion-MNIST training images in batches of 100 (MRS calibration and short training)."""
+    train = load_dataset("fashion_mnist", train=True, subset=2000, seed=0)
+    return torch.utils.data.DataLoader(train, batch_size=100, shuffle=False)
+
+
+@pytest.fixture(scope="module")
+def calibration(fashion):
+    """The first 128 of those images as one (x, y) pair."""
+    return next(iter(torch.utils.data.DataLoader(fashion.dataset, batch_size=128)))

@@ -9,7 +9,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
-from nni_mrs_plugin.data import load_dataset
 from nni_mrs_plugin.mrs.sensitivity import WeightMRS
 from nni_mrs_plugin.train.loop import train_natural
 
@@ -34,22 +33,10 @@ class Branches(nn.Module):
         return self.head_c(features(self.critical)) + 0.01 * spare
 
 
-
-@pytest.fixture(scope="module")
-def fashion():
-    train = load_dataset("fashion_mnist", train=True, subset=2000, seed=0)
-    return torch.utils.data.DataLoader(train, batch_size=100, shuffle=False)
-
-
 @pytest.fixture(scope="module")
 def branches(fashion):
     torch.manual_seed(0)
     return train_natural(Branches(), fashion, epochs=2, lr=0.1, progress=False)
-
-
-@pytest.fixture(scope="module")
-def calibration(fashion):
-    return next(iter(torch.utils.data.DataLoader(fashion.dataset, batch_size=128)))
 
 
 @pytest.mark.parametrize("estimator", ["weight", "probe", "taylor"])
