@@ -148,14 +148,14 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from .experiment import default_search_space_path, launch_experiment
+    from .experiment import default_search_space_path, experiment_table, launch_experiment
 
     overrides = {**dict(args.overrides), **({"progress": False} if args.no_progress else {})}
     result = launch_experiment(args.config, args.search_space or default_search_space_path(), overrides=overrides,
                                output=args.output, trials=args.trials, concurrency=args.concurrency,
                                tuner=args.tuner, port=args.port, max_duration=args.max_duration)
     out = Path(result["working_directory"]).parent
-    print(Path(out, "experiment.md").read_text())
+    print(experiment_table(result))
     print(f"results: {out}/experiment.json; NNI's logs and each trial's run folder: {result['working_directory']}")
     return 0 if result["status"] == "done" else 1
 

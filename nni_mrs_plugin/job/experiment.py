@@ -24,7 +24,7 @@ from ..checkpoint import atomic_json, atomic_write
 from .config import Config, ConfigError, load_config
 
 __all__ = ["run_trial", "trial_metrics", "robust_attack", "check_search_space", "launch_experiment",
-           "default_search_space_path"]
+           "default_search_space_path", "experiment_table"]
 
 # what the tuner may pick for each NNI search-space _type: the choices, a range's ends, a distribution's mean
 _PICKS = {"choice": lambda v: list(v), "randint": lambda v: [v[0], v[1] - 1],
@@ -196,8 +196,8 @@ def _collect(experiment: Any, finished: Optional[bool]) -> Dict[str, Any]:
             "working_directory": str(experiment.config.experiment_working_directory), "trials": trials}
 
 
-def _write_results(out: Path, result: Dict[str, Any]) -> None:
-    atomic_json(out / "experiment.json", result)
+def experiment_table(result: Dict[str, Any]) -> str:
+    """The Markdown summary of an experiment: a row per trial, best robust accuracy first."""
     lines = [f"# NNI experiment {result['experiment_id']} ({result['status']})", "",
              "| trial | status | parameters | robust accuracy | clean accuracy | FLOPs removed |",
              "|---|---|---|---:|---:|---:|"]
@@ -207,4 +207,9 @@ def _write_results(out: Path, result: Dict[str, Any]) -> None:
                  for k in ("default", "clean_accuracy", "flops_removed")]
         lines.append(f"| {trial['id']} | {trial['status']} | `{json.dumps(trial['parameters'])}` | "
                      + " | ".join(cells) + " |")
-    atomic_write(out / "experiment.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    return "\n".join(lines) + "\n"
+
+
+def _write_results(out: Path, result: Dict[str, Any]) -> None:
+    atomic_json(out / "experiment.json", result)
+    atomic_write(out / "experiment.md", lambda f: f.write(experiment_table(result).encode()))
