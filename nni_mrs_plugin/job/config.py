@@ -9,10 +9,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 __all__ = ["ConfigError", "Config", "load_config", "default_config_path", "apply_overrides"]
 
@@ -24,6 +25,18 @@ class ConfigError(ValueError):
 def _require(ok: bool, key: str, message: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}, got {value!r}")
+
+
+def _constructor_checks(key: str, section: Any, build: Callable[[], Any], field_name: Optional[str] = None) -> None:
+    """Run the checks of the object a section configures (``build()``), so the rules live in one place; its
+    ValueError becomes a ConfigError naming ``field_name``, else the first key of the section the message names."""
+    try:
+        build()
+    except ValueError as err:
+        message = str(err)
+        names = {f.name for f in dataclasses.fields(section)}
+        mentioned = field_name or next((word for word in re.findall(r"[a-z_]+", message) if word in names), None)
+        raise ConfigError(f"{key}.{mentioned}: {message}" if mentioned else f"{key}: {message}") from None
 
 
 @dataclass
@@ -69,15 +82,14 @@ class TrainingSection:
     lr: float = 0.05
 
     def check(self, key: str) -> None:
-        from ..train.trainer import METHODS
+        from ..attacks import check_eps
+        from ..train.trainer import AdversarialTrainer
 
         _require(self.epochs >= 0, f"{key}.epochs", "must be >= 0", self.epochs)
-        _require(self.method in METHODS, f"{key}.method", f"must be one of {', '.join(METHODS)}", self.method)
-        _require(self.eps is None or 0 < self.eps <= 1, f"{key}.eps", "must be in (0, 1] or null", self.eps)
-        _require(self.alpha is None or 0 < self.alpha <= 1, f"{key}.alpha", "must be in (0, 1] or null", self.alpha)
-        _require(self.steps >= 1, f"{key}.steps", "must be >= 1", self.steps)
-        _require(self.beta >= 0, f"{key}.beta", "must be >= 0", self.beta)
         _require(self.lr > 0, f"{key}.lr", "must be > 0", self.lr)
+        _constructor_checks(key, self, lambda: self.eps is None or check_eps(self.eps, positive=True))
+        _constructor_checks(key, self, lambda: AdversarialTrainer(self.method, eps=self.eps or 0.0, alpha=self.alpha,
+                                                                  steps=self.steps, beta=self.beta))
 
 
 @dataclass
@@ -97,25 +109,21 @@ class PruningSection:
     exclude: List[str] = field(default_factory=list)
 
     def check(self, key: str) -> None:
-        from ..mrs.cost import BUDGETS
+        from ..mrs.allocator import MRSSparsityAllocator
+        from ..mrs.sensitivity import ESTIMATORS
         from ..nni.registry import available_pruners
-        from ..mrs.sensitivity import CRITERIA, ESTIMATORS
 
         _require(self.pruner in available_pruners(), f"{key}.pruner",
                  f"must be one of {', '.join(available_pruners())}", self.pruner)
         _require(0 < self.target < 1, f"{key}.target", "must be in (0, 1)", self.target)
-        _require(self.budget in BUDGETS, f"{key}.budget", f"must be one of {', '.join(BUDGETS)}", self.budget)
-        _require(self.estimator in ESTIMATORS, f"{key}.estimator", f"must be one of {', '.join(ESTIMATORS)}",
-                 self.estimator)
-        _require(self.criterion in CRITERIA, f"{key}.criterion", f"must be one of {', '.join(CRITERIA)}",
-                 self.criterion)
-        _require(self.tau >= 0, f"{key}.tau", "must be >= 0", self.tau)
-        _require(self.rho > 0, f"{key}.rho", "must be > 0", self.rho)
-        _require(self.steps >= 1, f"{key}.steps", "must be >= 1", self.steps)
         _require(self.samples >= 1, f"{key}.samples", "must be >= 1", self.samples)
-        _require(self.eps is None or 0 < self.eps <= 1, f"{key}.eps", "must be in (0, 1] or null", self.eps)
-        _require(0 < self.r_max < 1, f"{key}.r_max", "must be in (0, 1)", self.r_max)
+        _require(0 < self.r_max, f"{key}.r_max", "must be in (0, 1)", self.r_max)
         _require(bool(self.op_types), f"{key}.op_types", "must name at least one layer type", self.op_types)
+        options = {name: getattr(self, name) for name in getattr(ESTIMATORS.get(self.estimator), "options", ())}
+        _constructor_checks(key, self, lambda: ESTIMATORS["weight"](rho=self.rho, steps=self.steps))  # its keys
+        _constructor_checks(key, self, lambda: MRSSparsityAllocator(
+            self.estimator, self.budget, self.tau, criterion=self.criterion, eps=self.eps, r_max=self.r_max,
+            progress=False, **options))
 
 
 @dataclass
@@ -126,13 +134,10 @@ class EvalSection:
     autoattack_samples: Optional[int] = 100
 
     def check(self, key: str) -> None:
-        from ..attacks import check_eval_attacks
+        from ..attacks import check_eps, check_eval_attacks
 
-        try:
-            check_eval_attacks(self.attacks)
-        except ValueError as err:
-            raise ConfigError(f"{key}.attacks: {err}") from None
-        _require(self.eps is None or 0 < self.eps <= 1, f"{key}.eps", "must be in (0, 1] or null", self.eps)
+        _constructor_checks(key, self, lambda: check_eval_attacks(self.attacks), "attacks")
+        _constructor_checks(key, self, lambda: self.eps is None or check_eps(self.eps))
         for name in ("samples", "autoattack_samples"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"{key}.{name}", "must be >= 1 or null (all)", value)
