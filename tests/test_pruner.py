@@ -199,3 +199,30 @@ def test_tau_zero_skips_sensitivity_but_taylor_criterion_still_gets_gradients(ca
     kept = {k: int(m["weight"].sum()) for k, m in masks.items()}
     assert kept == {k: int(m["weight"].sum()) for k, m in l1_masks.items()}
     assert any(not torch.equal(masks[k]["weight"], l1_masks[k]["weight"]) for k in masks)
+
+
+def test_taylor_criterion_reuses_the_estimators_gradients_and_keeps_batchnorm_statistics(calibration, monkeypatch):
+    """One backward pass over X' when estimator and criterion are both taylor, in eval mode: pruning a model in
+    train mode must not move its BatchNorm running statistics (they decide the sped-up model's outputs)."""
+    from nni_mrs_plugin.mrs import pruner as pruner_module
+    from nni_mrs_plugin.mrs import sensitivity
+
+    calls = []
+    real = sensitivity.weight_gradients
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sensitivity, "weight_gradients", counted)  # the estimator's calls
+    monkeypatch.setattr(pruner_module, "weight_gradients", counted)  # the criterion's
+    model = make_model("small_cnn").train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    pruner = MRSPruner(model, SELECT, calibration=calibration, estimator="taylor", criterion="taylor", n_samples=64,
+                       progress=False)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    assert len(calls) == 1 and model.training
+    after = {k: v for k, v in model.state_dict().items() if "running" in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert abs(pruner.allocation.achieved - 0.5) <= 0.01

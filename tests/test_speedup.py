@@ -112,3 +112,23 @@ def test_untraceable_model_is_a_clear_error():
 def test_empty_masks_are_rejected():
     with pytest.raises(ValueError, match="masks is empty"):
         speedup_model(make_model("small_cnn"), {}, dummy_input("small_cnn"))
+
+
+def test_tracing_and_removal_keep_batchnorm_statistics():
+    """A model handed over in train mode: tracing and ModelSpeedup run it on the dummy input, which in train mode
+    would fold that input into BatchNorm's running statistics (silently changing MRS scores and the pruned model)."""
+    model = make_model("small_cnn").train()
+    x = torch.zeros(1, 1, 28, 28)  # what the job passes: far from the data the statistics came from
+
+    def statistics(m):
+        return {k: v.clone() for k, v in m.state_dict().items() if "running" in k}
+
+    before = statistics(model)
+    trace(model, x)
+    assert model.training and all(torch.equal(v, statistics(model)[k]) for k, v in before.items())
+    masks = compute_masks(model, [{"op_names": ["features.3"], "sparse_ratio": 0.5}])
+    speedup_model(model, masks, x)
+    after = statistics(model)
+    assert model.training
+    unpruned = [k for k in before if not k.startswith("features.4")]  # BN after features.3 lost channels
+    assert unpruned and all(torch.equal(before[k], after[k]) for k in unpruned)

@@ -108,9 +108,15 @@ class MRSPruner(Pruner):
             dummy_input = dummy_input.to(next(model.parameters()).device)
         result = self.allocator.allocate(model, self.config_list, calibration, dummy_input)
         if self.criterion == "taylor":
-            x_adv, y = self.allocator.adversarial_data or self.allocator.calibrate(model, calibration)
             layers = [layer for entry in result.config_list for layer in entry["op_names"]]
-            self._gradients = weight_gradients(model, layers, x_adv, y, self.allocator.batch_size)
+            # the estimator's own gradients, when it just took them on this call's X' (taylor, probe + taylor)
+            measured = self.allocator.adversarial_data is not None
+            known = getattr(self.allocator.estimator, "gradients", {}) if measured else {}
+            if all(layer in known for layer in layers):
+                self._gradients = {layer: known[layer] for layer in layers}
+            else:
+                x_adv, y = self.allocator.adversarial_data or self.allocator.calibrate(model, calibration)
+                self._gradients = weight_gradients(model, layers, x_adv, y, self.allocator.batch_size)
         return result
 
     # -- one-shot, or inside evaluator training ---------------------------------------------------------

@@ -34,10 +34,13 @@ def _unit_params(model: nn.Module, unit: Unit) -> List[nn.Parameter]:
 
 def weight_gradients(model: nn.Module, layers: Sequence[str], x: torch.Tensor, y: torch.Tensor,
                      batch_size: int = 256) -> Dict[str, torch.Tensor]:
-    """Gradient of the mean loss on (x, y) w.r.t. each layer's weight; other parameters get no gradient."""
+    """Gradient of the mean loss on (x, y) w.r.t. each layer's weight; other parameters get no gradient. In eval
+    mode, so BatchNorm uses its running statistics and keeps them: measuring must not change the model."""
     modules = dict(model.named_modules())
     params = list(model.parameters())
     saved = [(p, p.requires_grad, p.grad) for p in params]
+    was_training = model.training
+    model.eval()
     try:
         for p in params:
             p.requires_grad_(False)
@@ -47,6 +50,7 @@ def weight_gradients(model: nn.Module, layers: Sequence[str], x: torch.Tensor, y
         mean_loss(model, x, y, batch_size, grad=True)
         return {layer: modules[layer].weight.grad.detach().clone() for layer in layers}
     finally:
+        model.train(was_training)
         for p, flag, grad in saved:
             p.requires_grad_(flag)
             p.grad = grad
@@ -79,6 +83,7 @@ class Estimator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.progress = progress
+        self.gradients: Dict[str, torch.Tensor] = {}  # adversarial weight gradients of the last call, if it took any
 
     def __call__(self, model: nn.Module, units: Sequence[Unit], x_adv: torch.Tensor, y: torch.Tensor,
                  graph_module: Optional[torch.fx.GraphModule] = None) -> Dict[str, float]:
@@ -196,6 +201,7 @@ class ProbeMRS(Estimator):
         if self.criterion == "taylor":
             grads = weight_gradients(model, [layer for unit in units for layer in unit.layers], x_adv, y,
                                      self.batch_size)
+        self.gradients = grads
         base = self._loss(model, x_adv, y)
         state = {k: v.clone() for k, v in model.state_dict().items()}
         scores = {}
@@ -229,7 +235,7 @@ class TaylorMRS(Estimator):
     def estimate(self, model, units, x_adv, y, graph_module):
         modules = dict(model.named_modules())
         layers = [layer for unit in units for layer in unit.layers]
-        grads = weight_gradients(model, layers, x_adv, y, self.batch_size)
+        grads = self.gradients = weight_gradients(model, layers, x_adv, y, self.batch_size)
         scores = {}
         for unit in units:
             total = sum(float((grads[layer] * modules[layer].weight.detach()).abs().sum()) for layer in unit.layers)

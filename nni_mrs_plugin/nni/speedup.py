@@ -44,11 +44,16 @@ def _as_tuple(dummy_input: Any) -> Tuple[Any, ...]:
 
 
 def trace(model: nn.Module, dummy_input: Any) -> torch.fx.GraphModule:
-    """``concrete_trace`` the model (as ModelSpeedup does) and attach tensor shapes with ShapeProp."""
+    """``concrete_trace`` the model (as ModelSpeedup does) and attach tensor shapes with ShapeProp.
+
+    In eval mode (the caller's mode is restored): a forward pass in train mode would fold the dummy input into
+    BatchNorm's running statistics, and every later measurement would see a different model."""
     from nni.common.concrete_trace_utils import concrete_trace
     from torch.fx.passes.shape_prop import ShapeProp
 
     args = _as_tuple(dummy_input)
+    was_training = model.training
+    model.eval()
     try:
         with torch.no_grad():
             graph_module = concrete_trace(model, args)
@@ -59,6 +64,8 @@ def trace(model: nn.Module, dummy_input: Any) -> torch.fx.GraphModule:
             f"forward(): rewrite the non-torch part (numpy, Python I/O) with torch ops, or prune a traceable "
             f"submodule instead (pass it as the model, with a dummy input of its own)"
         ) from err
+    finally:
+        model.train(was_training)
     return graph_module
 
 
@@ -129,7 +136,10 @@ def mask_like_removal(model: nn.Module, masks: Masks, dummy_input: Any,
 
 
 def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module:
-    """Remove the masked channels for real with NNI's ModelSpeedup (in place); returns the model."""
+    """Remove the masked channels for real with NNI's ModelSpeedup (in place); returns the model.
+
+    ModelSpeedup runs the model on the dummy input; it does so in eval mode, so the removed model keeps the
+    BatchNorm statistics it was trained with (the caller's mode is restored)."""
     from nni.compression.speedup import ModelSpeedup
 
     if not masks:
@@ -137,6 +147,8 @@ def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module
     nni_log = logging.getLogger("nni.compression.speedup")  # its replacer logs each module at INFO
     saved_level = nni_log.level
     nni_log.setLevel(_logger.getEffectiveLevel())
+    was_training = model.training
+    model.eval()
     try:
         # ModelSpeedup edits the masks it is given (mask-conflict fixing); the caller's stay as they were
         ModelSpeedup(model, _as_tuple(dummy_input), copy.deepcopy(masks), logger=_logger).speedup_model()
@@ -144,6 +156,7 @@ def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module
         raise RuntimeError(f"ModelSpeedup failed on {type(model).__name__}: {type(err).__name__}: {err}") from err
     finally:
         nni_log.setLevel(saved_level)
+        model.train(was_training)
     return model
 
 
