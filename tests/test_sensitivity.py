@@ -73,3 +73,20 @@ def test_weight_estimator_ascends_beyond_first_step(calibration):
     one = WeightMRS(rho=0.2, steps=1, progress=False)(model, units, *calibration, graph_module)
     five = WeightMRS(rho=0.2, steps=5, progress=False)(model, units, *calibration, graph_module)
     assert sum(five.values()) > sum(one.values())
+
+
+@pytest.mark.parametrize("criterion, pruner", [("l1", "L1NormPruner"), ("l2", "L2NormPruner"), ("fpgm", "FPGMPruner")])
+def test_channel_importance_ranks_as_nni_does(criterion, pruner):
+    """channel_importance scores raw weights where no NNI pruner is wrapped (probe estimator, global ranking); it
+    must prune the channels NNI's own metric prunes, so the two cannot drift apart."""
+    import nni.compression.pruning as nni_pruning
+
+    from nni_mrs_plugin.mrs.sensitivity import channel_importance
+    from nni_mrs_plugin.nni.speedup import compute_masks, output_channel_keep
+
+    model = make_model("small_cnn")
+    masks = compute_masks(model, [{"op_names": ["features.3"], "sparse_ratio": 0.5}], getattr(nni_pruning, pruner))
+    nni_pruned = set(torch.nonzero(~output_channel_keep(masks["features.3"]["weight"])).flatten().tolist())
+    scores = channel_importance(dict(model.named_modules())["features.3"].weight, criterion)
+    ours = set(scores.argsort()[:len(nni_pruned)].tolist())
+    assert len(nni_pruned) == 16 and ours == nni_pruned

@@ -57,7 +57,10 @@ def weight_gradients(model: nn.Module, layers: Sequence[str], x: torch.Tensor, y
 
 
 def channel_importance(weight: torch.Tensor, criterion: str, grad: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """One score per output channel (dim 0); the lowest are pruned first, as NNI's pruners do."""
+    """One score per output channel (dim 0); the lowest are pruned first, as NNI's pruners do.
+
+    NNI's own metrics (``norm_metrics``, ``fpgm_metrics``) need a wrapped pruner's target spaces; this raw-weight
+    form serves where none is wrapped (the probe estimator, the global ranking). A test keeps both rankings equal."""
     rows = weight.detach().flatten(1)
     if criterion == "l1":
         return rows.abs().sum(1)
