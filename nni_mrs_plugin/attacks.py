@@ -13,8 +13,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
 import torch
 from torch import nn
 
-__all__ = ["EVAL_ATTACKS", "default_eps", "default_alpha", "check_eps", "check_alpha", "resolve_attack",
-           "accepted_kwargs", "build_attack", "check_eval_attacks", "eval_attack"]
+__all__ = ["EVAL_ATTACKS", "default_eps", "default_alpha", "check_eps", "check_alpha", "check_pixel_range",
+           "pixel_range_error", "resolve_attack", "accepted_kwargs", "build_attack", "check_eval_attacks", "eval_attack"]
 
 AttackSpec = Union[None, str, type, Callable[[nn.Module], Any], Any]
 
@@ -49,6 +49,26 @@ def check_alpha(alpha: Any) -> float:
     if not (_number(alpha) and 0 < alpha <= 1):
         raise ValueError(f"alpha (attack step size) must be in (0, 1], got {alpha!r}")
     return float(alpha)
+
+
+_PIXEL_SLACK = 1e-4  # float rounding of ToTensor()/255 stays far inside this
+
+
+def pixel_range_error(low: float, high: float, where: str) -> ValueError:
+    """The one-line error for inputs outside [0, 1]: torchattacks would clamp them to [0, 1] and ignore ε."""
+    return ValueError(
+        f"{where}: inputs range over [{low:.3g}, {high:.3g}], but attacks work on pixels in [0, 1] and ε is in pixel "
+        f"units (torchattacks clamps to [0, 1], so every attack would be wrong): the data loader normalises. Keep "
+        f"only ToTensor() in the transforms and make normalisation the model's first layer "
+        f"(nni_mrs_plugin.Normalize(mean, std))")
+
+
+def check_pixel_range(x: torch.Tensor, where: str) -> None:
+    """A ValueError (``pixel_range_error``) unless ``x`` lies in [0, 1]. Reads two numbers: on a GPU tensor that is
+    one synchronisation, so hot loops check once or keep the flag on the device (``train.loop.train_epoch``)."""
+    low, high = float(x.min()), float(x.max())
+    if low < -_PIXEL_SLACK or high > 1 + _PIXEL_SLACK:
+        raise pixel_range_error(low, high, where)
 
 
 def _known() -> list:

@@ -17,7 +17,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from .attacks import EVAL_ATTACKS, check_alpha, check_eps, check_eval_attacks, default_alpha, eval_attack
+from .attacks import (EVAL_ATTACKS, check_alpha, check_eps, check_eval_attacks, check_pixel_range, default_alpha,
+                      eval_attack)
 
 __all__ = ["evaluate_robustness", "ATTACKS", "count_params", "count_flops", "measure_latency", "accuracy"]
 
@@ -110,6 +111,8 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                     x, y = x[:max_samples - seen], y[:max_samples - seen]
                 if len(y) == 0:
                     break
+                if any(name != "clean" for name in attacks):
+                    check_pixel_range(x, "evaluate_robustness")
                 x, y = x.to(device), y.to(device)
                 with torch.no_grad():
                     logits = model(x)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from . import allocation
-from ..attacks import build_attack, check_eps, default_eps
+from ..attacks import build_attack, check_eps, check_pixel_range, default_eps
 from .calibration import adversarial_examples, collect_samples
 from .cost import BUDGETS, CostModel
 from .sensitivity import CRITERIA, ESTIMATORS, Estimator, build_estimator
@@ -68,6 +68,7 @@ class MRSSparsityAllocator:
     def calibrate(self, model: nn.Module, calibration: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """(X', Y): the calibration samples and their adversarial versions, on the model's device."""
         x, y = collect_samples(calibration, self.n_samples, self.seed)
+        check_pixel_range(x, "MRS calibration")
         device = _device_of(model)
         x, y = x.to(device), y.to(device)
         eps = self.eps if self.eps is not None else default_eps(x)

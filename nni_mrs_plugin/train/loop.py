@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..attacks import pixel_range_error
+
 __all__ = ["train_natural", "train_epoch", "cosine_sgd", "cross_entropy_loss", "NonFiniteLossError", "EpochStats"]
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -54,13 +56,16 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: LossFn, optimizer: 
                 scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None, *, epoch: int = 1,
                 epochs: int = 1, device: torch.device | str = "cpu", desc: str = "train", progress: bool = True,
                 log_every: int = 50, max_steps: Optional[int] = None,
-                prepare: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> EpochStats:
+                prepare: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                pixel_inputs: bool = False) -> EpochStats:
     """One pass over ``loader`` (or ``max_steps`` steps), ``epoch`` counted from 1.
 
     The loss is accumulated and checked for NaN/inf on the device; the host reads it only every ``log_every``
     steps and at the end (under torch.distributed, with one all-reduce so every rank stops together). A bad
     loss raises ``NonFiniteLossError`` naming the exact first bad step, not the step it was noticed at.
     ``scheduler`` is stepped after every optimizer step. ``prepare`` converts inputs (e.g. channels_last).
+    ``pixel_inputs`` (adversarial training) checks, on the device and read at the same points, that inputs lie in
+    [0, 1]: normalised inputs would make every attack wrong.
     """
     if log_every < 1:
         raise ValueError(f"log_every must be >= 1, got {log_every}")
@@ -69,9 +74,17 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: LossFn, optimizer: 
     loss_sum = torch.zeros((), device=device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     bad_value = torch.zeros((), device=device)
+    seen_range = torch.tensor([float("inf"), -float("inf")], device=device)  # lowest and highest input seen
     steps = samples = 0
 
     def check() -> None:
+        if pixel_inputs and steps:
+            extremes = seen_range * torch.tensor([-1.0, 1.0], device=device)  # [-lowest, highest]: one MAX reduce
+            if _is_distributed():
+                torch.distributed.all_reduce(extremes, op=torch.distributed.ReduceOp.MAX)
+            low, high = -extremes[0].item(), extremes[1].item()
+            if low < -1e-4 or high > 1 + 1e-4:
+                raise pixel_range_error(low, high, desc)
         flag = first_bad.clone()
         if _is_distributed():
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
@@ -88,6 +101,8 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: LossFn, optimizer: 
         if max_steps is not None and steps >= max_steps:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if pixel_inputs:
+            seen_range = torch.stack([torch.minimum(seen_range[0], x.min()), torch.maximum(seen_range[1], x.max())])
         if prepare is not None:
             x = prepare(x)
         loss = loss_fn(model, x, y)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import accepted_kwargs, check_alpha, check_eps, default_alpha, resolve_attack
+from ..attacks import accepted_kwargs, check_alpha, check_eps, check_pixel_range, default_alpha, resolve_attack
 from .loop import train_epoch
 
 __all__ = ["AdversarialTrainer", "METHODS", "trades_loss", "mart_loss"]
@@ -126,6 +126,7 @@ class AdversarialTrainer:
             self.attack_kwargs = {**accepted_kwargs(self.attack_class, base), **dict(attack_kwargs or {})}
             self._check_attack_kwargs()
         self.adversarial_batches = 0  # how many batches got adversarial examples (NNI tests read it)
+        self._range_checked = False  # training_step checks its first batch is in [0, 1] (once: a GPU read syncs)
         self._cached: Optional[tuple] = None
 
     def _check_attack_kwargs(self) -> None:
@@ -188,6 +189,9 @@ class AdversarialTrainer:
     def training_step(self, batch: Any, model: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         """NNI ``training_step(batch, model)``: the adversarial loss of one ``(inputs, labels)`` batch."""
         x, y = batch[0], batch[1]
+        if self.attack_class is not None and not self._range_checked:
+            check_pixel_range(x, f"AdversarialTrainer({self.method!r}).training_step")
+            self._range_checked = True
         device = next(model.parameters()).device
         x, y = self.prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         return self.loss(model, x, y)
