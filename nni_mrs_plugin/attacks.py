@@ -1,8 +1,10 @@
 """Every attack the plugin runs is built here: the calibration attack of MRS, the attacks of adversarial training and
 those of robust evaluation, from a name or a torchattacks class, with one set of defaults and checks.
 
-All radii are L∞ and in the model's [0, 1] input space (normalisation is the model's first layer). Defaults:
-ε is 0.1 for one-channel images (Fashion-MNIST) and 8/255 for colour ones; the PGD step α is ε/4 (2/255 at 8/255).
+All radii are L∞ and in pixel units: inputs in [0, 1]. Defaults: ε is 0.1 for one-channel images (Fashion-MNIST)
+and 8/255 for colour ones; the PGD step α is ε/4 (2/255 at 8/255). Data normalised by the loader (NNI's examples
+do it in their transforms) is supported through ``normalization=(mean, std)``: ``PixelSpace`` then attacks
+de-normalised pixels of a model that normalises first, and the result is normalised again.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import torch
 from torch import nn
 
 __all__ = ["EVAL_ATTACKS", "default_eps", "default_alpha", "check_eps", "check_alpha", "check_pixel_range",
-           "pixel_range_error", "resolve_attack", "accepted_kwargs", "build_attack", "check_eval_attacks", "eval_attack"]
+           "pixel_range_error", "PixelSpace", "resolve_attack", "accepted_kwargs", "build_attack",
+           "check_eval_attacks", "eval_attack"]
 
 AttackSpec = Union[None, str, type, Callable[[nn.Module], Any], Any]
 
@@ -58,14 +61,53 @@ def pixel_range_error(low: float, high: float, where: str) -> ValueError:
     """The one-line error for inputs outside [0, 1]: torchattacks would clamp them to [0, 1] and ignore ε."""
     return ValueError(
         f"{where}: inputs range over [{low:.3g}, {high:.3g}], but attacks work on pixels in [0, 1] and ε is in pixel "
-        f"units (torchattacks clamps to [0, 1], so every attack would be wrong): the data loader normalises. Keep "
-        f"only ToTensor() in the transforms and make normalisation the model's first layer "
-        f"(nni_mrs_plugin.Normalize(mean, std))")
+        f"units (torchattacks clamps to [0, 1], so every attack would be wrong): the data loader normalises. Pass "
+        f"normalization=(mean, std) as the loader's Normalize has them, or make normalisation the model's first "
+        f"layer (nni_mrs_plugin.Normalize(mean, std))")
 
 
-def check_pixel_range(x: torch.Tensor, where: str) -> None:
-    """A ValueError (``pixel_range_error``) unless ``x`` lies in [0, 1]. Reads two numbers: on a GPU tensor that is
-    one synchronisation, so hot loops check once or keep the flag on the device (``train.loop.train_epoch``)."""
+class PixelSpace:
+    """Where attacks run for data normalised by ``(mean, std)`` (one value per channel): ``pixels(x)`` undoes the
+    normalisation, ``normalized(x)`` applies it, ``model(m)`` is ``m`` behind a normalising first layer."""
+
+    def __init__(self, normalization: Optional[Tuple[Sequence[float], Sequence[float]]]):
+        from .models import Normalize
+
+        self.layer = None
+        if normalization is not None:
+            if not (isinstance(normalization, (tuple, list)) and len(normalization) == 2):
+                raise ValueError(f"normalization must be (mean, std), one value per channel each, got {normalization!r}")
+            self.layer = Normalize(*normalization)
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer is None:
+            return x
+        return x * self.layer.std.to(x.device, x.dtype) + self.layer.mean.to(x.device, x.dtype)
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer is None:
+            return x
+        return (x - self.layer.mean.to(x.device, x.dtype)) / self.layer.std.to(x.device, x.dtype)
+
+    def model(self, model: nn.Module) -> nn.Module:
+        if self.layer is None:
+            return model
+        wrapped = nn.Sequential(self.layer.to(next(model.parameters()).device), model)
+        return wrapped.train(model.training)  # attacks restore the mode they found: it must be the model's
+
+    def attack(self, attack: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``attack`` (built on ``self.model(m)``) applied to data in the loader's space; the result is too."""
+        wrapped = getattr(attack, "model", None)
+        if self.layer is not None and isinstance(wrapped, nn.Sequential):
+            wrapped.train(wrapped[1].training)  # the mode the attack finds and restores is the model's current one
+        return self.normalized(attack(self.pixels(x), y))
+
+
+def check_pixel_range(x: torch.Tensor, where: str, space: Optional[PixelSpace] = None) -> None:
+    """A ValueError (``pixel_range_error``) unless ``x`` (de-normalised by ``space``) lies in [0, 1]. Reads two
+    numbers: on a GPU tensor that is one synchronisation, so hot loops check once or keep the flag on the device
+    (``train.loop.train_epoch``)."""
+    x = space.pixels(x) if space is not None else x
     low, high = float(x.min()), float(x.max())
     if low < -_PIXEL_SLACK or high > 1 + _PIXEL_SLACK:
         raise pixel_range_error(low, high, where)

@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from .attacks import (EVAL_ATTACKS, check_alpha, check_eps, check_eval_attacks, check_pixel_range, default_alpha,
-                      eval_attack)
+from .attacks import (EVAL_ATTACKS, PixelSpace, check_alpha, check_eps, check_eval_attacks, check_pixel_range,
+                      default_alpha, eval_attack)
 
 __all__ = ["evaluate_robustness", "ATTACKS", "count_params", "count_flops", "measure_latency", "accuracy"]
 
@@ -79,15 +79,18 @@ ATTACKS = EVAL_ATTACKS
 def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[str] = ATTACKS, *, eps: float = 8 / 255,
                         alpha: Optional[float] = None, cw_c: float = 1.0, cw_steps: int = 50,
                         max_samples: Optional[int] = None, autoattack_samples: Optional[int] = None, seed: int = 0,
-                        device: Optional[torch.device | str] = None, progress: bool = False) -> Dict[str, Any]:
+                        device: Optional[torch.device | str] = None, progress: bool = False,
+                        normalization: Optional[tuple] = None) -> Dict[str, Any]:
     """Accuracy of ``model`` on ``loader`` under each attack, e.g. ``result["pgd20"]["accuracy"]``.
 
     ``alpha`` (PGD step) defaults to eps/4, i.e. 2/255 at 8/255. ``max_samples`` caps the whole evaluation;
     ``autoattack_samples`` runs AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square) on only the first that many
     samples, and its entry then says ``"subset": true`` with the count it ran on. The global RNG is seeded with
     ``seed`` inside a forked RNG state, so results repeat and the caller's random stream is untouched.
+    ``normalization=(mean, std)``: the loader normalises; attacks then run on pixels (ε in pixel units).
     """
     check_eval_attacks(attacks)
+    space = PixelSpace(normalization)
     eps = check_eps(eps)
     alpha = default_alpha(eps) if alpha is None else check_alpha(alpha)
     for label, value in (("max_samples", max_samples), ("autoattack_samples", autoattack_samples)):
@@ -112,7 +115,7 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                 if len(y) == 0:
                     break
                 if any(name != "clean" for name in attacks):
-                    check_pixel_range(x, "evaluate_robustness")
+                    check_pixel_range(x, "evaluate_robustness", space)
                 x, y = x.to(device), y.to(device)
                 with torch.no_grad():
                     logits = model(x)
@@ -127,8 +130,9 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                         predictions = logits.argmax(1)
                     else:
                         if name not in built:
-                            built[name] = eval_attack(name, model, eps, alpha, logits.shape[1], seed, cw_c, cw_steps)
-                        adversarial = built[name][0](x[:keep], y[:keep])
+                            built[name] = eval_attack(name, space.model(model), eps, alpha, logits.shape[1], seed,
+                                                      cw_c, cw_steps)
+                        adversarial = space.attack(built[name][0], x[:keep], y[:keep])
                         with torch.no_grad():
                             predictions = model(adversarial).argmax(1)
                     correct[name] += int((predictions[:keep] == y[:keep]).sum())
@@ -141,6 +145,8 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
 
     result: Dict[str, Any] = {"settings": {"norm": "Linf", "eps": eps, "pgd_alpha": alpha, "seed": seed,
                                            "samples": seen, "model_mode": "eval"}}
+    if normalization is not None:
+        result["settings"]["normalization"] = [list(map(float, v)) for v in normalization]
     for name in attacks:
         entry: Dict[str, Any] = {"accuracy": correct[name] / counted[name], "correct": correct[name],
                                  "samples": counted[name], "seed": seed}

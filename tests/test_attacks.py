@@ -80,3 +80,77 @@ def test_build_attack_defaults_and_bad_kwargs():
         build_attack(model, "PGD", eps=0.1, radius=3)
     with pytest.raises(ValueError, match=r"eps must be an L-inf radius in \(0, 1\]"):
         build_attack(model, None, eps=0.0)
+
+
+NORMALIZATION = ([MEAN], [STD])
+
+
+def with_layer(model):
+    """The same weights behind a Normalize layer: the [0, 1]-loader equivalent of a normalising loader."""
+    from nni_mrs_plugin.models import Normalize
+
+    return torch.nn.Sequential(Normalize([MEAN], [STD]), model)
+
+
+def test_normalization_option_attacks_pixels_within_eps(loaders):
+    from nni_mrs_plugin.attacks import PixelSpace
+
+    _, normalised = loaders
+    x, y = next(iter(normalised))
+    space = PixelSpace(NORMALIZATION)
+    model = make_model("small_cnn")
+    for method in ("pgd", "trades", "fast"):
+        trainer = AdversarialTrainer(method, eps=0.1, steps=3, normalization=NORMALIZATION)
+        trainer.training_step((x, y), model)  # accepted: its pixels are in [0, 1]
+        moved = space.pixels(trainer.adversarial_examples(model, x, y)) - space.pixels(x)
+        pixels = space.pixels(trainer.adversarial_examples(model, x, y))
+        assert moved.abs().max() <= 0.1 + 1e-5, method
+        assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5, method
+
+
+def test_normalised_loader_with_the_option_equals_pixel_loader_with_a_normalize_layer(loaders):
+    pixels, normalised = loaders
+    model = make_model("small_cnn")
+    plain = evaluate_robustness(with_layer(model), pixels, ("clean", "fgsm", "pgd5"), eps=0.1, seed=3)
+    option = evaluate_robustness(model, normalised, ("clean", "fgsm", "pgd5"), eps=0.1, seed=3,
+                                 normalization=NORMALIZATION)
+    assert option["settings"]["normalization"] == [[MEAN], [STD]]
+    for name in ("clean", "fgsm", "pgd5"):  # the same attack on the same pixels; float rounding may flip one
+        assert abs(option[name]["correct"] - plain[name]["correct"]) <= 1, name
+    assert option["pgd5"]["correct"] < option["clean"]["correct"]
+
+
+def test_mrs_calibration_with_the_option(loaders):
+    from nni_mrs_plugin.attacks import PixelSpace
+    from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
+
+    _, normalised = loaders
+    model = make_model("small_cnn")
+    allocator = MRSSparsityAllocator("taylor", eps=0.1, n_samples=64, normalization=NORMALIZATION, progress=False)
+    result = allocator.allocate(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], normalised)
+    assert abs(result.achieved - 0.5) <= 0.01
+    x_adv, _ = allocator.adversarial_data
+    x = next(iter(normalised))[0][:64]
+    space = PixelSpace(NORMALIZATION)
+    assert (space.pixels(x_adv) - space.pixels(x)).abs().max() <= 0.1 + 1e-5
+    with pytest.raises(ValueError, match="normalization must be \\(mean, std\\)"):
+        MRSSparsityAllocator("taylor", normalization=[0.5])
+
+
+def test_normalised_fit_trains_in_train_mode_and_keeps_the_attack_in_sync(loaders, tmp_path):
+    """The attack wraps the model once; the model's mode changes between training and validation, and each
+    attack must find (and restore) the current one."""
+    pixels, normalised = loaders
+    model = make_model("small_cnn")
+    trainer = AdversarialTrainer("pgd", eps=0.1, steps=2, normalization=NORMALIZATION)
+    x, y = next(iter(normalised))
+    model.eval()
+    trainer.adversarial_examples(model, x, y)
+    model.train()
+    trainer.adversarial_examples(model, x, y)
+    assert model.training  # pgd attacks in train mode and gives it back
+    model.eval()
+    trainer.adversarial_examples(model, x, y)
+    assert not model.training
+    result = fit(model, normalised, None, 1, trainer, checkpoint_dir=tmp_path, progress=False)
+    assert result.history and trainer.config()["normalization"] == [[MEAN], [STD]]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from . import allocation
-from ..attacks import build_attack, check_eps, check_pixel_range, default_eps
+from ..attacks import PixelSpace, build_attack, check_eps, check_pixel_range, default_eps
 from .calibration import adversarial_examples, collect_samples
 from .cost import BUDGETS, CostModel
 from .sensitivity import CRITERIA, ESTIMATORS, Estimator, build_estimator
@@ -37,7 +37,7 @@ class MRSSparsityAllocator:
                  criterion: str = "l1", attack: Any = None, attack_kwargs: Optional[Dict[str, Any]] = None,
                  eps: Optional[float] = None, n_samples: int = 512, batch_size: int = 256, seed: int = 0,
                  r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01, progress: bool = True,
-                 **estimator_options: Any):
+                 normalization: Optional[tuple] = None, **estimator_options: Any):
         if budget not in BUDGETS:
             raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
         if criterion not in CRITERIA:
@@ -58,6 +58,10 @@ class MRSSparsityAllocator:
         self.attack, self.attack_kwargs, self.eps = attack, dict(attack_kwargs or {}), eps
         self.n_samples, self.batch_size, self.seed = n_samples, batch_size, seed
         self.r_min, self.r_max, self.tolerance, self.progress = r_min, r_max, tolerance, progress
+        self.space = PixelSpace(normalization)  # the calibration loader normalises: attack on pixels
+        if normalization is not None and attack is not None and not isinstance(attack, (str, type)):
+            raise ValueError("with normalization, give the calibration attack as a torchattacks class or name: an "
+                             "attack instance or factory is bound to a model that expects normalised inputs")
         self.adversarial_data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (X', Y) of the last allocate
 
     # -- the steps, usable one by one ---------------------------------------------------------------------
@@ -68,12 +72,12 @@ class MRSSparsityAllocator:
     def calibrate(self, model: nn.Module, calibration: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """(X', Y): the calibration samples and their adversarial versions, on the model's device."""
         x, y = collect_samples(calibration, self.n_samples, self.seed)
-        check_pixel_range(x, "MRS calibration")
+        check_pixel_range(x, "MRS calibration", self.space)
         device = _device_of(model)
         x, y = x.to(device), y.to(device)
         eps = self.eps if self.eps is not None else default_eps(x)
-        attack = build_attack(model, self.attack, eps, **self.attack_kwargs)
-        return adversarial_examples(model, x, y, attack, self.batch_size, self.seed, self.progress), y
+        attack = build_attack(self.space.model(model), self.attack, eps, **self.attack_kwargs)
+        return adversarial_examples(model, x, y, attack, self.batch_size, self.seed, self.progress, self.space), y
 
     def sensitivities(self, model: nn.Module, units: Sequence[Unit], x_adv: torch.Tensor, y: torch.Tensor,
                       graph_module: Optional[torch.fx.GraphModule] = None) -> Dict[str, float]:

@@ -2,11 +2,13 @@
 model in eval mode by a torchattacks attack (``attacks.build_attack``: PGD by default)."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Tuple
+from typing import Any, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from ..attacks import PixelSpace
 
 __all__ = ["collect_samples", "adversarial_examples", "mean_loss"]
 
@@ -47,8 +49,10 @@ def collect_samples(calibration: Any, n_samples: int, seed: int = 0) -> Tuple[to
 
 
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Any, batch_size: int = 256,
-                         seed: int = 0, progress: bool = True) -> torch.Tensor:
-    """X' for the whole calibration set, in eval mode, reproducible for a seed (the global RNG is untouched)."""
+                         seed: int = 0, progress: bool = True, space: Optional[PixelSpace] = None) -> torch.Tensor:
+    """X' for the whole calibration set, in eval mode, reproducible for a seed (the global RNG is untouched).
+    With ``space`` (a normalising loader) the attack runs on pixels and X' is normalised like x."""
+    space = space or PixelSpace(None)
     was_training = model.training
     model.eval()
     device = x.device
@@ -59,7 +63,7 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, att
             torch.manual_seed(seed)
             for start in tqdm(range(0, len(x), batch_size), desc="calibration attack", disable=not progress,
                               leave=False):
-                out.append(attack(x[start:start + batch_size], y[start:start + batch_size]).detach())
+                out.append(space.attack(attack, x[start:start + batch_size], y[start:start + batch_size]).detach())
     except RuntimeError as err:
         raise RuntimeError(f"{type(attack).__name__} could not attack {type(model).__name__} ({err}); the loss must be "
                            f"differentiable with respect to the input (no numpy or detach() in forward)") from err

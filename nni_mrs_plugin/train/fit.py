@@ -134,7 +134,7 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
         stats = train_epoch(net, loader, trainer.loss, optimizer, schedule, epoch=epoch, epochs=epochs,
                             device=ctx.device, desc=f"fit {trainer.method}", progress=main_progress,
                             log_every=log_every, prepare=trainer.prepare,
-                            pixel_inputs=trainer.attack_class is not None)
+                            pixels=trainer.space.pixels if trainer.attack_class is not None else None)
         seconds = time.perf_counter() - began
         distributed.sync_buffers(model, ctx)
         loss_sum, samples = distributed.all_sum([stats.loss * stats.steps, stats.samples], ctx)

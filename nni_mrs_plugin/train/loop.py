@@ -57,15 +57,15 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: LossFn, optimizer: 
                 epochs: int = 1, device: torch.device | str = "cpu", desc: str = "train", progress: bool = True,
                 log_every: int = 50, max_steps: Optional[int] = None,
                 prepare: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                pixel_inputs: bool = False) -> EpochStats:
+                pixels: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> EpochStats:
     """One pass over ``loader`` (or ``max_steps`` steps), ``epoch`` counted from 1.
 
     The loss is accumulated and checked for NaN/inf on the device; the host reads it only every ``log_every``
     steps and at the end (under torch.distributed, with one all-reduce so every rank stops together). A bad
     loss raises ``NonFiniteLossError`` naming the exact first bad step, not the step it was noticed at.
     ``scheduler`` is stepped after every optimizer step. ``prepare`` converts inputs (e.g. channels_last).
-    ``pixel_inputs`` (adversarial training) checks, on the device and read at the same points, that inputs lie in
-    [0, 1]: normalised inputs would make every attack wrong.
+    ``pixels`` (adversarial training: inputs -> pixels, identity unless the loader normalises) checks, on the
+    device and read at the same points, that pixels lie in [0, 1]: otherwise every attack would be wrong.
     """
     if log_every < 1:
         raise ValueError(f"log_every must be >= 1, got {log_every}")
@@ -78,7 +78,7 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: LossFn, optimizer: 
     steps = samples = 0
 
     def check() -> None:
-        if pixel_inputs and steps:
+        if pixels is not None and steps:
             extremes = seen_range * torch.tensor([-1.0, 1.0], device=device)  # [-lowest, highest]: one MAX reduce
             if _is_distributed():
                 torch.distributed.all_reduce(extremes, op=torch.distributed.ReduceOp.MAX)
@@ -101,8 +101,10 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: LossFn, optimizer: 
         if max_steps is not None and steps >= max_steps:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if pixel_inputs:
-            seen_range = torch.stack([torch.minimum(seen_range[0], x.min()), torch.maximum(seen_range[1], x.max())])
+        if pixels is not None:
+            image = pixels(x)
+            seen_range = torch.stack([torch.minimum(seen_range[0], image.min()),
+                                      torch.maximum(seen_range[1], image.max())])
         if prepare is not None:
             x = prepare(x)
         loss = loss_fn(model, x, y)

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import accepted_kwargs, check_alpha, check_eps, check_pixel_range, default_alpha, resolve_attack
+from ..attacks import (PixelSpace, accepted_kwargs, check_alpha, check_eps, check_pixel_range, default_alpha,
+                       resolve_attack)
 from .loop import train_epoch
 
 __all__ = ["AdversarialTrainer", "METHODS", "trades_loss", "mart_loss"]
@@ -99,7 +100,7 @@ class AdversarialTrainer:
     def __init__(self, method: str = "pgd", eps: float = 8 / 255, alpha: Optional[float] = None, steps: int = 10,
                  beta: float = 6.0, attack: Union[str, type, None] = None,
                  attack_kwargs: Optional[Mapping[str, Any]] = None, attack_bn: Optional[str] = None,
-                 amp: bool = False, channels_last: bool = False):
+                 amp: bool = False, channels_last: bool = False, normalization: Optional[tuple] = None):
         if method not in _DEFAULTS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         check_eps(eps)
@@ -125,6 +126,8 @@ class AdversarialTrainer:
             base = {"eps": self.eps, "alpha": self.alpha, "steps": steps}
             self.attack_kwargs = {**accepted_kwargs(self.attack_class, base), **dict(attack_kwargs or {})}
             self._check_attack_kwargs()
+        self.space = PixelSpace(normalization)  # where attacks run when the loader normalises
+        self.normalization = normalization
         self.adversarial_batches = 0  # how many batches got adversarial examples (NNI tests read it)
         self._range_checked = False  # training_step checks its first batch is in [0, 1] (once: a GPU read syncs)
         self._cached: Optional[tuple] = None
@@ -142,7 +145,8 @@ class AdversarialTrainer:
         plain_kwargs = {k: v for k, v in self.attack_kwargs.items() if isinstance(v, (int, float, str, bool))}
         return {"method": self.method, "eps": self.eps, "alpha": self.alpha, "steps": self.steps, "beta": self.beta,
                 "attack": self.attack_class.__name__ if self.attack_class else None, "attack_kwargs": plain_kwargs,
-                "attack_bn": self.attack_bn, "amp": self.amp, "channels_last": self.channels_last}
+                "attack_bn": self.attack_bn, "amp": self.amp, "channels_last": self.channels_last,
+                "normalization": [list(map(float, v)) for v in self.normalization] if self.normalization else None}
 
     def autocast(self, device: torch.device) -> ContextManager:
         return torch.autocast(device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
@@ -155,7 +159,7 @@ class AdversarialTrainer:
         model = _unwrap(model)
         device = next(model.parameters()).device
         if self._cached is None or self._cached[0] is not model or self._cached[1] != device:
-            attack = self.attack_class(model, **self.attack_kwargs)
+            attack = self.attack_class(self.space.model(model), **self.attack_kwargs)
             if self.attack_bn == "train":
                 attack.set_model_training_mode(model_training=True, batchnorm_training=True, dropout_training=True)
             self._cached = (model, device, attack)
@@ -166,8 +170,12 @@ class AdversarialTrainer:
         if self.attack_class is None:
             return x
         self.adversarial_batches += 1
-        with torch.enable_grad(), self.autocast(x.device):
-            return self.prepare(self.attack_for(model)(x, y))
+        was_training = model.training  # torchattacks gives train mode back, never eval: restore it here
+        try:
+            with torch.enable_grad(), self.autocast(x.device):
+                return self.prepare(self.space.attack(self.attack_for(model), x, y))
+        finally:
+            model.train(was_training)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              x_adv: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -190,7 +198,7 @@ class AdversarialTrainer:
         """NNI ``training_step(batch, model)``: the adversarial loss of one ``(inputs, labels)`` batch."""
         x, y = batch[0], batch[1]
         if self.attack_class is not None and not self._range_checked:
-            check_pixel_range(x, f"AdversarialTrainer({self.method!r}).training_step")
+            check_pixel_range(x, f"AdversarialTrainer({self.method!r}).training_step", self.space)
             self._range_checked = True
         device = next(model.parameters()).device
         x, y = self.prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
