@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 __all__ = ["EVAL_ATTACKS", "default_eps", "default_alpha", "check_eps", "check_alpha", "check_pixel_range",
-           "pixel_range_error", "PixelSpace", "resolve_attack", "accepted_kwargs", "build_attack",
+           "outside_pixel_range", "pixel_range_error", "PixelSpace", "resolve_attack", "accepted_kwargs", "build_attack",
            "check_eval_attacks", "eval_attack"]
 
 AttackSpec = Union[None, str, type, Callable[[nn.Module], Any], Any]
@@ -54,7 +54,9 @@ def check_alpha(alpha: Any) -> float:
     return float(alpha)
 
 
-_PIXEL_SLACK = 1e-4  # float rounding of ToTensor()/255 stays far inside this
+def outside_pixel_range(low: float, high: float) -> bool:
+    """Whether inputs spanning [low, high] leave [0, 1] (by more than float rounding of ToTensor()/255)."""
+    return low < -1e-4 or high > 1 + 1e-4
 
 
 def pixel_range_error(low: float, high: float, where: str) -> ValueError:
@@ -92,8 +94,7 @@ class PixelSpace:
     def model(self, model: nn.Module) -> nn.Module:
         if self.layer is None:
             return model
-        wrapped = nn.Sequential(self.layer.to(next(model.parameters()).device), model)
-        return wrapped.train(model.training)  # attacks restore the mode they found: it must be the model's
+        return nn.Sequential(self.layer.to(next(model.parameters()).device), model)
 
     def attack(self, attack: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``attack`` (built on ``self.model(m)``) applied to data in the loader's space; the result is too."""
@@ -109,7 +110,7 @@ def check_pixel_range(x: torch.Tensor, where: str, space: Optional[PixelSpace] =
     (``train.loop.train_epoch``)."""
     x = space.pixels(x) if space is not None else x
     low, high = float(x.min()), float(x.max())
-    if low < -_PIXEL_SLACK or high > 1 + _PIXEL_SLACK:
+    if outside_pixel_range(low, high):
         raise pixel_range_error(low, high, where)
 
 

@@ -2,7 +2,8 @@
 costs (accuracy, and robust accuracy under the attacks robust-pruning papers report: clean, FGSM, PGD-20, CW,
 AutoAttack, all from torchattacks, as a dict that serialises to JSON with its sample counts, seeds and settings).
 
-The model is attacked in eval mode, in its [0, 1] input space (normalisation is the model's first layer).
+The model is attacked in eval mode, on pixels in [0, 1] with ε in pixel units: normalisation is the model's first
+layer, or the loader's, declared with ``normalization=(mean, std)``.
 Caveat stated in the result: torchattacks' ``CW`` is Carlini-Wagner **L2** (no epsilon bound; a budget of
 ``c``/``steps``), not the L∞ "CW∞" (PGD on the CW margin) some tables report, which torchattacks lacks.
 """

@@ -152,5 +152,5 @@ def test_normalised_fit_trains_in_train_mode_and_keeps_the_attack_in_sync(loader
     model.eval()
     trainer.adversarial_examples(model, x, y)
     assert not model.training
-    result = fit(model, normalised, None, 1, trainer, checkpoint_dir=tmp_path, progress=False)
+    result = fit(model, normalised, normalised, 1, trainer, checkpoint_dir=tmp_path, progress=False, val_steps=2)
     assert result.history and trainer.config()["normalization"] == [[MEAN], [STD]]

@@ -48,7 +48,8 @@ def _state(model: nn.Module) -> Dict[str, torch.Tensor]:
 def _validate(model: nn.Module, loader: DataLoader, trainer: AdversarialTrainer, steps: int, seed: int,
               ctx: distributed.Context) -> Dict[str, float]:
     pgd = f"pgd{steps}"
-    result = evaluate_robustness(model, loader, ("clean", pgd), eps=trainer.eps, seed=seed, device=ctx.device)
+    result = evaluate_robustness(model, loader, ("clean", pgd), eps=trainer.eps, seed=seed, device=ctx.device,
+                                 normalization=trainer.normalization)
     clean, robust, n = distributed.all_sum([result["clean"]["correct"], result[pgd]["correct"],
                                             result["clean"]["samples"]], ctx)
     return {"clean_acc": clean / n, "pgd_acc": robust / n, "val_samples": int(n)}

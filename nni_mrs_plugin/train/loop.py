@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..attacks import pixel_range_error
+from ..attacks import outside_pixel_range, pixel_range_error
 
 __all__ = ["train_natural", "train_epoch", "cosine_sgd", "cross_entropy_loss", "NonFiniteLossError", "EpochStats"]
 
@@ -83,7 +83,7 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: LossFn, optimizer: 
             if _is_distributed():
                 torch.distributed.all_reduce(extremes, op=torch.distributed.ReduceOp.MAX)
             low, high = -extremes[0].item(), extremes[1].item()
-            if low < -1e-4 or high > 1 + 1e-4:
+            if outside_pixel_range(low, high):
                 raise pixel_range_error(low, high, desc)
         flag = first_bad.clone()
         if _is_distributed():
