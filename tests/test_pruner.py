@@ -136,7 +136,7 @@ class NumpyInForward(nn.Module):
     ({}, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "min_sparse_ratio": 0.8, "max_sparse_ratio": 0.2}],
      r"min_sparse_ratio 0.8 > max_sparse_ratio 0.2"),
     ({"r_min": 0.6, "r_max": 0.3}, SELECT, r"r_min <= r_max.*r_min=0.6, r_max=0.3"),
-    ({"estimator": "hessian"}, SELECT, r"unknown estimator 'hessian'; choose one of weight, probe, taylor"),
+    ({"estimator": "hessian"}, SELECT, r"unknown estimator 'hessian'; choose one of weight, probe, curve, taylor, feature"),
     ({"criterion": "l3"}, SELECT, r"unknown criterion 'l3'; choose one of l1, l2, fpgm, taylor"),
     ({"budget": "latency"}, SELECT, r"unknown budget 'latency'; choose one of flops, params, channels"),
     ({"tau": -1.0}, SELECT, r"tau must be a finite number >= 0.*got -1.0"),

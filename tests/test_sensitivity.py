@@ -39,7 +39,7 @@ def branches(fashion):
     return train_natural(Branches(), fashion, epochs=2, lr=0.1, progress=False)
 
 
-@pytest.mark.parametrize("estimator", ["weight", "probe", "taylor"])
+@pytest.mark.parametrize("estimator", ["weight", "probe", "curve", "taylor"])
 def test_critical_unit_gets_highest_mrs_and_lowest_ratio(estimator, branches, calibration):
     model = copy.deepcopy(branches)
     allocator = MRSSparsityAllocator(estimator, "flops", n_samples=128, progress=False)
@@ -90,3 +90,40 @@ def test_channel_importance_ranks_as_nni_does(criterion, pruner):
     scores = channel_importance(dict(model.named_modules())["features.3"].weight, criterion)
     ours = set(scores.argsort()[:len(nni_pruned)].tolist())
     assert len(nni_pruned) == 16 and ours == nni_pruned
+
+
+def test_weight_mrs_is_never_negative(calibration):
+    """Delta = 0 lies in the ball, so the maximum rise is >= 0 even where ascent only finds lower losses (a random
+    model, one step: the first step often lowers the loss)."""
+    scores = {}
+    for seed in range(3):
+        model = make_model("small_cnn", seed=seed)
+        allocator = MRSSparsityAllocator("weight", n_samples=64, progress=False, steps=1, rho=0.5)
+        _, units, _, graph_module = allocator.units(model, SELECT, calibration[0][:1])
+        scores.update({(seed, k): v for k, v in
+                       WeightMRS(rho=0.5, steps=1, progress=False)(model, units, *calibration, graph_module).items()})
+    assert all(value >= 0.0 for value in scores.values()), scores
+    assert any(value > 0.0 for value in scores.values()), scores
+
+
+def test_feature_estimator_is_the_relative_change_of_each_units_output(calibration):
+    from nni_mrs_plugin.mrs.sensitivity import FeatureMRS
+
+    model = make_model("small_cnn")
+    x, y = calibration
+    x_adv = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+    allocator = MRSSparsityAllocator("feature", n_samples=128, progress=False)
+    _, units, _, graph_module = allocator.units(model, SELECT, x[:1])
+    scores = FeatureMRS(batch_size=50, progress=False)(model, units, x_adv, y, graph_module, x=x)
+    unit = next(u for u in units if len(u.layers) == 1)
+    layer = dict(model.named_modules())[unit.layers[0]]
+    outputs = []
+    hook = layer.register_forward_hook(lambda module, args, out: outputs.append(out.detach()))
+    with torch.no_grad():
+        model(x), model(x_adv)
+    hook.remove()
+    expected = float((outputs[1] - outputs[0]).norm() / outputs[0].norm())
+    assert scores[unit.name] == pytest.approx(expected, rel=1e-4)
+    assert all(v == 0 for v in FeatureMRS(progress=False)(model, units, x, y, graph_module, x=x).values())
+    with pytest.raises(ValueError, match="needs the clean calibration samples"):
+        FeatureMRS(progress=False)(model, units, x_adv, y, graph_module)

@@ -132,3 +132,20 @@ def test_tracing_and_removal_keep_batchnorm_statistics():
     assert model.training
     unpruned = [k for k in before if not k.startswith("features.4")]  # BN after features.3 lost channels
     assert unpruned and all(torch.equal(before[k], after[k]) for k in unpruned)
+
+
+def test_recalibrate_batchnorm_uses_the_batch_statistics_and_keeps_the_mode():
+    from nni_mrs_plugin.nni.speedup import recalibrate_batchnorm
+
+    model = make_model("vgg16_bn")
+    x = dummy_input("vgg16_bn", batch=24)
+    bn = model.features[1]  # right after the first conv: its input statistics are known in closed form
+    conv_out = model.features[0](model.normalize(x)).detach()
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    recalibrate_batchnorm(model, x, batch_size=8)  # three batches: the cumulative average of their statistics
+    batches = conv_out.split(8)
+    mean = torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0)
+    var = torch.stack([b.var((0, 2, 3), unbiased=True) for b in batches]).mean(0)
+    assert torch.allclose(bn.running_mean, mean, atol=1e-5) and torch.allclose(bn.running_var, var, rtol=1e-4)
+    assert not model.training and bn.momentum == 0.1
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items() if k in weights)

@@ -10,13 +10,16 @@ is within the tolerance of the target.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Sequence
 
 from .cost import BUDGETS, CostModel
 from .units import Unit, find_units, parse_config_list
 
-__all__ = ["UnitReport", "Allocation", "allocate", "weights_from_scores", "budget_units", "build_allocation"]
+__all__ = ["UnitReport", "Allocation", "allocate", "refine", "check_target", "check_reachable", "weights_from_scores",
+           "budget_units", "build_allocation", "RULES"]
+
+RULES = ("power", "budget")  # the allocation rules: sensitivity -> ratios (power), curves + cost -> counts (budget)
 
 
 @dataclass
@@ -42,10 +45,16 @@ class Allocation:
     achieved: float
     budget: str
     skipped: Dict[str, str]
+    rule: str = "power"
+    curves: Dict[str, List[float]] = field(default_factory=dict)  # unit -> Delta L at ``ratios`` (budget rule)
+    ratios: List[float] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"target": self.target, "achieved": self.achieved, "budget": self.budget, "skipped": self.skipped,
-                "units": [asdict(row) for row in self.report], "config_list": self.config_list}
+        out = {"target": self.target, "achieved": self.achieved, "budget": self.budget, "skipped": self.skipped,
+               "rule": self.rule, "units": [asdict(row) for row in self.report], "config_list": self.config_list}
+        if self.curves:
+            out.update(curves=self.curves, ratios=self.ratios)
+        return out
 
     def table(self) -> str:
         """The report as aligned text, most sensitive unit first."""
@@ -85,10 +94,7 @@ def _pruned(units: Sequence[Unit], weights: Mapping[str, float], c: float) -> Di
 def allocate(units: Sequence[Unit], scores: Mapping[str, float], cost: CostModel, target: float,
              budget: str = "flops", tau: float = 1.0, tolerance: float = 0.01) -> Dict[str, int]:
     """Channels to prune per block for each unit so that the sped-up model loses ``target`` of ``budget``."""
-    if budget not in BUDGETS:
-        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
-    if not 0.0 < target < 1.0:
-        raise ValueError(f"target sparse_ratio must be in (0, 1), got {target}")
+    check_target(target, budget)
     missing = [unit.name for unit in units if unit.name not in scores]
     if missing:
         raise ValueError(f"no sensitivity for units {missing}")
@@ -98,14 +104,7 @@ def allocate(units: Sequence[Unit], scores: Mapping[str, float], cost: CostModel
         return cost.removed_fraction({u.name: u.kept(pruned[u.name]) for u in units}, budget)
 
     c_high = max(unit.max_ratio / weights[unit.name] for unit in units) + 1e-9
-    lowest, highest = removed(_pruned(units, weights, 0.0)), removed(_pruned(units, weights, c_high))
-    if target > highest + tolerance:
-        raise ValueError(f"cannot remove {target:.4f} of the model's {budget}: with this selection and "
-                         f"max_sparse_ratio bounds the most reachable is {highest:.4f} (select more layers or raise "
-                         f"max_sparse_ratio/r_max)")
-    if target < lowest - tolerance:
-        raise ValueError(f"cannot remove only {target:.4f} of the model's {budget}: min_sparse_ratio bounds already "
-                         f"remove {lowest:.4f}")
+    check_reachable(units, removed, target, budget, tolerance)
     low, high = 0.0, c_high
     for _ in range(60):
         middle = 0.5 * (low + high)
@@ -115,10 +114,30 @@ def allocate(units: Sequence[Unit], scores: Mapping[str, float], cost: CostModel
             high = middle
     below, above = _pruned(units, weights, low), _pruned(units, weights, high)
     best = min((below, above), key=lambda p: abs(removed(p) - target))
-    return _refine(units, weights, best, removed, target, tolerance)
+    return refine(units, weights, best, removed, target, tolerance)
 
 
-def _refine(units, weights, pruned, removed, target, tolerance) -> Dict[str, int]:
+def check_target(target: float, budget: str) -> None:
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target sparse_ratio must be in (0, 1), got {target}")
+
+
+def check_reachable(units: Sequence[Unit], removed, target: float, budget: str, tolerance: float) -> None:
+    """A clear error when the units' min/max bounds cannot reach ``target`` (``removed(pruned) -> fraction``)."""
+    lowest = removed({unit.name: unit.min_pruned_per_block() for unit in units})
+    highest = removed({unit.name: unit.max_pruned_per_block() for unit in units})
+    if target > highest + tolerance:
+        raise ValueError(f"cannot remove {target:.4f} of the model's {budget}: with this selection and "
+                         f"max_sparse_ratio bounds the most reachable is {highest:.4f} (select more layers or raise "
+                         f"max_sparse_ratio/r_max)")
+    if target < lowest - tolerance:
+        raise ValueError(f"cannot remove only {target:.4f} of the model's {budget}: min_sparse_ratio bounds already "
+                         f"remove {lowest:.4f}")
+
+
+def refine(units, weights, pruned, removed, target, tolerance) -> Dict[str, int]:
     """Move single channels until the removed fraction is within tolerance: prune more from the least
     sensitive units (largest weight) first, give back to the most sensitive first."""
     pruned = dict(pruned)

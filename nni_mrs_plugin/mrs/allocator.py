@@ -2,6 +2,9 @@
 
 selection (NNI config_list) -> units (dependency groups) -> calibration X' (torchattacks) -> MRS per unit
 -> ratios meeting the global budget on the predicted sped-up model -> config_list any NNI pruner accepts.
+
+Two rules turn sensitivity into ratios: ``power`` (r_u proportional to (mean m / m_u) ** tau, ``allocation``)
+and ``budget`` (per-unit loss curves traded against what each unit's channels cost, ``costaware``).
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from . import allocation
+from . import allocation, costaware
 from ..attacks import PixelSpace, build_attack, check_eps, check_pixel_range, default_eps
 from .calibration import adversarial_examples, collect_samples
 from .cost import BUDGETS, CostModel
@@ -33,13 +36,17 @@ class MRSSparsityAllocator:
     remove; ``min_sparse_ratio``/``max_sparse_ratio`` bound each selected layer.
     """
 
-    def __init__(self, estimator: Any = "weight", budget: str = "flops", tau: float = 1.0, *,
+    def __init__(self, estimator: Any = None, budget: str = "flops", tau: float = 1.0, *, rule: str = "power",
                  criterion: str = "l1", attack: Any = None, attack_kwargs: Optional[Dict[str, Any]] = None,
                  eps: Optional[float] = None, n_samples: int = 512, batch_size: int = 256, seed: int = 0,
                  r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01, progress: bool = True,
                  normalization: Optional[tuple] = None, **estimator_options: Any):
         if budget not in BUDGETS:
             raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+        if rule not in allocation.RULES:
+            raise ValueError(f"unknown allocation rule {rule!r}; choose one of {', '.join(allocation.RULES)}")
+        if estimator is None:
+            estimator = "curve" if rule == "budget" else "weight"
         if criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
         if not isinstance(estimator, Estimator) and estimator not in ESTIMATORS:
@@ -51,10 +58,13 @@ class MRSSparsityAllocator:
         if not 0.0 < tolerance < 0.5:
             raise ValueError(f"tolerance must be in (0, 0.5), got {tolerance}")
         allocation.weights_from_scores({}, tau)  # validates tau
-        if estimator == "probe":
+        if estimator in ("probe", "curve"):
             estimator_options.setdefault("criterion", criterion)
         self.estimator = build_estimator(estimator, batch_size=batch_size, progress=progress, **estimator_options)
-        self.budget, self.tau, self.criterion = budget, tau, criterion
+        if rule == "budget" and not hasattr(self.estimator, "curves"):
+            raise ValueError(f"rule='budget' trades per-unit loss curves against cost: it needs estimator='curve' "
+                             f"(or 'probe'), got {self.estimator.name!r}")
+        self.budget, self.tau, self.criterion, self.rule = budget, tau, criterion, rule
         self.attack, self.attack_kwargs, self.eps = attack, dict(attack_kwargs or {}), eps
         self.n_samples, self.batch_size, self.seed = n_samples, batch_size, seed
         self.r_min, self.r_max, self.tolerance, self.progress = r_min, r_max, tolerance, progress
@@ -70,26 +80,35 @@ class MRSSparsityAllocator:
         return allocation.budget_units(model, config_list, dummy_input, self.r_min, self.r_max)
 
     def calibrate(self, model: nn.Module, calibration: Any) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(X', Y): the calibration samples and their adversarial versions, on the model's device."""
+        """(X', Y): the calibration samples' adversarial versions and labels, on the model's device."""
+        x_adv, y = self.calibration_set(model, calibration)[1:]
+        return x_adv, y
+
+    def calibration_set(self, model: nn.Module, calibration: Any) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(X, X', Y): the calibration samples, their adversarial versions and labels, on the model's device."""
         x, y = collect_samples(calibration, self.n_samples, self.seed)
         check_pixel_range(x, "MRS calibration", self.space)
         device = _device_of(model)
         x, y = x.to(device), y.to(device)
         eps = self.eps if self.eps is not None else default_eps(x)
         attack = build_attack(self.space.model(model), self.attack, eps, **self.attack_kwargs)
-        return adversarial_examples(model, x, y, attack, self.batch_size, self.seed, self.progress, self.space), y
+        x_adv = adversarial_examples(model, x, y, attack, self.batch_size, self.seed, self.progress, self.space)
+        return x, x_adv, y
 
     def sensitivities(self, model: nn.Module, units: Sequence[Unit], x_adv: torch.Tensor, y: torch.Tensor,
-                      graph_module: Optional[torch.fx.GraphModule] = None) -> Dict[str, float]:
+                      graph_module: Optional[torch.fx.GraphModule] = None,
+                      x: Optional[torch.Tensor] = None) -> Dict[str, float]:
         with torch.random.fork_rng(devices=[x_adv.device] if x_adv.device.type == "cuda" else []):
             torch.manual_seed(self.seed)
-            return self.estimator(model, units, x_adv, y, graph_module)
+            return self.estimator(model, units, x_adv, y, graph_module, x=x)
 
     # -- all of it ----------------------------------------------------------------------------------------
     def allocate(self, model: nn.Module, config_list: Sequence[Dict[str, Any]], calibration: Any = None,
-                 dummy_input: Any = None, scores: Optional[Mapping[str, float]] = None) -> allocation.Allocation:
-        """Select, group, measure MRS (unless ``scores`` are given or ``tau`` is 0, where every unit gets the same
-        ratio whatever its MRS) and allocate; the model is left unchanged."""
+                 dummy_input: Any = None, scores: Optional[Mapping[str, float]] = None,
+                 curves: Optional[Mapping[str, Sequence[float]]] = None) -> allocation.Allocation:
+        """Select, group, measure MRS (unless ``scores`` are given, or ``curves`` for the budget rule, or ``tau`` is
+        0 under the power rule, where every unit gets the same ratio whatever its MRS) and allocate; the model is
+        left unchanged. Given ``curves`` are at the estimator's ``ratios``."""
         if dummy_input is None:
             if calibration is None:
                 raise ValueError("need dummy_input (or calibration data to take one sample from)")
@@ -98,15 +117,27 @@ class MRSSparsityAllocator:
             dummy_input = dummy_input.to(_device_of(model))
         self.adversarial_data = None
         target, units, skipped, graph_module = self.units(model, config_list, dummy_input)
-        if scores is None and self.tau == 0:  # uniform ratios: sensitivity cannot change them, skip measuring it
+        if self.rule == "budget" and curves is not None:
+            scores = {name: sum(curve) / len(curve) for name, curve in curves.items()}
+        if scores is None and self.rule == "power" and self.tau == 0:  # uniform ratios: sensitivity cannot change
             scores = {unit.name: 1.0 for unit in units}
-        if scores is None:
-            x_adv, y = self.calibrate(model, calibration)
+        if scores is None or (self.rule == "budget" and curves is None):
+            x, x_adv, y = self.calibration_set(model, calibration)
             self.adversarial_data = (x_adv, y)
-            scores = self.sensitivities(model, units, x_adv, y, graph_module)
+            scores = self.sensitivities(model, units, x_adv, y, graph_module, x=x)
+            curves = getattr(self.estimator, "curves", None)
         cost = CostModel(model, graph_module, units, dummy_input)
-        pruned = allocation.allocate(units, scores, cost, target, self.budget, self.tau, self.tolerance)
-        return self.report(units, scores, pruned, cost, target, skipped)
+        if self.rule == "budget":
+            ratios = self.estimator.ratios
+            pruned = costaware.allocate_by_curves(units, curves, ratios, cost, target, self.budget, self.tolerance)
+        else:
+            pruned = allocation.allocate(units, scores, cost, target, self.budget, self.tau, self.tolerance)
+        result = self.report(units, scores, pruned, cost, target, skipped)
+        result.rule = self.rule
+        if curves:
+            result.curves = {name: [float(v) for v in curve] for name, curve in curves.items()}
+            result.ratios = list(getattr(self.estimator, "ratios", ()))
+        return result
 
     def report(self, units: Sequence[Unit], scores: Mapping[str, float], pruned: Mapping[str, int],
                cost: CostModel, target: float, skipped: Dict[str, str]) -> allocation.Allocation:

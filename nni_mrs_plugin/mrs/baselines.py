@@ -22,7 +22,7 @@ from ..nni.speedup import Masks, compute_masks
 from .allocation import Allocation, allocate, budget_units, build_allocation
 from .cost import BUDGETS, CostModel
 from .pruner import apply_allocation
-from .sensitivity import channel_importance
+from .importance import channel_importance
 from .units import normalize_config, parse_config_list
 
 __all__ = ["RandomPruner", "GlobalL1NormPruner", "baseline_masks", "global_l1_allocation"]

@@ -18,7 +18,7 @@ from nni.compression.pruning.tools import active_sparse_targets_filter, fpgm_met
 
 from .allocation import Allocation
 from .allocator import MRSSparsityAllocator
-from .sensitivity import weight_gradients
+from .importance import weight_gradients
 from .units import normalize_config, parse_config_list
 
 __all__ = ["MRSPruner", "apply_allocation"]
@@ -50,16 +50,18 @@ class MRSPruner(Pruner):
     the sped-up model loses. ``calibration`` is a DataLoader or an (x, y) pair; without it, ``evaluator``
     training runs for ``training_steps`` steps and its batches are the calibration data. Further keyword
     options go to :class:`MRSSparsityAllocator` (``eps``, ``n_samples``, ``rho``, ``steps``, ``seed``, ...).
+    ``rule='power'`` sets ratios from one MRS value per unit (``estimator``, default 'weight'); ``rule='budget'``
+    trades per-unit loss curves (default estimator 'curve') against what each unit's channels cost.
     After ``compress()``, ``allocation`` holds the per-unit report.
     """
 
     allocates = True  # takes the global target and allocates per-unit ratios itself
 
     def __init__(self, model: nn.Module, config_list: List[Dict[str, Any]], evaluator: Any = None, *,
-                 calibration: Any = None, attack: Any = None, estimator: Any = "weight", criterion: str = "l1",
-                 budget: str = "flops", tau: float = 1.0, dummy_input: Any = None, training_steps: int = 10,
+                 calibration: Any = None, attack: Any = None, estimator: Any = None, criterion: str = "l1",
+                 budget: str = "flops", tau: float = 1.0, rule: str = "power", dummy_input: Any = None, training_steps: int = 10,
                  existed_wrappers: Optional[Dict[str, Any]] = None, **allocator_options: Any):
-        self.allocator = MRSSparsityAllocator(estimator, budget, tau, criterion=criterion, attack=attack,
+        self.allocator = MRSSparsityAllocator(estimator, budget, tau, rule=rule, criterion=criterion, attack=attack,
                                               **allocator_options)
         parse_config_list(model, config_list)  # a clear error now, not NNI's schema traceback later
         if calibration is None and evaluator is None:

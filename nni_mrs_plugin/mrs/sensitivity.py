@@ -1,11 +1,14 @@
 """Module Robustness Sensitivity (MRS): how much the adversarial loss L(theta) = CE(f(X'), Y) rises when one
-unit is disturbed. Three estimators behind one call, ``estimator(model, units, x_adv, y) -> {unit: MRS}``:
+unit is disturbed. Five estimators behind one call, ``estimator(model, units, x_adv, y, x=clean) -> {unit: MRS}``:
 
 - ``weight``: the largest rise of L within ||Delta_u|| <= rho ||W_u||, by T steps of normalised gradient
-  ascent with projection; weights are restored bit for bit.
+  ascent with projection; Delta = 0 is in the ball, so MRS >= 0. Weights are restored bit for bit.
 - ``probe``: the rise of L when the unit's least important channels (fraction p, by the pruning criterion)
   are removed as ModelSpeedup removes them (the following BatchNorm's output is zeroed too).
+- ``curve``: the probe at every ratio of a grid (``curves.loss_curves``); the score is the curve's mean, and
+  the curves themselves (``.curves``) feed the cost-aware ``budget`` allocation rule.
 - ``taylor``: sum |grad_W L * W| over the unit, divided by its size; one backward pass for all units.
+- ``feature``: ||f_u(X') - f_u(X)|| / ||f_u(X)||, how much the attack moves the unit's output.
 
 The formulation is this project's own (see docs/method.md): the MRPF paper's text was not available.
 """
@@ -18,13 +21,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibration import mean_loss
-from ..nni.speedup import mask_like_removal
+from .curves import DEFAULT_RATIOS, check_ratios, loss_curves
+from .importance import CRITERIA, channel_importance, weight_gradients
 from .units import Unit
 
-__all__ = ["Estimator", "WeightMRS", "ProbeMRS", "TaylorMRS", "ESTIMATORS", "CRITERIA", "build_estimator",
-           "channel_importance", "weight_gradients"]
-
-CRITERIA = ("l1", "l2", "fpgm", "taylor")
+__all__ = ["Estimator", "WeightMRS", "ProbeMRS", "CurveMRS", "TaylorMRS", "FeatureMRS", "ESTIMATORS", "CRITERIA",
+           "build_estimator", "channel_importance", "weight_gradients"]
 
 
 def _unit_params(model: nn.Module, unit: Unit) -> List[nn.Parameter]:
@@ -32,54 +34,12 @@ def _unit_params(model: nn.Module, unit: Unit) -> List[nn.Parameter]:
     return [p for layer in unit.layers for p in modules[layer].parameters(recurse=False)]
 
 
-def weight_gradients(model: nn.Module, layers: Sequence[str], x: torch.Tensor, y: torch.Tensor,
-                     batch_size: int = 256) -> Dict[str, torch.Tensor]:
-    """Gradient of the mean loss on (x, y) w.r.t. each layer's weight; other parameters get no gradient. In eval
-    mode, so BatchNorm uses its running statistics and keeps them: measuring must not change the model."""
-    modules = dict(model.named_modules())
-    params = list(model.parameters())
-    saved = [(p, p.requires_grad, p.grad) for p in params]
-    was_training = model.training
-    model.eval()
-    try:
-        for p in params:
-            p.requires_grad_(False)
-            p.grad = None
-        for layer in layers:
-            modules[layer].weight.requires_grad_(True)
-        mean_loss(model, x, y, batch_size, grad=True)
-        return {layer: modules[layer].weight.grad.detach().clone() for layer in layers}
-    finally:
-        model.train(was_training)
-        for p, flag, grad in saved:
-            p.requires_grad_(flag)
-            p.grad = grad
-
-
-def channel_importance(weight: torch.Tensor, criterion: str, grad: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """One score per output channel (dim 0); the lowest are pruned first, as NNI's pruners do.
-
-    NNI's own metrics (``norm_metrics``, ``fpgm_metrics``) need a wrapped pruner's target spaces; this raw-weight
-    form serves where none is wrapped (the probe estimator, the global ranking). A test keeps both rankings equal."""
-    rows = weight.detach().flatten(1)
-    if criterion == "l1":
-        return rows.abs().sum(1)
-    if criterion == "l2":
-        return rows.norm(dim=1)
-    if criterion == "fpgm":
-        return torch.cdist(rows, rows).sum(1)
-    if criterion == "taylor":
-        if grad is None:
-            raise ValueError("the taylor criterion needs adversarial gradients")
-        return (rows * grad.flatten(1)).pow(2).sum(1)
-    raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-
-
 class Estimator:
     """Common interface: subclasses compute one MRS value per unit, in eval mode, leaving the model unchanged."""
 
     name = ""
     options: Tuple[str, ...] = ()  # constructor options a config may set (the job passes exactly these)
+    needs_clean = False  # True where the estimate reads the clean samples x, not only X'
 
     def __init__(self, batch_size: int = 256, progress: bool = True):
         if batch_size < 1:
@@ -87,11 +47,16 @@ class Estimator:
         self.batch_size = batch_size
         self.progress = progress
         self.gradients: Dict[str, torch.Tensor] = {}  # adversarial weight gradients of the last call, if it took any
+        self.clean: Optional[torch.Tensor] = None  # the clean samples of the current call, if given
 
     def __call__(self, model: nn.Module, units: Sequence[Unit], x_adv: torch.Tensor, y: torch.Tensor,
-                 graph_module: Optional[torch.fx.GraphModule] = None) -> Dict[str, float]:
+                 graph_module: Optional[torch.fx.GraphModule] = None, x: Optional[torch.Tensor] = None
+                 ) -> Dict[str, float]:
         if len(x_adv) == 0:
             raise ValueError("calibration data is empty: 0 adversarial samples")
+        if self.needs_clean and x is None:
+            raise ValueError(f"the {self.name!r} estimator needs the clean calibration samples x as well as X'")
+        self.clean = x
         was_training = model.training
         model.eval()
         try:
@@ -101,9 +66,6 @@ class Estimator:
 
     def estimate(self, model, units, x_adv, y, graph_module) -> Dict[str, float]:
         raise NotImplementedError
-
-    def _loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-        return float(mean_loss(model, x, y, self.batch_size))
 
     def _bar(self, units: Sequence[Unit]):
         return tqdm(units, desc=f"MRS ({self.name})", disable=not self.progress, leave=False)
@@ -142,7 +104,9 @@ class WeightMRS(Estimator):
                     p.requires_grad_(False)
                     p.grad = None
             for unit in self._bar(units):
-                scores[unit.name] = self._ascend(model, unit_params[unit.name], first[unit.name], x_adv, y) - base
+                # Delta = 0 is inside the ball, so the maximum is at least the unperturbed loss: MRS >= 0
+                best = self._ascend(model, unit_params[unit.name], first[unit.name], x_adv, y)
+                scores[unit.name] = max(best - base, 0.0)
         finally:
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)
@@ -186,48 +150,38 @@ class ProbeMRS(Estimator):
     """L(theta with fraction p of unit u's channels removed by the criterion) - L(theta); forward passes only."""
 
     name = "probe"
+    options = ("recalibrate",)
 
-    def __init__(self, ratio: float = 0.5, criterion: str = "l1", **kwargs):
+    def __init__(self, ratio: float = 0.5, criterion: str = "l1", recalibrate: bool = False, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 < ratio < 1.0:
             raise ValueError(f"probe ratio must be in (0, 1), got {ratio}")
         if criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-        self.ratio, self.criterion = ratio, criterion
+        self.ratios, self.criterion, self.recalibrate = (ratio,), criterion, bool(recalibrate)
+        self.needs_clean = self.recalibrate
+        self.curves: Dict[str, List[float]] = {}
 
     def estimate(self, model, units, x_adv, y, graph_module):
-        from ..nni.speedup import trace
-
-        graph_module = graph_module if graph_module is not None else trace(model, x_adv[:1])
-        modules = dict(model.named_modules())
         grads = {}
         if self.criterion == "taylor":
             grads = weight_gradients(model, [layer for unit in units for layer in unit.layers], x_adv, y,
                                      self.batch_size)
         self.gradients = grads
-        base = self._loss(model, x_adv, y)
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        scores = {}
-        try:
-            for unit in self._bar(units):
-                masks = self.unit_masks(modules, unit, grads)
-                mask_like_removal(model, masks, None, graph_module=graph_module)
-                scores[unit.name] = self._loss(model, x_adv, y) - base
-                model.load_state_dict(state)
-        finally:
-            model.load_state_dict(state)
-        return scores
+        self.curves = loss_curves(model, units, x_adv, y, self.ratios, self.criterion, graph_module, grads,
+                                  self.clean, self.recalibrate, self.batch_size, self.progress, f"MRS ({self.name})")
+        return {name: sum(curve) / len(curve) for name, curve in self.curves.items()}
 
-    def unit_masks(self, modules, unit: Unit, grads) -> Dict[str, Dict[str, torch.Tensor]]:
-        """The unit's weight masks at the probe ratio; group members share one mean-fused importance."""
-        scores = torch.stack([channel_importance(modules[layer].weight, self.criterion, grads.get(layer))
-                              for layer in unit.layers]).mean(0).view(unit.block, -1)
-        count = int(unit.per_block * self.ratio)
-        keep = torch.ones_like(scores)
-        keep.scatter_(1, scores.topk(count, dim=1, largest=False).indices, 0.0)
-        keep = keep.flatten()
-        return {layer: {"weight": keep.view(-1, *[1] * (modules[layer].weight.dim() - 1))
-                        .expand_as(modules[layer].weight).clone()} for layer in unit.layers}
+
+class CurveMRS(ProbeMRS):
+    """The probe at every ratio of a grid: ``.curves`` holds Delta L_u(r); the score is the curve's mean."""
+
+    name = "curve"
+
+    def __init__(self, ratios: Sequence[float] = DEFAULT_RATIOS, criterion: str = "l1", recalibrate: bool = False,
+                 **kwargs):
+        super().__init__(0.5, criterion, recalibrate, **kwargs)
+        self.ratios = check_ratios(ratios)
 
 
 class TaylorMRS(Estimator):
@@ -247,7 +201,39 @@ class TaylorMRS(Estimator):
         return scores
 
 
-ESTIMATORS: Dict[str, Type[Estimator]] = {cls.name: cls for cls in (WeightMRS, ProbeMRS, TaylorMRS)}
+class FeatureMRS(Estimator):
+    """||f_u(X') - f_u(X)|| / ||f_u(X)|| over the calibration set, averaged over the unit's layers: how far the
+    attack moves what the unit computes (another reading of "sensitivity to adversarial perturbations")."""
+
+    name = "feature"
+    needs_clean = True
+
+    def estimate(self, model, units, x_adv, y, graph_module):
+        modules = dict(model.named_modules())
+        layers = sorted({layer for unit in units for layer in unit.layers})
+        outputs: Dict[str, torch.Tensor] = {}
+        hooks = [modules[layer].register_forward_hook(
+            lambda module, args, out, layer=layer: outputs.__setitem__(layer, out.detach())) for layer in layers]
+        change = dict.fromkeys(layers, 0.0)
+        size = dict.fromkeys(layers, 0.0)
+        try:
+            with torch.no_grad():
+                for start in range(0, len(x_adv), self.batch_size):
+                    model(self.clean[start:start + self.batch_size])
+                    clean = dict(outputs)
+                    model(x_adv[start:start + self.batch_size])
+                    for layer in layers:
+                        change[layer] += float((outputs[layer] - clean[layer]).pow(2).sum())
+                        size[layer] += float(clean[layer].pow(2).sum())
+        finally:
+            for hook in hooks:
+                hook.remove()
+        relative = {layer: (change[layer] / max(size[layer], 1e-30)) ** 0.5 for layer in layers}
+        return {unit.name: sum(relative[layer] for layer in unit.layers) / len(unit.layers) for unit in units}
+
+
+ESTIMATORS: Dict[str, Type[Estimator]] = {
+    cls.name: cls for cls in (WeightMRS, ProbeMRS, CurveMRS, TaylorMRS, FeatureMRS)}
 
 
 def build_estimator(estimator, **options) -> Estimator:

@@ -21,7 +21,7 @@ from torch import nn
 
 __all__ = [
     "TraceError", "trace", "group_dependencies", "compute_masks", "mask_like_removal", "speedup_model",
-    "remove_channels", "output_channel_keep",
+    "remove_channels", "output_channel_keep", "recalibrate_batchnorm",
 ]
 
 Masks = Dict[str, Dict[str, torch.Tensor]]
@@ -156,6 +156,32 @@ def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module
         raise RuntimeError(f"ModelSpeedup failed on {type(model).__name__}: {type(err).__name__}: {err}") from err
     finally:
         nni_log.setLevel(saved_level)
+        model.train(was_training)
+    return model
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on ``x`` (in place), as "adaptive BN" (EagleEye, ECCV 2020).
+
+    After channels are removed, the layers before a BatchNorm compute something else and its running statistics
+    are stale: a heavily pruned model evaluated as is collapses towards chance. A cumulative average over
+    ``x`` in train mode, without gradients, repairs that; weights are untouched and the caller's mode is kept."""
+    norms = [m for m in model.modules() if isinstance(m, _BATCHNORMS) and m.track_running_stats]
+    if not norms or len(x) == 0:
+        return model
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts equally
+    model.train()
+    try:
+        for start in range(0, len(x), batch_size):
+            model(x[start:start + batch_size])
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
         model.train(was_training)
     return model
 
