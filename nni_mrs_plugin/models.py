@@ -68,21 +68,31 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-class ResNet18(nn.Module):
-    """CIFAR-style ResNet18: 3x3 stride-1 stem, no max-pool (He et al. 2016, as used in robust-pruning work)."""
+def _scaled(channels: int, width: float) -> int:
+    """Channels under a width multiplier (at least 1); a clear error for a multiplier that is not > 0."""
+    if not (isinstance(width, (int, float)) and width > 0):
+        raise ValueError(f"width must be a number > 0 (1.0 = the published widths), got {width!r}")
+    return max(1, int(round(channels * width)))
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, mean=None, std=None):
+
+class ResNet18(nn.Module):
+    """CIFAR-style ResNet18: 3x3 stride-1 stem, no max-pool (He et al. 2016, as used in robust-pruning work).
+    ``width`` scales every layer's channels (0.25 -> 16 ... 128), so the architecture fits a small CPU."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, mean=None, std=None, width: float = 1.0):
         super().__init__()
         self.normalize = _normalize(in_channels, mean, std)
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        layers, cin = [], 64
+        stem = _scaled(64, width)
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        layers, cin = [], stem
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            cout = _scaled(cout, width)
             layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
             cin = cout
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(self.normalize(x))))
@@ -91,11 +101,12 @@ class ResNet18(nn.Module):
 
 
 class VGG16BN(nn.Module):
-    """VGG16 with BatchNorm, CIFAR head (one linear layer). Pools use ceil_mode so 28x28 inputs also work."""
+    """VGG16 with BatchNorm, CIFAR head (one linear layer). Pools use ceil_mode so 28x28 inputs also work.
+    ``width`` scales every conv's channels (0.25 -> 16 ... 128)."""
 
     CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, mean=None, std=None):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, mean=None, std=None, width: float = 1.0):
         super().__init__()
         self.normalize = _normalize(in_channels, mean, std)
         layers, cin = [], in_channels
@@ -103,11 +114,12 @@ class VGG16BN(nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
             else:
+                v = _scaled(v, width)
                 layers += [nn.Conv2d(cin, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
                 cin = v
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(512, num_classes)
+        self.classifier = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.normalize(x))

@@ -142,3 +142,18 @@ def test_curves_must_match_the_grid():
     _, units, cost, _ = _units_and_cost()
     with pytest.raises(ValueError, match="one value per ratio"):
         allocate_by_curves(units, {"cheap": [0.1], "expensive": [0.1, 0.2]}, (0.25, 0.5), cost, 0.5)
+
+
+def test_reattacked_curves_differ_from_fixed_ones_and_restore_the_model(calibration):
+    """reattack=True re-runs PGD on every pruned model: a stronger attack on the pruned model than the dense
+    model's X', so the curves rise at least as much on average."""
+    model = make_model("small_cnn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    select = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]
+    fixed, again = (MRSSparsityAllocator(rule="budget", n_samples=32, progress=False, ratios=GRID, reattack=flag,
+                                         attack_kwargs={"steps": 3}).allocate(model, select, calibration)
+                    for flag in (False, True))
+    values = [(a, b) for name in fixed.curves for a, b in zip(fixed.curves[name], again.curves[name])]
+    assert any(a != b for a, b in values)
+    assert sum(b for _, b in values) >= sum(a for a, _ in values) - 1e-6, (fixed.curves, again.curves)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

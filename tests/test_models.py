@@ -42,3 +42,16 @@ def test_bad_arguments_are_clear_errors():
         Normalize((0.5,), (0.0,))
     with pytest.raises(ValueError, match="mean has 1 values for in_channels=3"):
         build_model("resnet18", mean=(0.5,), std=(0.5,))
+
+
+@pytest.mark.parametrize("name", ["vgg16_bn", "resnet18"])
+def test_width_multiplier_scales_every_layer(name):
+    from nni_mrs_plugin.models import build_model
+
+    full, quarter = (build_model(name, in_channels=1, width=w) for w in (1.0, 0.25))
+    convs = [(a.out_channels, b.out_channels) for a, b in zip(full.modules(), quarter.modules())
+             if isinstance(a, torch.nn.Conv2d)]
+    assert convs and all(q == f // 4 for f, q in convs), convs
+    assert quarter(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="width must be a number > 0.*got -1"):
+        build_model(name, width=-1)

@@ -48,6 +48,9 @@ def test_shipped_configs_load():
     ({"pruning": {"pruner": "nope"}}, "pruning.pruner: must be one of"),
     ({"eval": {"attacks": ["pgd0"]}}, "eval.attacks: unknown attack 'pgd0'"),
     ({"model": {"name": "resnet50"}}, "model.name: must be one of"),
+    ({"pruning": {"rule": "budget"}}, "pruning.rule: rule='budget' trades per-unit loss curves against cost: it needs "
+                                      "estimator='curve'"),
+    ({"pruning": {"rule": "knapsack", "estimator": "curve"}}, "unknown allocation rule 'knapsack'"),
 ])
 def test_config_errors_name_the_key(data, message):
     with pytest.raises(ConfigError) as info:
@@ -96,6 +99,31 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     # a different config in the same folder is refused, not mixed in
     with pytest.raises(ConfigError, match="holds a run of a different config"):
         Pipeline(tiny(tmp_path, pruning={"target": 0.6}))
+
+
+def test_new_keys_at_their_default_keep_old_run_folders_resumable(tmp_path):
+    """A run folder made before ``pruning.rule``/``recalibrate`` existed has the same fingerprint as the same
+    config now; choosing the new rule is a different config."""
+    import hashlib
+
+    config = tiny(tmp_path, pretrain={"epochs": 0})
+    old = config.to_dict()
+    for key in ("rule", "recalibrate"):
+        old["pruning"].pop(key)
+    what = {k: v for k, v in old.items() if k not in ("progress", "output")}
+    assert Pipeline(config).fingerprint == hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    changed = tiny(tmp_path / "other", pretrain={"epochs": 0}, pruning={"rule": "budget", "estimator": "curve"})
+    assert Pipeline(changed).fingerprint != Pipeline(config).fingerprint
+
+
+def test_budget_rule_runs_from_the_config(tmp_path):
+    config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"rule": "budget", "estimator": "curve",
+                                                             "recalibrate": True, "target": 0.6})
+    state = Pipeline(config).run(until="speedup")["stages"]
+    removed = 1 - state["speedup"]["pruned"]["flops"] / state["pretrain"]["dense"]["flops"]
+    assert abs(removed - 0.6) <= 0.01
+    allocation = json.loads((tmp_path / "run" / "allocation.json").read_text())
+    assert allocation["rule"] == "budget" and len(allocation["ratios"]) == 9 and allocation["curves"]
 
 
 def test_pipeline_stops_and_resumes_between_stages(tmp_path):

@@ -13,7 +13,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 __all__ = ["ConfigError", "Config", "load_config", "default_config_path", "apply_overrides"]
 
@@ -92,14 +92,20 @@ class TrainingSection:
                                                                   steps=self.steps, beta=self.beta))
 
 
+# (section, key) -> default, for keys added after run folders existed; see Config.fingerprint_dict
+ADDED_KEYS: Dict[Tuple[str, str], Any] = {("pruning", "rule"): "power", ("pruning", "recalibrate"): False}
+
+
 @dataclass
 class PruningSection:
     pruner: str = "mrs"  # or any registry name: l1, l2, fpgm, taylor, ... (uniform ratios, same budget)
     target: float = 0.5  # fraction of the budget the sped-up model loses
     budget: str = "flops"
-    estimator: str = "weight"
+    estimator: str = "weight"  # with rule 'budget': curve (or probe)
     criterion: str = "l1"
     tau: float = 1.0
+    rule: str = "power"  # 'power': ratios from one MRS per unit; 'budget': loss curves traded against cost
+    recalibrate: bool = False  # probe/curve estimators: re-estimate BatchNorm statistics on each pruned model
     rho: float = 0.1
     steps: int = 5
     samples: int = 512
@@ -122,8 +128,8 @@ class PruningSection:
         options = {name: getattr(self, name) for name in getattr(ESTIMATORS.get(self.estimator), "options", ())}
         _constructor_checks(key, self, lambda: ESTIMATORS["weight"](rho=self.rho, steps=self.steps))  # its keys
         _constructor_checks(key, self, lambda: MRSSparsityAllocator(
-            self.estimator, self.budget, self.tau, criterion=self.criterion, eps=self.eps, r_max=self.r_max,
-            progress=False, **options))
+            self.estimator, self.budget, self.tau, rule=self.rule, criterion=self.criterion, eps=self.eps,
+            r_max=self.r_max, progress=False, **options))
 
 
 @dataclass
@@ -163,6 +169,15 @@ class Config:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def fingerprint_dict(self) -> Dict[str, Any]:
+        """``to_dict`` without the keys added after the first release while they hold their default: a run folder
+        made before a key existed still resumes under the same results."""
+        out = self.to_dict()
+        for (section, name), default in ADDED_KEYS.items():
+            if out.get(section, {}).get(name, default) == default:
+                out.get(section, {}).pop(name, None)
+        return out
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

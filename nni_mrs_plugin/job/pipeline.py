@@ -74,7 +74,7 @@ class Pipeline:
         # the dense model's robust_evaluation when the caller already has it (compare shares one across runs)
         self.dense_evaluation = dense_evaluation
         # what the results depend on: progress bars and the folder's own name do not
-        what = {k: v for k, v in config.to_dict().items() if k not in ("progress", "output")}
+        what = {k: v for k, v in config.fingerprint_dict().items() if k not in ("progress", "output")}
         self.fingerprint = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
         self.info = _dataset_info(config)
         self.device = _device(config)
@@ -193,7 +193,7 @@ class Pipeline:
 
         cfg = self.config.pruning
         offered = {"calibration": self.loaders[0], "estimator": cfg.estimator, "criterion": cfg.criterion,
-                   "tau": cfg.tau, "eps": self.eps(cfg.eps), "n_samples": cfg.samples,
+                   "tau": cfg.tau, "rule": cfg.rule, "eps": self.eps(cfg.eps), "n_samples": cfg.samples,
                    "progress": self.config.progress,
                    "estimator_options": {name: getattr(cfg, name) for name in ESTIMATORS[cfg.estimator].options}}
         unknown = sorted(set(spec.options) - set(offered))

@@ -93,6 +93,9 @@ class MRSSparsityAllocator:
         eps = self.eps if self.eps is not None else default_eps(x)
         attack = build_attack(self.space.model(model), self.attack, eps, **self.attack_kwargs)
         x_adv = adversarial_examples(model, x, y, attack, self.batch_size, self.seed, self.progress, self.space)
+        if getattr(self.estimator, "reattack", False):  # the attack is bound to ``model``, masked in place later
+            self.estimator.regenerate = lambda masked: adversarial_examples(
+                masked, x, y, attack, self.batch_size, self.seed, False, self.space)
         return x, x_adv, y
 
     def sensitivities(self, model: nn.Module, units: Sequence[Unit], x_adv: torch.Tensor, y: torch.Tensor,

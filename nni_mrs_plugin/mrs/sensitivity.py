@@ -168,7 +168,12 @@ class ProbeMRS(Estimator):
             grads = weight_gradients(model, [layer for unit in units for layer in unit.layers], x_adv, y,
                                      self.batch_size)
         self.gradients = grads
-        self.curves = loss_curves(model, units, x_adv, y, self.ratios, self.criterion, graph_module, grads,
+        adversarial = x_adv
+        if getattr(self, "reattack", False):
+            if self.regenerate is None:
+                raise ValueError("reattack=True needs the calibration attack: call it through MRSSparsityAllocator")
+            adversarial = self.regenerate
+        self.curves = loss_curves(model, units, adversarial, y, self.ratios, self.criterion, graph_module, grads,
                                   self.clean, self.recalibrate, self.batch_size, self.progress, f"MRS ({self.name})")
         return {name: sum(curve) / len(curve) for name, curve in self.curves.items()}
 
@@ -179,9 +184,13 @@ class CurveMRS(ProbeMRS):
     name = "curve"
 
     def __init__(self, ratios: Sequence[float] = DEFAULT_RATIOS, criterion: str = "l1", recalibrate: bool = False,
-                 **kwargs):
+                 reattack: bool = False, **kwargs):
         super().__init__(0.5, criterion, recalibrate, **kwargs)
         self.ratios = check_ratios(ratios)
+        # re-run the calibration attack on every pruned model instead of reusing the dense model's X': the
+        # allocator sets ``regenerate`` (model -> X') before each call
+        self.reattack = bool(reattack)
+        self.regenerate = None
 
 
 class TaylorMRS(Estimator):

@@ -46,8 +46,8 @@ class PrunerSpec:
 _NNI = "nni.compression.pruning:"
 _BUILTIN: Dict[str, PrunerSpec] = {
     "mrs": PrunerSpec("nni_mrs_plugin.mrs.pruner:MRSPruner", allocation="self", takes_seed=True,
-                      options=("calibration", "estimator", "criterion", "tau", "eps", "n_samples", "progress",
-                               "estimator_options")),
+                      options=("calibration", "estimator", "criterion", "tau", "rule", "eps", "n_samples",
+                               "progress", "estimator_options")),
     "l1": PrunerSpec(_NNI + "L1NormPruner"),
     "l2": PrunerSpec(_NNI + "L2NormPruner"),
     "fpgm": PrunerSpec(_NNI + "FPGMPruner"),
