@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import MODEL_SHAPES, dummy_input, make_model
+from conftest import DEVICES, MODEL_SHAPES, dummy_input, make_model
 from torch import nn
 
 from nni_mrs_plugin.evaluate import count_flops
@@ -157,3 +157,18 @@ def test_reattacked_curves_differ_from_fixed_ones_and_restore_the_model(calibrat
     assert any(a != b for a, b in values)
     assert sum(b for _, b in values) >= sum(a for a, _ in values) - 1e-6, (fixed.curves, again.curves)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_budget_rule_on_each_device(device, calibration):
+    """The same allocation on CUDA as on the CPU up to float rounding in the curves: the budget is met after removal."""
+    model = make_model("vgg16_bn").to(device)
+    x = torch.rand(16, 3, 32, 32)
+    y = torch.arange(16) % 10
+    before = count_flops(copy.deepcopy(model).cpu(), x[:1])
+    pruner = MRSPruner(model, [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.8}], calibration=(x, y),
+                       rule="budget", n_samples=16, ratios=GRID, recalibrate=True, progress=False)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    speedup_model(model, masks, x[:1].to(device))
+    assert abs(1 - count_flops(model.cpu(), x[:1]) / before - 0.8) <= 0.01

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Run benchmarks/allocation.py as parallel processes on one machine (one GPU shared, one CPU thread each): small
+# models leave a GPU launch-bound, so several processes fill it. Stages wait for each other: dense models
+# (one process per model and seed), the select phase (one per model, then one to write selected.json), the report
+# (one per model, seed and target). Resumable like the script itself: rerun to finish.
+#   bash benchmarks/allocation_parallel.sh OUTPUT STAGE... -- [allocation.py options, e.g. --device cuda]
+# STAGE: dense, select, report. Logs go to OUTPUT/logs.
+set -uo pipefail
+out=$1; shift
+stages=()
+while [[ $# -gt 0 && $1 != "--" ]]; do stages+=("$1"); shift; done
+[[ ${1:-} == "--" ]] && shift
+opts=("$@")
+mkdir -p "$out/logs"
+export OMP_NUM_THREADS=1
+run() {  # name, args...
+  local name=$1; shift
+  python benchmarks/allocation.py --output "$out" "${opts[@]}" "$@" >"$out/logs/$name.log" 2>&1 &
+}
+for stage in "${stages[@]}"; do
+  case $stage in
+    dense)
+      for m in vgg16_bn resnet18; do for s in 0 1 2; do
+        run "dense-$m-$s" --models "$m" --widths 0.125 --seeds "$s" --phases dense
+      done; done; wait ;;
+    select)
+      for m in vgg16_bn resnet18; do run "select-$m" --models "$m" --widths 0.125 --seeds 0 --phases select; done
+      wait
+      python benchmarks/allocation.py --output "$out" "${opts[@]}" --seeds 0 --phases select >"$out/logs/select.log" 2>&1 ;;
+    report)
+      for s in 0 1 2; do
+        for t in 0.75 0.9 0.95; do
+          run "report-vgg-$s-$t" --models vgg16_bn --widths 0.125 --seeds "$s" --vgg-targets "$t" --phases report
+        done
+        run "report-resnet-$s" --models resnet18 --widths 0.125 --seeds "$s" --phases report
+      done; wait ;;
+    *) echo "unknown stage $stage (dense, select, report)" >&2; exit 2 ;;
+  esac
+done
+python benchmarks/allocation.py --output "$out" "${opts[@]}" --summary-only >"$out/logs/summary.log" 2>&1
+tail -n 60 "$out/summary.md"
