@@ -330,7 +330,9 @@ def main(argv=None) -> int:
 
     def report_rows() -> List[str]:
         chosen = json.loads(selected_path.read_text())["selected"]
-        return [f"{c}-{k}" for c in chosen for k in ("l1", "taylor")] + BASELINES
+        # the reference and the l1 rows first: an interrupted run still has paired comparisons
+        return ([REFERENCE] + [f"{c}-l1" for c in chosen] + ["uniform-taylor"] + [f"{c}-taylor" for c in chosen]
+                + [b for b in BASELINES if b not in (REFERENCE, "uniform-taylor")])
 
     if not args.summary_only:
         if "dense" in args.phases:

@@ -70,6 +70,21 @@ def test_fit_with_bf16_and_channels_last_on_device(device, tmp_path):
     assert torch.load(tmp_path / LAST, weights_only=True)["config"]["trainer"]["amp"] is True
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_interrupted_fit_resumes_on_its_device(device, tmp_path):
+    """A checkpoint is loaded onto the training device: its RNG states must still reach torch as CPU byte tensors
+    (on CUDA this once failed with 'RNG state must be a torch.ByteTensor')."""
+    train, _ = loaders(64, 32)
+    trainer = AdversarialTrainer("fast", eps=0.1)
+    fit(small_cnn(), train, epochs=2, trainer=trainer, device=device, checkpoint_dir=tmp_path, progress=False)
+    last = torch.load(tmp_path / LAST, weights_only=True)
+    last["epoch"], last["history"] = 1, last["history"][:1]  # as if killed after the first epoch
+    torch.save(last, tmp_path / LAST)
+    result = fit(small_cnn(), train, epochs=2, trainer=trainer, device=device, checkpoint_dir=tmp_path,
+                 resume=True, progress=False)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+
+
 def test_nan_loss_stops_with_an_error_naming_epoch_and_step(tmp_path):
     base = load_dataset("fashion_mnist", True, subset=128, seed=1)
     x = torch.stack([base[i][0] for i in range(128)])

@@ -111,9 +111,10 @@ def set_rng(states: List[Dict[str, torch.Tensor]], ctx: Context) -> bool:
     """Restore this rank's RNG from ``gather_rng``'s list; False if the world size changed (nothing restored)."""
     if len(states) != ctx.world_size:
         return False
-    torch.set_rng_state(states[ctx.rank]["cpu"])
+    # both setters take CPU byte tensors; a checkpoint loaded with map_location=cuda holds them on the GPU
+    torch.set_rng_state(states[ctx.rank]["cpu"].cpu())
     if ctx.device.type == "cuda" and "cuda" in states[ctx.rank]:
-        torch.cuda.set_rng_state(states[ctx.rank]["cuda"], ctx.device)
+        torch.cuda.set_rng_state(states[ctx.rank]["cuda"].cpu(), ctx.device)
     return True
 
 
