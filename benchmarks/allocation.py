@@ -140,7 +140,8 @@ def run_row(path: Path, dense_path: Path, row: str, target: float, seed: int, da
               "flops_removed": 1 - after["flops"] / before["flops"], "params": after["params"],
               "dense_params": before["params"], "pruned": pruned, "finetuned": tuned,
               "ratios": {u["unit"]: u["ratio"] for u in allocation["units"]},
-              "curves": allocation.get("curves", {}), "seconds": round(time.time() - started, 1)}
+              "curves": allocation.get("curves", {}), "seconds": round(time.time() - started, 1),
+              "device": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else platform.machine()}
     atomic_json(path, result)
     for leftover in sorted(work.glob("*")) if work.is_dir() else []:  # the fine-tune's resume point, now spent
         leftover.unlink()
