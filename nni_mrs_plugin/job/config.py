@@ -101,7 +101,7 @@ class PruningSection:
     pruner: str = "mrs"  # or any registry name: l1, l2, fpgm, taylor, ... (uniform ratios, same budget)
     target: float = 0.5  # fraction of the budget the sped-up model loses
     budget: str = "flops"
-    estimator: str = "weight"  # with rule 'budget': curve (or probe)
+    estimator: str = "feature"  # chosen on validation (BENCHMARKS.md); with rule 'budget': curve (or probe)
     criterion: str = "l1"
     tau: float = 1.0
     rule: str = "power"  # 'power': ratios from one MRS per unit; 'budget': loss curves traded against cost

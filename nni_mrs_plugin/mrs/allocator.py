@@ -46,7 +46,7 @@ class MRSSparsityAllocator:
         if rule not in allocation.RULES:
             raise ValueError(f"unknown allocation rule {rule!r}; choose one of {', '.join(allocation.RULES)}")
         if estimator is None:
-            estimator = "curve" if rule == "budget" else "weight"
+            estimator = "curve" if rule == "budget" else "feature"  # chosen on validation (BENCHMARKS.md)
         if criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
         if not isinstance(estimator, Estimator) and estimator not in ESTIMATORS:

@@ -50,7 +50,7 @@ class MRSPruner(Pruner):
     the sped-up model loses. ``calibration`` is a DataLoader or an (x, y) pair; without it, ``evaluator``
     training runs for ``training_steps`` steps and its batches are the calibration data. Further keyword
     options go to :class:`MRSSparsityAllocator` (``eps``, ``n_samples``, ``rho``, ``steps``, ``seed``, ...).
-    ``rule='power'`` sets ratios from one MRS value per unit (``estimator``, default 'weight'); ``rule='budget'``
+    ``rule='power'`` sets ratios from one MRS value per unit (``estimator``, default 'feature'); ``rule='budget'``
     trades per-unit loss curves (default estimator 'curve') against what each unit's channels cost.
     After ``compress()``, ``allocation`` holds the per-unit report.
     """
