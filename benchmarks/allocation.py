@@ -202,10 +202,12 @@ def summarise(results: List[dict]) -> Dict[str, Any]:
             values = [metric_values(r)[metric] for r in runs]
             diffs = [metric_values(r)[metric] - metric_values(reference[r["seed"]])[metric] for r in runs
                      if r["seed"] in reference and metric in metric_values(reference[r["seed"]])]
-            mean, low, high = interval(diffs) if diffs and row != REFERENCE else (0.0, 0.0, 0.0)
-            verdict = "win" if low > 0 else "loss" if high < 0 else "tie"
-            entry["metrics"][metric] = {"mean": sum(values) / len(values), "diff": mean, "low": low, "high": high,
-                                        "verdict": verdict if row != REFERENCE else "reference"}
+            entry["metrics"][metric] = {"mean": sum(values) / len(values), "diff": None, "low": None, "high": None,
+                                        "verdict": "reference" if row == REFERENCE else "no reference"}
+            if diffs and row != REFERENCE:
+                mean, low, high = interval(diffs)
+                verdict = "win" if low > 0 else "loss" if high < 0 else "tie"
+                entry["metrics"][metric].update(diff=mean, low=low, high=high, verdict=verdict)
         table.append(entry)
     return {"rows": table}
 
@@ -220,7 +222,7 @@ def markdown(summary: Dict[str, Any], phase: str) -> str:
             v = e["metrics"].get(m)
             if v is None:
                 cells.append("")
-            elif v["verdict"] == "reference":
+            elif v["diff"] is None:
                 cells.append(f"{100 * v['mean']:.2f}")
             else:
                 half = (v["high"] - v["low"]) / 2
@@ -275,7 +277,7 @@ def plots(results: List[dict], out: Path) -> List[Path]:
             axis.set_xticks([u + 0.4 for u in range(len(units))], units, rotation=70, fontsize=6)
             axis.set_ylabel("channels removed (ratio)")
             axis.set_title(f"{model}, {target} of FLOPs removed: per-unit ratios (seed {runs[0]['seed']})")
-            axis.legend(fontsize=6)
+            axis.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
             fig.tight_layout()
             path = out / f"{model}-ratios-{target}.png"
             fig.savefig(path, dpi=110)

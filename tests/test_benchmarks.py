@@ -70,3 +70,24 @@ def test_robustness_benchmark_runs_and_resumes(tmp_path, capsys):
     assert robustness.main(argv) == 0  # resumes: nothing retrains
     assert model.stat().st_mtime_ns == stamp
     assert robustness.main(argv[:-2] + ["--set", "pruning.tua=1", "--output", str(tmp_path / "x")]) == 2
+
+
+def test_allocation_benchmark_pairs_each_seed_with_uniform_l1():
+    """A row wins only when its paired per-seed differences to uniform-l1 have a 95% interval above zero."""
+    allocation = load_script("allocation")
+    mean, low, high = allocation.interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and low == pytest.approx(2.0 - 4.303 / 3 ** 0.5) and high == pytest.approx(2.0 + 4.303 / 3 ** 0.5)
+
+    def run(row, seed, pgd):
+        return {"model": "vgg16_bn", "target": 0.9, "row": row, "seed": seed, "flops_removed": 0.9, "params": 10,
+                "pruned": {"clean": 0.5, "pgd20": pgd}, "finetuned": {"clean": 0.6, "pgd20": pgd}}
+    results = [run("uniform-l1", s, p) for s, p in enumerate((0.50, 0.40, 0.60))]
+    results += [run("steady", s, p + 0.02) for s, p in enumerate((0.50, 0.40, 0.60))]  # +2 points every seed
+    results += [run("noisy", s, p) for s, p in enumerate((0.60, 0.30, 0.70))]  # +10, -10, +10
+    rows = {e["row"]: e["metrics"]["tuned_pgd20"] for e in allocation.summarise(results)["rows"]}
+    assert rows["uniform-l1"]["verdict"] == "reference"
+    assert rows["steady"]["verdict"] == "win" and rows["steady"]["diff"] == pytest.approx(0.02)
+    assert rows["noisy"]["verdict"] == "tie"
+    assert allocation.row_options("uniform-taylor") == ("mrs", {"tau": 0.0, "criterion": "taylor"})
+    assert allocation.row_options("budget-curve-bn-l1") == ("mrs", {"rule": "budget", "estimator": "curve",
+                                                                    "recalibrate": True, "criterion": "l1"})
