@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=512, help="MRS calibration samples")
     parser.add_argument("--at-samples", type=int, default=512, help="samples of PGD-10 training to time")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--estimators", default="weight,probe,taylor")
+    parser.add_argument("--estimators", default="feature,weight,probe,curve,taylor")
     parser.add_argument("--steps", type=int, default=5, help="ascent steps T of the weight estimator")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="also write the results to this JSON file")
@@ -70,6 +70,8 @@ def main() -> None:
         results["gpu"] = torch.cuda.get_device_name(device)
     for name in args.estimators.split(","):
         options = {"steps": args.steps} if name == "weight" else {}
+        if name == "curve":  # what the cost-aware budget rule measures: the curves at every grid ratio
+            options["rule"] = "budget"
         allocator = MRSSparsityAllocator(name, n_samples=args.samples, batch_size=args.batch_size, progress=False,
                                          **options)
         sync(device)
