@@ -106,6 +106,7 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
     correct = {name: 0 for name in attacks}
     counted = {name: 0 for name in attacks}
     built: Dict[str, tuple] = {}
+    stages: Dict[str, Any] = {}
     seen = 0
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -133,7 +134,15 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                         if name not in built:
                             built[name] = eval_attack(name, space.model(model), eps, alpha, logits.shape[1], seed,
                                                       cw_c, cw_steps)
+                            stages[name] = _stage_bar(built[name][0], name, progress)
+                        bar = stages.get(name)
+                        if bar is not None:
+                            bar.total += len(bar.labels)
+                            tqdm.write(f"{name}: samples {counted[name] + 1}-{counted[name] + keep} "
+                                       f"({' -> '.join(bar.labels)})")
                         adversarial = space.attack(built[name][0], x[:keep], y[:keep])
+                        if bar is not None:  # stages skipped once every sample fell count as done
+                            bar.update(bar.total - bar.n)
                         with torch.no_grad():
                             predictions = model(adversarial).argmax(1)
                     correct[name] += int((predictions[:keep] == y[:keep]).sum())
@@ -141,6 +150,9 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                 seen += len(y)
     finally:
         model.train(was_training)
+        for bar in stages.values():
+            if bar is not None:
+                bar.close()
     if seen == 0:
         raise ValueError("evaluate_robustness: the loader yielded no samples")
 
@@ -162,6 +174,25 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                 entry["note"] = f"AutoAttack ran on a subset: the first {counted[name]} of {seen} samples"
         result[name] = entry
     return result
+
+
+def _stage_bar(attack: Any, name: str, progress: bool) -> Optional[tqdm]:
+    """A bar over the stages of a multi-stage attack (AutoAttack: APGD-CE, APGD-T, FAB-T, Square), naming the stage
+    that runs and on how many still-robust samples: one AutoAttack batch takes minutes on a CPU, and the outer
+    bar would sit at 0 for all of them."""
+    stages = getattr(getattr(attack, "_autoattack", None), "attacks", None)
+    if not progress or not stages:
+        return None
+    bar = tqdm(total=0, desc=name, unit="stage", leave=False)
+    bar.labels = [type(stage).__name__ for stage in stages]
+    for stage, label in zip(stages, bar.labels):
+        def forward(images, labels, *args, _inner=stage.forward, _label=label, **kwargs):
+            bar.set_postfix_str(f"{_label} on {len(images)} samples still robust", refresh=True)
+            out = _inner(images, labels, *args, **kwargs)
+            bar.update(1)
+            return out
+        stage.forward = forward  # torchattacks calls self.forward: the instance attribute wins
+    return bar
 
 
 def accuracy(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu") -> float:

@@ -81,3 +81,18 @@ def test_a_cpu_model_is_evaluated_on_the_requested_device(trained):
     assert result["clean"]["correct"] == cpu["clean"]["correct"]
     assert abs(result["pgd5"]["correct"] - cpu["pgd5"]["correct"]) <= 2  # other kernels, other rounding
     model.cpu()
+
+
+def test_autoattack_says_what_runs_and_on_how_many_samples(trained, capsys):
+    """With progress, AutoAttack gets a line per batch and a bar over its stages; the accuracy is unchanged."""
+    model, loader = trained
+    quiet = evaluate_robustness(model, loader, ["autoattack"], eps=0.1, autoattack_samples=6)
+    capsys.readouterr()
+    loud = evaluate_robustness(model, loader, ["autoattack"], eps=0.1, autoattack_samples=6, progress=True)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "autoattack: samples 1-6 (APGD -> APGDT -> FAB -> Square)" in text, text
+    assert "samples still robust" in text
+    assert loud["autoattack"]["accuracy"] == quiet["autoattack"]["accuracy"]
+    evaluate_robustness(model, loader, ["autoattack"], eps=0.1, autoattack_samples=6)
+    assert "autoattack: samples" not in "".join(capsys.readouterr())
