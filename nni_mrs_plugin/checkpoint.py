@@ -94,7 +94,14 @@ def save_pruned(path: Union[str, Path], model: nn.Module, name: str, **model_kwa
 
 def load_pruned(path: Union[str, Path], map_location: Any = "cpu") -> nn.Module:
     """Rebuild a model saved by ``save_pruned`` (``weights_only=True``: loading runs no pickled code)."""
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    model = rebuild(checkpoint["architecture"])
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        model = rebuild(checkpoint["architecture"])
+        model.load_state_dict(checkpoint["state_dict"])
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint {str(path)!r} does not exist") from None
+    except Exception as err:  # unpickling, a zip error, a missing key: never torch's advice to unpickle more
+        raise ValueError(f"{path} is not a model saved by nni-mrs' save_pruned "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else 'no detail'})"
+                         ) from None
     return model

@@ -45,7 +45,11 @@ DATASETS = {
 
 def fashion_mnist_root(root: Optional[str] = None) -> Path:
     """The first folder holding the Fashion-MNIST IDX files: ``root``, $NNI_MRS_FASHION_MNIST, then the defaults."""
-    candidates = [root] if root else [os.environ.get(FASHION_MNIST_ENV), *FASHION_MNIST_DIRS]
+    chosen = os.environ.get(FASHION_MNIST_ENV)
+    if not root and chosen and not (Path(chosen) / "train-images-idx3-ubyte.gz").is_file():
+        raise DataNotFoundError(f"${FASHION_MNIST_ENV}={chosen} holds no train-images-idx3-ubyte.gz: put the four "
+                                f"*-idx?-ubyte.gz files there, or unset it to use the system copy")
+    candidates = [root] if root else [chosen, *FASHION_MNIST_DIRS]
     for folder in filter(None, candidates):
         if (Path(folder) / "train-images-idx3-ubyte.gz").is_file():
             return Path(folder)
@@ -58,11 +62,16 @@ def fashion_mnist_root(root: Optional[str] = None) -> Path:
 
 def _read_idx(path: Path) -> np.ndarray:
     """Parse an IDX file (the MNIST format: big-endian dims after a magic number whose last byte is the rank)."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    rank = data[3]
-    dims = np.frombuffer(data, dtype=">i4", count=rank, offset=4)
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank).reshape(tuple(int(d) for d in dims))
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+        rank = data[3]
+        dims = np.frombuffer(data, dtype=">i4", count=rank, offset=4)
+        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank).reshape(tuple(int(d) for d in dims))
+    except (OSError, EOFError, IndexError, ValueError) as err:  # truncated, not gzip, short payload
+        raise DataNotFoundError(f"{path} is not a readable IDX file ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else 'truncated'}); reinstall "
+                                f"dataset-fashion-mnist or replace the file") from None
 
 
 def _fashion_mnist(root: Optional[str], train: bool) -> TensorDataset:

@@ -121,6 +121,7 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                 x, y = x.to(device), y.to(device)
                 with torch.no_grad():
                     logits = model(x)
+                _check_outputs(logits, y)
                 for name in attacks:
                     if name == "autoattack" and autoattack_samples is not None:
                         keep = max(0, min(len(y), autoattack_samples - counted[name]))
@@ -174,6 +175,18 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                 entry["note"] = f"AutoAttack ran on a subset: the first {counted[name]} of {seen} samples"
         result[name] = entry
     return result
+
+
+def _check_outputs(logits: Any, y: torch.Tensor) -> None:
+    """One-line errors for a model that does not return logits, and for labels it cannot predict."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"evaluate_robustness: the model must return a (batch, classes) logits tensor, got {got}; "
+                         f"wrap it in a module whose forward returns the logits")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= logits.shape[1]:
+        raise ValueError(f"evaluate_robustness: labels must be in [0, {logits.shape[1] - 1}] for a model with "
+                         f"{logits.shape[1]} outputs, got labels {low}..{high}")
 
 
 def _stage_bar(attack: Any, name: str, progress: bool) -> Optional[tqdm]:

@@ -25,13 +25,24 @@ def _override(text: str) -> tuple:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. pruning.tau=0.5), got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML ({str(err).splitlines()[0]}); "
+                                         f"quote lists, e.g. pruning.op_types='[Conv2d, Linear]'") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (the usage block is one ``-h`` away), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
     from .pipeline import STAGES
 
-    parser = argparse.ArgumentParser(prog="nni-mrs", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="nni-mrs", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="the MRPF job for a config: prune, remove channels, fine-tune, evaluate, report")
     run.add_argument("config", nargs="?", default=None, help="YAML config (default: the shipped Fashion-MNIST one)")
@@ -113,6 +124,35 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_model_fits_data(model: Any, config: Any) -> None:
+    """A one-line error when a model cannot take the config's data (channels, image size) or predicts another number
+    of classes: evaluating it anyway prints a near-chance accuracy that looks like a result."""
+    import torch
+
+    from .config import ConfigError
+    from .pipeline import _dataset_info
+
+    from ..models import Normalize
+
+    info = _dataset_info(config)
+    first = next((m for m in model.modules() if isinstance(m, (Normalize, torch.nn.Conv2d))), None)
+    channels = first.mean.shape[1] if isinstance(first, Normalize) else getattr(first, "in_channels", None)
+    if channels is not None and channels != info.in_channels:  # a Normalize layer would broadcast 1 channel to 3
+        raise ConfigError(f"the model cannot take {config.data.dataset} inputs: it expects {channels} input "
+                          f"channels, the data has {info.in_channels}")
+    x = torch.rand(1, info.in_channels, info.image_size, info.image_size)
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except RuntimeError as err:
+        raise ConfigError(f"the model cannot take {config.data.dataset} inputs ({info.in_channels}x{info.image_size}x"
+                          f"{info.image_size}): {str(err).splitlines()[0]}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != info.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"the model outputs {shape} for one {config.data.dataset} image; the data has "
+                          f"{info.num_classes} classes (logits of shape (1, {info.num_classes}) expected)")
+
+
 def _eval(args: argparse.Namespace) -> int:
 
     from ..checkpoint import atomic_json, load_pruned
@@ -122,12 +162,15 @@ def _eval(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint {str(checkpoint)!r} does not exist")
+    if args.config is not None and not Path(args.config).is_file():
+        raise ConfigError(f"config file {args.config!r} does not exist")
     source = args.config or checkpoint.with_name("config.yaml")
     config = load_config(source if Path(source).is_file() else None, dict(args.overrides))
     try:
         model = load_pruned(checkpoint)
-    except Exception as err:
-        raise ConfigError(f"{checkpoint} is not a model saved by nni-mrs ({type(err).__name__}: {err})") from None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    _check_model_fits_data(model, config)
     result = robust_evaluation(config, model)
     if args.out:
         atomic_json(args.out, result)
@@ -189,6 +232,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except DataNotFoundError as err:
         print(f"nni-mrs: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an output path through a regular file, a read-only folder, a full disk
+        where = f" {err.filename}" if err.filename else ""
+        print(f"nni-mrs: cannot write{where}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # a bad value found past the config checks (e.g. an unreachable target)
+        print(f"nni-mrs: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nni-mrs: interrupted", file=sys.stderr)

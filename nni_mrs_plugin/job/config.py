@@ -167,6 +167,16 @@ class Config:
     device: str = "auto"
     progress: bool = True
 
+    def check(self, key: str) -> None:
+        import torch
+
+        try:
+            device = torch.device(self.device) if self.device != "auto" else None
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+        if device is not None and device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -260,9 +270,15 @@ def load_config(source: Union[str, Path, Mapping[str, Any], None] = None,
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {err}") from None
+        if not isinstance(data, dict) or not data:
+            what = "empty" if data is None else f"a {type(data).__name__} ({data!r:.40})"
+            raise ConfigError(f"{path}: a config is a mapping of sections (e.g. 'pruning:' with 'target: 0.5' under "
+                              f"it), but this file is {what}")
     data = apply_overrides(copy.deepcopy(data), overrides or {})
     return _build(Config, data, "")
 

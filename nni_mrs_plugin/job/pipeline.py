@@ -33,7 +33,10 @@ def _dataset_info(config: Config):
 def _device(config: Config) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():  # checked before anything is trained or written
+        raise ConfigError(f"device: {config.device!r} asked for, but this machine has no CUDA device; use 'auto' or 'cpu'")
+    return device
 
 
 def _eps(config: Config, value: Optional[float]) -> float:
@@ -78,6 +81,8 @@ class Pipeline:
         self.fingerprint = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
         self.info = _dataset_info(config)
         self.device = _device(config)
+        if not (self.dir / "stages.json").is_file():  # an unreachable target fails now, not after pre-training
+            self._check_target()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state: Dict[str, Any] = self._load_state()
         atomic_write(self.dir / "config.yaml", lambda f: f.write(yaml.safe_dump(config.to_dict()).encode()))
@@ -88,8 +93,12 @@ class Pipeline:
         path = self.dir / "stages.json"
         if not path.exists():
             return {"fingerprint": self.fingerprint, "stages": {}}
-        state = json.loads(path.read_text())
-        if state.get("fingerprint") != self.fingerprint:
+        try:
+            state = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path} is damaged ({type(err).__name__}: {str(err).splitlines()[0]}); delete it to "
+                              f"redo every stage in {self.dir}, or delete the folder to start over") from None
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             raise ConfigError(f"{self.dir} holds a run of a different config; use another output.dir or delete "
                               f"the folder to start over")
         return state
@@ -174,9 +183,7 @@ class Pipeline:
 
         model = load_pruned(self.dir / "dense.pt").to(self.device)
         cfg = self.config.pruning
-        config_list = [{"op_types": list(cfg.op_types), "sparse_ratio": cfg.target}]
-        if cfg.exclude:
-            config_list[0]["exclude_op_names"] = list(cfg.exclude)
+        config_list = self._config_list()
         dummy = self.dummy.to(self.device)
         spec = pruner_spec(cfg.pruner)
         allocation, masks = baseline_masks(model, config_list, dummy, get_pruner(cfg.pruner), cfg.budget, cfg.r_max,
@@ -186,6 +193,19 @@ class Pipeline:
         atomic_json(self.dir / "allocation.json", allocation.as_dict())
         return {"pruner": cfg.pruner, "target": cfg.target, "budget": cfg.budget,
                 "predicted_removed": allocation.achieved}
+
+    def _config_list(self) -> list:
+        cfg = self.config.pruning
+        exclude = {"exclude_op_names": list(cfg.exclude)} if cfg.exclude else {}
+        return [{"op_types": list(cfg.op_types), "sparse_ratio": cfg.target, **exclude}]
+
+    def _check_target(self) -> None:
+        from ..models import build_model
+        from ..mrs.allocation import check_selection_reachable
+
+        cfg = self.config.pruning
+        model = build_model(self.config.model.name, **self.model_kwargs)
+        check_selection_reachable(model, self._config_list(), self.dummy, cfg.budget, cfg.r_max)
 
     def _pruner_options(self, spec, model: nn.Module, dummy: torch.Tensor) -> Dict[str, Any]:
         """The keywords ``spec`` asks for, from the config: the job offers the same options to every pruner."""

@@ -17,7 +17,7 @@ from .cost import BUDGETS, CostModel
 from .units import Unit, find_units, parse_config_list
 
 __all__ = ["UnitReport", "Allocation", "allocate", "refine", "check_target", "check_reachable", "weights_from_scores",
-           "budget_units", "build_allocation", "RULES"]
+           "budget_units", "build_allocation", "check_selection_reachable", "RULES"]
 
 RULES = ("power", "budget")  # the allocation rules: sensitivity -> ratios (power), curves + cost -> counts (budget)
 
@@ -168,6 +168,16 @@ def budget_units(model, config_list, dummy_input, r_min: float = 0.0, r_max: flo
     selection = parse_config_list(model, config_list)
     units, skipped, graph_module = find_units(model, selection, dummy_input, r_min, r_max)
     return selection.target, units, skipped, graph_module
+
+
+def check_selection_reachable(model, config_list, dummy_input, budget: str = "flops", r_max: float = 0.9,
+                              tolerance: float = 0.01) -> None:
+    """Raise the allocator's one-line error now if no allocation of this selection can meet its target: the
+    reachable range depends on the architecture and the bounds only, so a job can check it before training."""
+    target, units, _, graph_module = budget_units(model, config_list, dummy_input, 0.0, r_max)
+    cost = CostModel(model, graph_module, units, dummy_input)
+    check_reachable(units, lambda pruned: cost.removed_fraction({u.name: u.kept(pruned[u.name]) for u in units},
+                                                                budget), target, budget, tolerance)
 
 
 def build_allocation(units: Sequence[Unit], scores: Mapping[str, float], pruned: Mapping[str, int], cost: CostModel,
