@@ -231,3 +231,23 @@ def test_eval_of_a_model_for_other_data_is_one_line(kwargs, expected, tmp_path, 
     save_pruned(tmp_path / "m.pt", build_model(name, **kwargs), name, **kwargs)
     code, err = cli(["eval", str(tmp_path / "m.pt")], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+
+
+class Branching(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x):
+        if x.mean() > 0.5:  # data-dependent control flow: one traced graph cannot hold both paths
+            return self.conv(x).flatten(1)
+        return self.conv(x * 2).flatten(1)
+
+
+def test_a_model_branching_on_data_is_named_as_such_not_blamed_on_numpy():
+    from nni_mrs_plugin.nni.speedup import TraceError, trace
+
+    with pytest.raises(TraceError) as info:
+        trace(Branching(), torch.rand(1, 1, 8, 8))
+    message = str(info.value)
+    assert "\n" not in message and "branches on a tensor's value" in message and "numpy" not in message, message

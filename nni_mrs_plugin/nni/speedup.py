@@ -59,14 +59,23 @@ def trace(model: nn.Module, dummy_input: Any) -> torch.fx.GraphModule:
             graph_module = concrete_trace(model, args)
             ShapeProp(graph_module).propagate(*args)
     except Exception as err:  # the tracer raises anything from AssertionError to TypeError
-        raise TraceError(
-            f"NNI cannot trace {type(model).__name__} ({type(err).__name__}: {err}); ModelSpeedup traces the whole "
-            f"forward(): rewrite the non-torch part (numpy, Python I/O) with torch ops, or prune a traceable "
-            f"submodule instead (pass it as the model, with a dummy input of its own)"
-        ) from err
+        raise TraceError(f"NNI cannot trace {type(model).__name__} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'no detail'}): {_trace_advice(err)}; or prune a "
+                         f"traceable submodule instead (pass it as the model, with a dummy input of its own)") from err
     finally:
         model.train(was_training)
     return graph_module
+
+
+def _trace_advice(err: Exception) -> str:
+    """What in forward() the tracer's error points at: it records one graph for every input."""
+    text = str(err)
+    if "__bool__" in text or ("ConcreteProxy" in text and "bool" in text):
+        return ("forward() branches on a tensor's value (an `if`/`while` on a tensor, or `.item()` in a condition), "
+                "which one graph cannot hold: compute both branches and pick with torch.where")
+    if "__array" in text or "numpy" in text.lower():
+        return "forward() turns a tensor into numpy: rewrite that part with torch ops"
+    return "forward() does something the tracer cannot follow (Python I/O, a C extension): rewrite it with torch ops"
 
 
 def group_dependencies(model: nn.Module, config_list: List[Dict[str, Any]], dummy_input: Any,
