@@ -17,7 +17,7 @@ from . import allocation, costaware
 from ..attacks import PixelSpace, build_attack, check_eps, check_pixel_range, default_eps
 from .calibration import adversarial_examples, collect_samples
 from .cost import BUDGETS, CostModel
-from .sensitivity import CRITERIA, ESTIMATORS, Estimator, build_estimator
+from .sensitivity import CRITERIA, ESTIMATORS, Estimator, build_estimator, curve_scores
 from .units import Unit
 
 __all__ = ["MRSSparsityAllocator"]
@@ -121,7 +121,7 @@ class MRSSparsityAllocator:
         self.adversarial_data = None
         target, units, skipped, graph_module = self.units(model, config_list, dummy_input)
         if self.rule == "budget" and curves is not None:
-            scores = {name: sum(curve) / len(curve) for name, curve in curves.items()}
+            scores = curve_scores(curves)
         if scores is None and self.rule == "power" and self.tau == 0:  # uniform ratios: sensitivity cannot change
             scores = {unit.name: 1.0 for unit in units}
         if scores is None or (self.rule == "budget" and curves is None):

@@ -26,7 +26,12 @@ from .importance import CRITERIA, channel_importance, weight_gradients
 from .units import Unit
 
 __all__ = ["Estimator", "WeightMRS", "ProbeMRS", "CurveMRS", "TaylorMRS", "FeatureMRS", "ESTIMATORS", "CRITERIA",
-           "build_estimator", "channel_importance", "weight_gradients"]
+           "build_estimator", "channel_importance", "weight_gradients", "curve_scores"]
+
+
+def curve_scores(curves: Dict[str, Sequence[float]]) -> Dict[str, float]:
+    """One MRS number per unit from its loss-rise curve: the curve's mean (what the power rule reads)."""
+    return {name: sum(curve) / len(curve) for name, curve in curves.items()}
 
 
 def _unit_params(model: nn.Module, unit: Unit) -> List[nn.Parameter]:
@@ -47,7 +52,7 @@ class Estimator:
         self.batch_size = batch_size
         self.progress = progress
         self.gradients: Dict[str, torch.Tensor] = {}  # adversarial weight gradients of the last call, if it took any
-        self.clean: Optional[torch.Tensor] = None  # the clean samples of the current call, if given
+        self.clean: Optional[torch.Tensor] = None  # the clean samples during a call, if given
 
     def __call__(self, model: nn.Module, units: Sequence[Unit], x_adv: torch.Tensor, y: torch.Tensor,
                  graph_module: Optional[torch.fx.GraphModule] = None, x: Optional[torch.Tensor] = None
@@ -62,6 +67,7 @@ class Estimator:
         try:
             return self.estimate(model, units, x_adv, y, graph_module)
         finally:
+            self.clean = None  # the calibration set is not kept alive between calls
             model.train(was_training)
 
     def estimate(self, model, units, x_adv, y, graph_module) -> Dict[str, float]:
@@ -151,6 +157,8 @@ class ProbeMRS(Estimator):
 
     name = "probe"
     options = ("recalibrate",)
+    reattack = False  # CurveMRS: re-run the attack on every probed model, through ``regenerate`` (model -> X')
+    regenerate = None
 
     def __init__(self, ratio: float = 0.5, criterion: str = "l1", recalibrate: bool = False, **kwargs):
         super().__init__(**kwargs)
@@ -169,13 +177,13 @@ class ProbeMRS(Estimator):
                                      self.batch_size)
         self.gradients = grads
         adversarial = x_adv
-        if getattr(self, "reattack", False):
+        if self.reattack:
             if self.regenerate is None:
                 raise ValueError("reattack=True needs the calibration attack: call it through MRSSparsityAllocator")
             adversarial = self.regenerate
         self.curves = loss_curves(model, units, adversarial, y, self.ratios, self.criterion, graph_module, grads,
                                   self.clean, self.recalibrate, self.batch_size, self.progress, f"MRS ({self.name})")
-        return {name: sum(curve) / len(curve) for name, curve in self.curves.items()}
+        return curve_scores(self.curves)
 
 
 class CurveMRS(ProbeMRS):
@@ -187,10 +195,7 @@ class CurveMRS(ProbeMRS):
                  reattack: bool = False, **kwargs):
         super().__init__(0.5, criterion, recalibrate, **kwargs)
         self.ratios = check_ratios(ratios)
-        # re-run the calibration attack on every pruned model instead of reusing the dense model's X': the
-        # allocator sets ``regenerate`` (model -> X') before each call
-        self.reattack = bool(reattack)
-        self.regenerate = None
+        self.reattack = bool(reattack)  # the allocator sets ``regenerate`` before each call
 
 
 class TaylorMRS(Estimator):
