@@ -308,11 +308,18 @@ def main(argv=None) -> int:
     parser.add_argument("--select", type=int, default=2, help="MRS candidates kept for the report")
     parser.add_argument("--phases", nargs="+", default=["select", "report"], choices=["dense", "select", "report"],
                         help="dense: only train the dense models (e.g. one process per model and seed)")
+    parser.add_argument("--shard", default="0/1", metavar="I/N",
+                        help="report rows I, I+N, I+2N, ... of each model, seed and target (parallel processes)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--summary-only", action="store_true")
     args = parser.parse_args(argv)
     if len(args.widths) != len(args.models):
         parser.error(f"--widths needs one value per model ({len(args.models)}), got {args.widths}")
+    try:
+        shard, shards = (int(v) for v in args.shard.split("/"))
+        assert 0 <= shard < shards
+    except (ValueError, AssertionError):
+        parser.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -352,7 +359,7 @@ def main(argv=None) -> int:
         if "select" in args.phases:
             select_summary(collect(out, "select"), selected_path, args.select)
         if "report" in args.phases:
-            rows = report_rows()
+            rows = report_rows()[shard::shards]
             jobs = [(m, s, t, r) for s in args.seeds for m in args.models for t in targets(m) for r in rows]
             for i, (model, seed, target, row) in enumerate(jobs, 1):
                 print(f"[report {i}/{len(jobs)}] {model} seed {seed} target {target} {row} "

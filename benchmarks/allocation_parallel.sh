@@ -3,7 +3,7 @@
 # models leave a GPU launch-bound, so several processes fill it. Stages wait for each other: dense models
 # (one process per model and seed), the select phase (one per model, then one to write selected.json), the report
 # (one per model, seed and target). Resumable like the script itself: rerun to finish.
-#   bash benchmarks/allocation_parallel.sh OUTPUT STAGE... -- [allocation.py options, e.g. --device cuda]
+#   [SHARDS=N] bash benchmarks/allocation_parallel.sh OUTPUT STAGE... -- [allocation.py options, e.g. --device cuda]
 # STAGE: dense, select, report. Logs go to OUTPUT/logs.
 set -uo pipefail
 out=$1; shift
@@ -27,13 +27,15 @@ for stage in "${stages[@]}"; do
       for m in vgg16_bn resnet18; do run "select-$m" --models "$m" --widths 0.125 --seeds 0 --phases select; done
       wait
       python benchmarks/allocation.py --output "$out" "${opts[@]}" --seeds 0 --phases select >"$out/logs/select.log" 2>&1 ;;
-    report)
-      for s in 0 1 2; do
+    report)  # SHARDS processes per model, seed and target (default 1), each taking every SHARDS-th row
+      n=${SHARDS:-1}
+      for s in 0 1 2; do for i in $(seq 0 $((n - 1))); do
         for t in 0.75 0.9 0.95; do
-          run "report-vgg-$s-$t" --models vgg16_bn --widths 0.125 --seeds "$s" --vgg-targets "$t" --phases report
+          run "report-vgg-$s-$t-$i" --models vgg16_bn --widths 0.125 --seeds "$s" --vgg-targets "$t" --phases report \
+            --shard "$i/$n"
         done
-        run "report-resnet-$s" --models resnet18 --widths 0.125 --seeds "$s" --phases report
-      done; wait ;;
+        run "report-resnet-$s-$i" --models resnet18 --widths 0.125 --seeds "$s" --phases report --shard "$i/$n"
+      done; done; wait ;;
     *) echo "unknown stage $stage (dense, select, report)" >&2; exit 2 ;;
   esac
 done
