@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
@@ -187,14 +187,24 @@ def metric_values(result: dict) -> Dict[str, float]:
     return out
 
 
-def summarise(results: List[dict]) -> Dict[str, Any]:
-    """Mean per (model, target, row, metric) and the paired per-seed difference to uniform-l1."""
+def same_criterion(row: str) -> Optional[str]:
+    """The uniform row with the row's own channel criterion (``power-feature-taylor`` -> ``uniform-taylor``):
+    the difference to it is the allocation's share alone, the criterion held fixed."""
+    criterion = row.rsplit("-", 1)[-1]
+    return f"uniform-{criterion}" if criterion in ("l1", "taylor") and row != "l1-global" else None
+
+
+def summarise(results: List[dict], reference_of: Callable[[str], Optional[str]] = lambda row: REFERENCE
+              ) -> Dict[str, Any]:
+    """Mean per (model, target, row, metric) and the paired per-seed difference to the row's reference
+    (uniform-l1 unless ``reference_of`` says otherwise; rows without one are left out of the comparison)."""
     groups: Dict[Tuple[str, float, str], List[dict]] = {}
     for r in results:
         groups.setdefault((r["model"], r["target"], r["row"]), []).append(r)
     table = []
     for (model, target, row), runs in sorted(groups.items()):
-        reference = {r["seed"]: r for r in groups.get((model, target, REFERENCE), [])}
+        reference_row = reference_of(row)
+        reference = {r["seed"]: r for r in groups.get((model, target, reference_row), [])}
         entry = {"model": model, "target": target, "row": row, "seeds": sorted(r["seed"] for r in runs),
                  "flops_removed": sum(r["flops_removed"] for r in runs) / len(runs),
                  "params": sum(r["params"] for r in runs) / len(runs), "metrics": {}}
@@ -203,8 +213,8 @@ def summarise(results: List[dict]) -> Dict[str, Any]:
             diffs = [metric_values(r)[metric] - metric_values(reference[r["seed"]])[metric] for r in runs
                      if r["seed"] in reference and metric in metric_values(reference[r["seed"]])]
             entry["metrics"][metric] = {"mean": sum(values) / len(values), "diff": None, "low": None, "high": None,
-                                        "verdict": "reference" if row == REFERENCE else "no reference"}
-            if diffs and row != REFERENCE:
+                                        "verdict": "reference" if row == reference_row else "no reference"}
+            if diffs and row != reference_row:
                 mean, low, high = interval(diffs)
                 verdict = "win" if low > 0 else "loss" if high < 0 else "tie"
                 entry["metrics"][metric].update(diff=mean, low=low, high=high, verdict=verdict)
@@ -306,6 +316,11 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--finetune-lr", type=float, default=0.01)
     parser.add_argument("--select", type=int, default=2, help="MRS candidates kept for the report")
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES),
+                        help="MRS variants the select phase runs (rows already measured still count)")
+    parser.add_argument("--select-criteria", nargs="+", default=["l1"], choices=["l1", "taylor"],
+                        help="channel criteria of the select phase: with l1 and taylor, the validation split also "
+                             "chooses the criterion (uniform and the chosen allocations, measured with each)")
     parser.add_argument("--phases", nargs="+", default=["select", "report"], choices=["dense", "select", "report"],
                         help="dense: only train the dense models (e.g. one process per model and seed)")
     parser.add_argument("--shard", default="0/1", metavar="I/N",
@@ -335,7 +350,7 @@ def main(argv=None) -> int:
     plan: List[Tuple[str, str, int, float, str]] = []  # (phase, model, seed, target, row)
     if "select" in args.phases:
         plan += [("select", m, args.seeds[0], args.select_target, row) for m in args.models
-                 for row in [f"{c}-l1" for c in CANDIDATES] + [REFERENCE]]
+                 for row in [f"{c}-l1" for c in args.candidates] + [REFERENCE]]
     selected_path = out / "selected.json"
 
     def report_rows() -> List[str]:
@@ -357,7 +372,18 @@ def main(argv=None) -> int:
             run_row(folder(model, seed) / "select" / f"t{target}" / f"{row}.json", dense, row, target, seed, data,
                     args, "select")
         if "select" in args.phases:
-            select_summary(collect(out, "select"), selected_path, args.select)
+            chosen = select_summary(collect(out, "select"), selected_path, args.select)
+            # then the criterion, on validation too: uniform and the chosen allocations with each other criterion
+            extra = [(m, f"{c}-{k}") for m in args.models for k in args.select_criteria if k != "l1"
+                     for c in ["uniform"] + chosen]
+            for i, (model, row) in enumerate(extra, 1):
+                print(f"[select criterion {i}/{len(extra)}] {model} seed {args.seeds[0]} target "
+                      f"{args.select_target} {row} ({time.time() - started:.0f} s)", flush=True)
+                dense = dense_model(folder(model, args.seeds[0]), model, widths[model], args.seeds[0], data, args)
+                run_row(folder(model, args.seeds[0]) / "select" / f"t{args.select_target}" / f"{row}.json", dense,
+                        row, args.select_target, args.seeds[0], data, args, "select")
+            if extra:
+                select_summary(collect(out, "select"), selected_path, args.select)
         if "report" in args.phases:
             rows = report_rows()[shard::shards]
             jobs = [(m, s, t, r) for s in args.seeds for m in args.models for t in targets(m) for r in rows]
@@ -375,16 +401,26 @@ def select_summary(results: List[dict], path: Path, keep: int) -> List[str]:
     """The ``keep`` MRS candidates with the best mean fine-tuned PGD-20 validation accuracy over the models
     (``MEASURE_ONLY`` ones are ranked but not eligible)."""
     scores: Dict[str, List[float]] = {}
+    by_criterion: Dict[str, Dict[str, float]] = {}  # criterion -> {model/allocation: PGD-20}
     for r in results:
-        name = r["row"].rsplit("-", 1)[0]
-        if name in CANDIDATES:
+        name, criterion = r["row"].rsplit("-", 1)
+        if name in CANDIDATES and criterion == "l1":
             scores.setdefault(name, []).append(r["finetuned"]["pgd20"])
+        by_criterion.setdefault(criterion, {})[f"{r['model']}/{name}"] = r["finetuned"]["pgd20"]
     ranked = sorted(scores, key=lambda c: -sum(scores[c]) / len(scores[c]))
     chosen = [c for c in ranked if c not in MEASURE_ONLY][:keep]
-    atomic_json(path, {"selected": chosen, "validation_pgd20": {c: scores[c] for c in ranked},
-                       "models": sorted({r["model"] for r in results}), "not_eligible": sorted(MEASURE_ONLY),
-                       "metric": "fine-tuned PGD-20 accuracy on the validation split, mean over models"})
-    print(f"selected on validation: {chosen}", flush=True)
+    # the criterion: mean over the (model, allocation) pairs measured with every criterion, so both see the same
+    paired = set.intersection(*(set(v) for v in by_criterion.values())) if by_criterion else set()
+    criteria = {k: sum(v[p] for p in paired) / len(paired) for k, v in by_criterion.items() if paired}
+    record = {"selected": chosen, "validation_pgd20": {c: scores[c] for c in ranked},
+              "models": sorted({r["model"] for r in results}), "not_eligible": sorted(MEASURE_ONLY),
+              "metric": "fine-tuned PGD-20 accuracy on the validation split, mean over models"}
+    if len(criteria) > 1:
+        record.update(criterion=max(criteria, key=criteria.get), criterion_pgd20=criteria,
+                      criterion_pairs=sorted(paired))
+    atomic_json(path, record)
+    print(f"selected on validation: {chosen}" + (f", criterion {record['criterion']}" if "criterion" in record
+                                                   else ""), flush=True)
     return chosen
 
 
@@ -414,6 +450,9 @@ def write_summary(out: Path, args, started: float) -> None:
         text.append(markdown(summary[phase], phase))
         text.append(f"Row time (prune + evaluate + fine-tune + evaluate), summed: {summary[phase]['seconds']:.0f} s\n")
         if phase == "report":
+            summary["report_same_criterion"] = summarise(results, same_criterion)
+            text.append("Allocation alone: each row against the uniform row with its own channel criterion\n")
+            text.append(markdown(summary["report_same_criterion"], "report, same criterion"))
             plot_dir = out / "plots"
             plot_dir.mkdir(exist_ok=True)
             summary["plots"] = [str(p) for p in plots(results, plot_dir)]

@@ -91,3 +91,34 @@ def test_allocation_benchmark_pairs_each_seed_with_uniform_l1():
     assert allocation.row_options("uniform-taylor") == ("mrs", {"tau": 0.0, "criterion": "taylor"})
     assert allocation.row_options("budget-curve-bn-l1") == ("mrs", {"rule": "budget", "estimator": "curve",
                                                                     "recalibrate": True, "criterion": "l1"})
+
+
+def test_allocation_benchmark_separates_allocation_from_criterion(tmp_path):
+    """Same-criterion pairing credits the allocation only; the select phase picks the criterion on validation."""
+    allocation = load_script("allocation")
+    assert allocation.same_criterion("power-feature-taylor") == "uniform-taylor"
+    assert allocation.same_criterion("budget-curve-bn-l1") == "uniform-l1"
+    assert allocation.same_criterion("l1-global") is None and allocation.same_criterion("random") is None
+
+    def run(row, seed, pgd, model="vgg16_bn"):
+        return {"model": model, "target": 0.9, "row": row, "seed": seed, "flops_removed": 0.9, "params": 10,
+                "pruned": {"pgd20": pgd}, "finetuned": {"pgd20": pgd}}
+    # Taylor channels give +10 points everywhere; the allocation adds nothing on top of them
+    results = [run("uniform-l1", s, 0.5) for s in range(3)] + [run("uniform-taylor", s, 0.6) for s in range(3)]
+    results += [run("power-feature-taylor", s, 0.6 + d) for s, d in enumerate((0.01, -0.01, 0.0))]
+    against_l1 = {e["row"]: e["metrics"]["tuned_pgd20"] for e in allocation.summarise(results)["rows"]}
+    alone = {e["row"]: e["metrics"]["tuned_pgd20"]
+             for e in allocation.summarise(results, allocation.same_criterion)["rows"]}
+    assert against_l1["power-feature-taylor"]["verdict"] == "win"
+    assert alone["power-feature-taylor"]["verdict"] == "tie"
+    assert alone["power-feature-taylor"]["diff"] == pytest.approx(0.0, abs=1e-12)
+    assert alone["uniform-taylor"]["verdict"] == "reference"
+
+    select = [run("power-feature-l1", 0, 0.70), run("power-weight-l1", 0, 0.60), run("uniform-l1", 0, 0.65),
+              run("power-feature-taylor", 0, 0.66), run("uniform-taylor", 0, 0.64)]
+    path = tmp_path / "selected.json"
+    assert allocation.select_summary(select, path, 1) == ["power-feature"]  # ranked on l1 rows only
+    record = json.loads(path.read_text())
+    assert record["criterion"] == "l1"  # (0.70 + 0.65) / 2 > (0.66 + 0.64) / 2 on the same two allocations
+    assert record["criterion_pairs"] == ["vgg16_bn/power-feature", "vgg16_bn/uniform"]
+    assert "criterion" not in json.loads((allocation.select_summary(select[:3], path, 1) and path).read_text())
