@@ -10,13 +10,14 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-__all__ = ["DataNotFoundError", "DatasetInfo", "DATASETS", "load_dataset", "make_loaders", "fashion_mnist_root"]
+__all__ = ["DataNotFoundError", "DatasetInfo", "DATASETS", "Normalized", "load_dataset", "make_loaders",
+           "fashion_mnist_root"]
 
 FASHION_MNIST_ENV = "NNI_MRS_FASHION_MNIST"
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", ".data/fashion-mnist")
@@ -138,14 +139,35 @@ def load_dataset(name: str, train: bool = True, root: Optional[str] = None, down
     return dataset
 
 
+class Normalized(Dataset):
+    """``dataset`` with its images normalised by ``(mean, std)`` per channel, as a loader's ``Normalize`` does:
+    what most PyTorch scripts feed their models (attacks then need ``normalization=(mean, std)``)."""
+
+    def __init__(self, dataset: Dataset, mean: Sequence[float], std: Sequence[float]):
+        self.dataset = dataset
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        x, y = self.dataset[index]
+        return (x - self.mean) / self.std, y
+
+
 def make_loaders(name: str, root: Optional[str] = None, batch_size: int = 128, train_subset: Optional[int] = None,
-                 test_subset: Optional[int] = None, seed: int = 0, download: bool = False,
-                 num_workers: int = 0) -> Tuple[DataLoader, DataLoader]:
-    """Train loader (shuffled with ``seed``) and test loader for a named data set."""
+                 test_subset: Optional[int] = None, seed: int = 0, download: bool = False, num_workers: int = 0,
+                 normalization: Optional[Tuple[Sequence[float], Sequence[float]]] = None
+                 ) -> Tuple[DataLoader, DataLoader]:
+    """Train loader (shuffled with ``seed``) and test loader for a named data set; with ``normalization``, both
+    yield normalised images (``Normalized``) instead of pixels in [0, 1]."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     train = load_dataset(name, True, root, download, train_subset, seed)
     test = load_dataset(name, False, root, download, test_subset, seed)
+    if normalization is not None:
+        train, test = Normalized(train, *normalization), Normalized(test, *normalization)
     generator = torch.Generator().manual_seed(seed)
     return (
         DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers),

@@ -146,3 +146,39 @@ def test_baseline_pruners_meet_the_same_budget(tmp_path, pruner):
     allocation = json.loads((tmp_path / "run" / "allocation.json").read_text())
     ratios = {row["ratio"] for row in allocation["units"]}
     assert max(ratios) - min(ratios) < 0.1, "baselines use uniform ratios"
+
+
+def test_normalising_loaders_give_the_run_of_pixel_loaders(tmp_path):
+    """``data.normalization``: the loaders normalise, the model does not, attacks run on pixels (issue 13 §1).
+    Against the default run (pixel loaders, normalisation as the model's first layer): training is the same
+    computation (weights agree up to rounding, which PGD's sign steps amplify a little over an epoch), MRS
+    allocates the same, and the job's evaluation of one model gives identical numbers either way."""
+    from nni_mrs_plugin.job.pipeline import robust_evaluation
+    from nni_mrs_plugin.models import _DEFAULT_STATS
+
+    mean, std = _DEFAULT_STATS[1]
+    configs, runs = {}, {}
+    for name, data in (("pixels", {}), ("normalised", {"normalization": [list(mean), list(std)]})):
+        configs[name] = tiny(tmp_path / name, data=data, eval={"attacks": ["clean", "fgsm", "pgd20"]})
+        runs[name] = Pipeline(configs[name]).run()["stages"]
+    x, _ = next(iter(Pipeline(configs["normalised"]).loaders[0]))
+    assert float(x.min()) < -0.5  # really normalised inputs reach the model
+    dense = {name: load_pruned(tmp_path / name / "run" / "dense.pt") for name in runs}
+    assert dense["normalised"].normalize.std.flatten().tolist() == [1.0]  # not normalised twice
+    weights = [torch.cat([p.detach().flatten() for p in dense[name].parameters()]) for name in runs]
+    assert (weights[0] - weights[1]).norm() <= 0.02 * weights[0].norm()
+    ratios = [json.loads((tmp_path / name / "run" / "allocation.json").read_text())["units"] for name in runs]
+    assert [u["ratio"] for u in ratios[0]] == pytest.approx([u["ratio"] for u in ratios[1]], abs=0.13)
+    pruned = load_pruned(tmp_path / "pixels" / "run" / "pruned.pt")
+    pruned.normalize.mean.zero_()
+    pruned.normalize.std.fill_(1.0)  # the same weights, for the normalising loader
+    again = robust_evaluation(configs["normalised"], pruned)
+    for attack in ("clean", "fgsm", "pgd20"):
+        assert again[attack]["accuracy"] == runs["pixels"]["evaluate"]["pruned"][attack]["accuracy"], attack
+    assert again["pgd20"]["accuracy"] < again["clean"]["accuracy"]
+
+
+@pytest.mark.parametrize("value", [[[0.5]], [[0.5, 0.5], [0.2, 0.2]], [[0.5], [0.0]], "x"])
+def test_bad_normalization_is_a_config_error(tmp_path, value):
+    with pytest.raises(ConfigError, match="data.normalization"):
+        tiny(tmp_path, data={"normalization": value})

@@ -57,6 +57,7 @@ class DataSection:
     train_subset: Optional[int] = 10000
     test_subset: Optional[int] = 1000
     batch_size: int = 128
+    normalization: Optional[List[List[float]]] = None  # [mean, std]: the loaders normalise, attacks run on pixels
 
     def check(self, key: str) -> None:
         from ..data import DATASETS
@@ -67,6 +68,11 @@ class DataSection:
             value = getattr(self, name)
             _require(value is None or value >= 1, f"{key}.{name}", "must be >= 1 or null (all)", value)
         _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1", self.batch_size)
+        channels = DATASETS[self.dataset].in_channels
+        _require(self.normalization is None or (len(self.normalization) == 2 and all(
+            len(v) == channels for v in self.normalization) and min(self.normalization[1]) > 0),
+            f"{key}.normalization", f"must be [mean, std] with {channels} value(s) each for {self.dataset}, std > 0",
+            self.normalization)
 
 
 @dataclass
@@ -93,7 +99,8 @@ class TrainingSection:
 
 
 # (section, key) -> default, for keys added after run folders existed; see Config.fingerprint_dict
-ADDED_KEYS: Dict[Tuple[str, str], Any] = {("pruning", "rule"): "power", ("pruning", "recalibrate"): False}
+ADDED_KEYS: Dict[Tuple[str, str], Any] = {("pruning", "rule"): "power", ("pruning", "recalibrate"): False,
+                                          ("data", "normalization"): None}
 
 
 @dataclass

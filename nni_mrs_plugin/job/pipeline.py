@@ -50,7 +50,13 @@ def _make_loaders(config: Config):
     from ..data import make_loaders
 
     data = config.data
-    return make_loaders(data.dataset, data.root, data.batch_size, data.train_subset, data.test_subset, config.seed)
+    return make_loaders(data.dataset, data.root, data.batch_size, data.train_subset, data.test_subset, config.seed,
+                        normalization=_normalization(config))
+
+
+def _normalization(config: Config):
+    """``data.normalization`` as the (mean, std) pair the trainer, pruner and evaluation take; None: pixels."""
+    return tuple(config.data.normalization) if config.data.normalization else None
 
 
 def robust_evaluation(config: Config, model: nn.Module, test_loader: Any = None) -> Dict[str, Any]:
@@ -61,7 +67,7 @@ def robust_evaluation(config: Config, model: nn.Module, test_loader: Any = None)
     test_loader = test_loader if test_loader is not None else _make_loaders(config)[1]
     return evaluate_robustness(model, test_loader, cfg.attacks, eps=_eps(config, cfg.eps), max_samples=cfg.samples,
                                autoattack_samples=cfg.autoattack_samples, seed=config.seed, device=_device(config),
-                               progress=config.progress)
+                               progress=config.progress, normalization=_normalization(config))
 
 
 class Pipeline:
@@ -120,6 +126,8 @@ class Pipeline:
     @property
     def model_kwargs(self) -> Dict[str, Any]:
         kwargs = {"num_classes": self.info.num_classes, "in_channels": self.info.in_channels}
+        if self.config.data.normalization:  # the loaders normalise: the model's own first layer must not
+            kwargs.update(mean=[0.0] * self.info.in_channels, std=[1.0] * self.info.in_channels)
         if self.config.model.name == "small_cnn":
             kwargs["image_size"] = self.info.image_size
         return kwargs
@@ -135,7 +143,7 @@ class Pipeline:
         from ..train.trainer import AdversarialTrainer
 
         return AdversarialTrainer(section.method, eps=self.eps(section.eps), alpha=section.alpha,
-                                  steps=section.steps, beta=section.beta)
+                                  steps=section.steps, beta=section.beta, normalization=_normalization(self.config))
 
     def _fit(self, model: nn.Module, section, stage: str) -> Dict[str, Any]:
         from ..train.fit import fit
@@ -214,7 +222,7 @@ class Pipeline:
         cfg = self.config.pruning
         offered = {"calibration": self.loaders[0], "estimator": cfg.estimator, "criterion": cfg.criterion,
                    "tau": cfg.tau, "rule": cfg.rule, "eps": self.eps(cfg.eps), "n_samples": cfg.samples,
-                   "progress": self.config.progress,
+                   "progress": self.config.progress, "normalization": _normalization(self.config),
                    "estimator_options": {name: getattr(cfg, name) for name in ESTIMATORS[cfg.estimator].options}}
         unknown = sorted(set(spec.options) - set(offered))
         if unknown:
