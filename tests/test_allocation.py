@@ -124,3 +124,51 @@ def test_units_follow_dependency_groups_and_skip_output_layers():
     _, units, skipped, _ = allocator.units(model, partial, x)
     assert [u.name for u in units] == ["layer2.0.conv1"]
     assert "layer2.0.shortcut.0" in skipped["layer2.0.conv2"]
+
+
+class QuickStartLeNet(torch.nn.Module):
+    """NNI's pruning quick start model: one conv1 channel is worth about 7% of its FLOPs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 6, 5, 1)
+        self.conv2 = torch.nn.Conv2d(6, 16, 5, 1)
+        self.fc1 = torch.nn.Linear(16 * 4 * 4, 120)
+        self.fc2 = torch.nn.Linear(120, 84)
+        self.fc3 = torch.nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+@pytest.mark.parametrize("ops, target", [(["Conv2d"], 0.2), (["Conv2d", "Linear"], 0.1), (["Conv2d", "Linear"], 0.2)])
+def test_coarse_channels_are_traded_into_the_tolerance(ops, target):
+    """On the quick start LeNet single-channel moves alone stop outside the tolerance (uniform ratios at 0.2: 0.2125
+    with Conv2d only, 0.2125 with all layers); trading a coarse channel for several fine ones meets the target
+    within ±0.01 after real removal."""
+    from nni.compression.pruning import L1NormPruner
+
+    from nni_mrs_plugin.evaluate import count_flops
+    from nni_mrs_plugin.mrs.baselines import baseline_masks
+    from nni_mrs_plugin.nni.speedup import speedup_model
+
+    model, dummy = QuickStartLeNet().eval(), torch.zeros(1, 1, 28, 28)
+    before = count_flops(model, dummy)
+    config = [{"op_types": ops, "exclude_op_names": ["fc3"], "sparse_ratio": target}]
+    _, masks = baseline_masks(model, config, dummy, L1NormPruner)
+    speedup_model(model, masks, dummy)
+    assert abs(1 - count_flops(model, dummy) / before - target) <= 0.01
+
+
+def test_an_unreachable_granularity_names_the_closest_fractions():
+    from nni.compression.pruning import L1NormPruner
+
+    from nni_mrs_plugin.mrs.baselines import baseline_masks
+
+    config = [{"op_types": ["Conv2d"], "sparse_ratio": 0.1}]
+    with pytest.raises(ValueError, match=r"cannot remove 0\.1000 .* within ±0\.01: .* closest reachable fractions "
+                                         r"found are 0\.0\d+ and 0\.1\d+ \(ask for one of them"):
+        baseline_masks(QuickStartLeNet().eval(), config, torch.zeros(1, 1, 28, 28), L1NormPruner)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from .cost import BUDGETS, CostModel
 from .units import Unit, find_units, parse_config_list
@@ -139,27 +139,75 @@ def check_reachable(units: Sequence[Unit], removed, target: float, budget: str, 
 
 def refine(units, weights, pruned, removed, target, tolerance) -> Dict[str, int]:
     """Move single channels until the removed fraction is within tolerance: prune more from the least
-    sensitive units (largest weight) first, give back to the most sensitive first."""
+    sensitive units (largest weight) first, give back to the most sensitive first. Where single channels are
+    too coarse (one channel of a small early conv can be worth 10% of a model's FLOPs), trade channels between
+    two units; if the target still cannot be met, a ValueError names the nearest reachable fractions."""
     pruned = dict(pruned)
     order = sorted(units, key=lambda unit: -weights[unit.name])
+    seen: Dict[float, None] = {}
     for _ in range(sum(unit.per_block for unit in units)):
         current = removed(pruned)
+        seen[current] = None
         if abs(current - target) <= tolerance:
-            break
+            return pruned
         step = 1 if current < target else -1
         candidates = order if step == 1 else order[::-1]
         moved = False
         for unit in candidates:
-            count = pruned[unit.name] + step
-            if not unit.min_pruned_per_block() <= count <= unit.max_pruned_per_block():
-                continue
-            trial = dict(pruned, **{unit.name: count})
-            if abs(removed(trial) - target) < abs(current - target):
-                pruned, moved = trial, True
-                break
+            trial = _moved(pruned, unit, step)
+            if trial is not None:
+                seen[removed(trial)] = None
+                if abs(removed(trial) - target) < abs(current - target):
+                    pruned, moved = trial, True
+                    break
         if not moved:
-            break
+            trial = _best_trade(units, pruned, removed, target, seen)
+            if trial is None:
+                break
+            pruned = trial
+    current = removed(pruned)
+    if abs(current - target) > tolerance:
+        below = max((v for v in seen if v <= target), default=None)
+        above = min((v for v in seen if v >= target), default=None)
+        nearest = " and ".join(f"{v:.4f}" for v in (below, above) if v is not None)
+        raise ValueError(f"cannot remove {target:.4f} of the model's budget within ±{tolerance}: at channel "
+                         f"granularity the closest reachable fractions found are {nearest} (ask for one of them, "
+                         f"select more layers, or raise the tolerance)")
     return pruned
+
+
+def _moved(pruned: Mapping[str, int], unit, step: int) -> Optional[Dict[str, int]]:
+    count = pruned[unit.name] + step
+    if not unit.min_pruned_per_block() <= count <= unit.max_pruned_per_block():
+        return None
+    return dict(pruned, **{unit.name: count})
+
+
+def _best_trade(units, pruned, removed, target, seen) -> Optional[Dict[str, int]]:
+    """One channel more or fewer in one unit, then as many channels of another unit the other way as bring the
+    removed fraction closest to the target (a unit's channels cost about the same each); None when no such
+    trade gets closer."""
+    best, gap = None, abs(removed(pruned) - target)
+    for coarse in units:
+        for step in (1, -1):
+            moved = _moved(pruned, coarse, step)
+            if moved is None:
+                continue
+            base = removed(moved)
+            direction = 1 if base < target else -1
+            for fine in units:
+                one = _moved(moved, fine, direction) if fine is not coarse else None
+                delta = removed(one) - base if one is not None else 0.0
+                if delta == 0.0:
+                    continue
+                count = moved[fine.name] + direction * max(1, round((target - base) / delta))
+                count = min(max(count, fine.min_pruned_per_block()), fine.max_pruned_per_block())
+                trial = dict(moved, **{fine.name: count})
+                value = removed(trial)
+                seen[value] = None
+                if abs(value - target) < gap:
+                    best, gap = trial, abs(value - target)
+    return best
 
 
 def budget_units(model, config_list, dummy_input, r_min: float = 0.0, r_max: float = 0.9):

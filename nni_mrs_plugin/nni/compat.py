@@ -132,6 +132,38 @@ def _tolerate_type_params(tracer: ModuleType) -> None:
     tracer.functools = shim  # this module's name only; the real functools is untouched
 
 
+# --- fix 5: builtin classes the tracer wraps are not subscriptable (list[int]) --------------------------------
+
+_CLASS_FACTORIES = ("_create_wrapped_leaf_class", "_create_wrapped_leaf_iterable_class")
+
+
+def _wrapped_classes_not_subscriptable(tracer: ModuleType) -> bool:
+    """While tracing, NNI replaces ``list``, ``dict``, ``tuple``... by wrapper objects; ``list[int]`` on one raises
+    "'clz_wrapper_clz' object is not subscriptable". torch's ``F.max_pool2d(x, 2)`` (stride None) runs
+    ``torch.jit.annotate(list[int], [])``, so NNI's own LeNet quick start cannot be traced."""
+    factory = getattr(tracer, _CLASS_FACTORIES[0], None)
+    if factory is None:
+        return False
+    try:
+        factory(None, list)[int]  # the tracer is only read when the wrapper is called
+    except TypeError:
+        return True
+    return False
+
+
+def _subscriptable_wrapped_classes(tracer: ModuleType) -> None:
+    def subscriptable(factory):
+        def create(owner, clz):
+            wrapper = factory(owner, clz)
+            if hasattr(clz, "__class_getitem__") or isinstance(clz, type) and hasattr(type(clz), "__getitem__"):
+                type(wrapper).__getitem__ = lambda self, item: clz[item]  # list[int] -> the real generic alias
+            return wrapper
+        return create
+
+    for name in _CLASS_FACTORIES:
+        setattr(tracer, name, subscriptable(getattr(tracer, name)))
+
+
 FIXES: Dict[str, Fix] = {
     f.name: f
     for f in (
@@ -150,6 +182,10 @@ FIXES: Dict[str, Fix] = {
             "concrete_trace fails on Python 3.12+ with '__type_params__ must be set to a tuple' "
             "(functools.wraps(type)): the tracer's wraps skips that attribute when it is not a tuple",
             _wraps_of_type_fails, _tolerate_type_params),
+        Fix("wrapped-class-subscript", _TRACER, "PEP 585 generics (list[int]) in torch.nn.functional, e.g. max_pool2d",
+            "concrete_trace fails with \"'clz_wrapper_clz' object is not subscriptable\" on F.max_pool2d(x, 2): "
+            "the tracer's wrappers of builtin classes forward [] to the real class",
+            _wrapped_classes_not_subscriptable, _subscriptable_wrapped_classes),
     )
 }
 
