@@ -146,8 +146,8 @@ class QuickStartLeNet(torch.nn.Module):
 
 @pytest.mark.parametrize("ops, target", [(["Conv2d"], 0.2), (["Conv2d", "Linear"], 0.1), (["Conv2d", "Linear"], 0.2)])
 def test_coarse_channels_are_traded_into_the_tolerance(ops, target):
-    """On the quick start LeNet single-channel moves alone stop outside the tolerance (uniform ratios at 0.2: 0.2125
-    with Conv2d only, 0.2125 with all layers); trading a coarse channel for several fine ones meets the target
+    """On the quick start LeNet single-channel moves alone stop outside the tolerance (uniform ratios, 0.2 asked
+    for: Conv2d only or all layers); trading a coarse channel for several fine ones meets the target
     within ±0.01 after real removal."""
     from nni.compression.pruning import L1NormPruner
 
