@@ -226,3 +226,81 @@ def test_taylor_criterion_reuses_the_estimators_gradients_and_keeps_batchnorm_st
     after = {k: v for k, v in model.state_dict().items() if "running" in k}
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert abs(pruner.allocation.achieved - 0.5) <= 0.01
+
+
+def _evaluator(model, loader, seen=None):
+    import nni
+    from nni.compression import TorchEvaluator
+
+    def training_func(model, optimizer, training_step, lr_scheduler, max_steps, max_epochs):
+        model.train()
+        step = 0
+        while max_steps is None or step < max_steps:
+            for batch in loader:
+                if max_steps is not None and step >= max_steps:
+                    break
+                loss = training_step(batch, model)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+            if max_steps is None:
+                break
+
+    def training_step(batch, model):
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01)
+    return TorchEvaluator(training_func, optimizer, training_step, dummy_input=dummy_input("small_cnn", 1))
+
+
+@pytest.mark.parametrize("scheduler", ["AGPPruner", "LinearPruner"])
+def test_nni_scheduled_pruners_grow_the_mrs_ratios_to_the_allocation(scheduler, fashion, monkeypatch):
+    """NNI's scheduled pruning wraps MRSPruner unchanged (issue 13 §2): MRS is measured once, on the first
+    training batches, and every ``interval_steps`` the masks grow along NNI's schedule, to the allocation."""
+    import nni.compression.pruning as nni_pruning
+    from nni.compression.speedup import ModelSpeedup
+
+    model, x = make_model("small_cnn"), dummy_input("small_cnn", 1)
+    dense = count_flops(model, x)
+    evaluator = _evaluator(model, fashion)
+    pruner = MRSPruner(model, SELECT, evaluator, estimator="taylor", training_steps=2, n_samples=200, progress=False)
+    measured, kept = [], []
+    allocate = pruner.allocator.allocate
+    monkeypatch.setattr(pruner.allocator, "allocate", lambda *a, **k: measured.append(1) or allocate(*a, **k))
+    update = pruner.update_masks
+    monkeypatch.setattr(pruner, "update_masks", lambda masks: kept.append(
+        {n: m["weight"].flatten(1).any(1).float().mean().item() for n, m in masks.items()}) or update(masks))
+    scheduled = getattr(nni_pruning, scheduler)(pruner, interval_steps=3, total_times=4)
+    _, masks = scheduled.compress(max_steps=12, max_epochs=None)
+    assert len(measured) == 1 and len(kept) == 4
+    final = {row.unit: 1 - row.ratio for row in pruner.allocation.report}
+    shrinking = [kept[i]["features.3"] for i in range(4)]
+    assert shrinking == sorted(shrinking, reverse=True) and shrinking[0] > shrinking[-1]  # the schedule grows
+    assert {name: kept[-1][name] for name in final} == pytest.approx(final, abs=1e-6)  # ... to the allocation
+    scheduled.unwrap_model()
+    ModelSpeedup(model, x, masks).speedup_model()
+    assert abs(1 - count_flops(model, x) / dense - 0.5) <= 0.01
+
+
+def test_config_list_from_nni_dependency_groups_is_accepted():
+    """NNI's examples pass config_list through auto_set_denpendency_group_ids first; the allocator's units come
+    from the same analysis, so the config means the same and gives the same masks."""
+    from nni.compression.utils import auto_set_denpendency_group_ids
+
+    masks = []
+    for grouped in (False, True):
+        model = make_model("resnet18")
+        x = dummy_input("resnet18", 1)
+        config = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]
+        if grouped:
+            config = auto_set_denpendency_group_ids(model, config, x)
+            assert all("dependency_group_id" in entry for entry in config)
+        torch.manual_seed(0)
+        pairs = (torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,)))
+        pruner = MRSPruner(model, config, calibration=pairs, dummy_input=x, estimator="taylor", n_samples=16, seed=0,
+                           progress=False)
+        masks.append(pruner.compress()[1])
+        pruner.unwrap_model()
+    assert masks[0].keys() == masks[1].keys()
+    assert all(torch.equal(masks[0][k]["weight"], masks[1][k]["weight"]) for k in masks[0])

@@ -24,9 +24,11 @@ from .units import normalize_config, parse_config_list
 __all__ = ["MRSPruner", "apply_allocation"]
 
 
-def apply_allocation(target_spaces: Dict[str, Dict[str, Any]], allocation: Optional[Allocation]) -> None:
-    """Set each selected layer's NNI target space to its unit's ratio and dependency group (0 elsewhere), so NNI's
-    ``generate_sparsity`` prunes exactly the allocated channel counts."""
+def apply_allocation(target_spaces: Dict[str, Dict[str, Any]], allocation: Optional[Allocation],
+                     scale: float = 1.0) -> None:
+    """Set each selected layer's NNI target space to its unit's ratio (times ``scale``, the share of a pruning
+    schedule reached so far) and dependency group (0 elsewhere), so NNI's ``generate_sparsity`` prunes exactly
+    the allocated channel counts."""
     if allocation is None:
         raise RuntimeError("no allocation yet: compress() allocates before it generates sparsity")
     allocated = {layer: entry for entry in allocation.config_list for layer in entry["op_names"]}
@@ -35,7 +37,7 @@ def apply_allocation(target_spaces: Dict[str, Dict[str, Any]], allocation: Optio
         if space is None:
             continue
         entry = allocated.get(layer)
-        space.sparse_ratio = float(entry["sparse_ratio"]) if entry else 0.0
+        space.sparse_ratio = float(entry["sparse_ratio"]) * scale if entry else 0.0
         if entry:
             space.dependency_group_id = entry["dependency_group_id"]
             if "internal_metric_block" in entry:
@@ -71,6 +73,10 @@ class MRSPruner(Pruner):
             raise ValueError(f"training_steps must be >= 1, got {training_steps}")
         super().__init__(model, [normalize_config(config) for config in config_list], evaluator, existed_wrappers)
         self.calibration, self.dummy_input, self.training_steps = calibration, dummy_input, training_steps
+        self.goal = parse_config_list(model, config_list).target
+        # NNI's scheduled pruning (LinearPruner/AGPPruner wrapping this pruner) sets these: masks every
+        # ``interval_steps`` optimizer steps, ``total_times`` times, the ratios growing to the allocation
+        self.interval_steps, self.total_times = -1, 1
         self.criterion = criterion
         self.allocation: Optional[Allocation] = None
         self._captured: List[tuple] = []
@@ -78,15 +84,17 @@ class MRSPruner(Pruner):
 
     # -- NNI's pipeline -----------------------------------------------------------------------------------
     def _collect_data(self) -> Dict[str, Dict[str, torch.Tensor]]:
-        calibration = self.calibration if self.calibration is not None else self._captured_pair()
-        was_wrapped = self._is_wrapped
-        if was_wrapped:
-            self.unwrap_model()
-        try:
-            self.allocation = self._allocate(self.bound_model, calibration)
-        finally:
-            if was_wrapped:
-                self.wrap_model()
+        if self.allocation is None or not self.scheduled:  # a schedule measures MRS once and reuses it
+            calibration = self.calibration if self.calibration is not None else self._captured_pair()
+            # a scheduler wraps the model with these same wrappers, so ask them rather than self._is_wrapped
+            wrapped = [w for w in self._module_wrappers.values() if getattr(w.module, "_nni_wrapper", None) is w]
+            for wrapper in wrapped:
+                wrapper.unwrap()
+            try:
+                self.allocation = self._allocate(self.bound_model, calibration)
+            finally:
+                for wrapper in wrapped:
+                    wrapper.wrap()
         data = active_sparse_targets_filter(self._target_spaces)
         if self.criterion == "taylor":  # NNI's Taylor importance, on adversarial instead of training gradients
             for layer, grad in self._gradients.items():
@@ -99,8 +107,24 @@ class MRSPruner(Pruner):
         return norm_metrics(p=2 if self.criterion == "l2" else 1, data=data, target_spaces=self._target_spaces)
 
     def _generate_sparsity(self, metrics: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
-        apply_allocation(self._target_spaces, self.allocation)
-        return generate_sparsity(metrics, self._target_spaces)
+        share = self._schedule_share() if self.scheduled else 1.0
+        apply_allocation(self._target_spaces, self.allocation, share)
+        masks = generate_sparsity(metrics, self._target_spaces)
+        if self.scheduled:  # hand the scheduler back its own goal, so the next step reads the same share
+            for spaces in self._target_spaces.values():
+                if spaces.get("weight") is not None:
+                    spaces["weight"].sparse_ratio = self.goal * share
+        return masks
+
+    @property
+    def scheduled(self) -> bool:
+        return self.interval_steps > 0
+
+    def _schedule_share(self) -> float:
+        """How far NNI's scheduler has moved the goal: it scales every target space's ``sparse_ratio``, which
+        this pruner's config_list sets to the global target."""
+        ratios = [s["weight"].sparse_ratio for s in self._target_spaces.values() if s.get("weight") is not None]
+        return min(1.0, max(0.0, max(r or 0.0 for r in ratios) / self.goal))
 
     def _allocate(self, model: nn.Module, calibration: Any) -> Allocation:
         dummy_input = self.dummy_input
@@ -135,14 +159,17 @@ class MRSPruner(Pruner):
         self._captured, self._step = [], 0
 
         def capture(loss: torch.Tensor, batch: Any) -> torch.Tensor:
-            if self.calibration is None and self._step < self.training_steps:
+            if self.calibration is None and self.allocation is None and len(self._captured) < self.training_steps:
                 if isinstance(batch, (tuple, list)) and len(batch) >= 2:
                     self._captured.append((batch[0].detach(), batch[1].detach()))
             return loss
 
         def after_step() -> None:
             self._step += 1
-            if self._step == self.training_steps:
+            if self.scheduled:  # masks at every interval, up to total_times
+                if self._step % self.interval_steps == 0 and self._step // self.interval_steps <= self.total_times:
+                    self.update_masks(self.generate_masks())
+            elif self._step == self.training_steps:
                 self.update_masks(self.generate_masks())
 
         evaluator.patch_loss(capture)

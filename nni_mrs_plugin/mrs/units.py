@@ -112,9 +112,9 @@ def parse_config_list(model: nn.Module, config_list: Sequence[Dict[str, Any]]) -
             schema.validate(copy.deepcopy(config))
         except Exception as err:
             raise ValueError(f"config_list[{index}] = {config} is not a valid NNI pruning config: {err}") from None
-        if "sparse_threshold" in config or "global_group_id" in config or "dependency_group_id" in config:
-            raise ValueError(f"config_list[{index}]: sparse_threshold/global_group_id/dependency_group_id are set by "
-                             f"the MRS allocator; give the global target as sparse_ratio")
+        if "sparse_threshold" in config or "global_group_id" in config:
+            raise ValueError(f"config_list[{index}]: sparse_threshold/global_group_id are set by the MRS allocator; "
+                             f"give the global target as sparse_ratio")
         low = config.get("min_sparse_ratio")
         high = config.get("max_sparse_ratio")
         low = None if low is None else _check_ratio(low, "min_sparse_ratio")
