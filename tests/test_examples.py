@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ast
 import difflib
+import os
 import re
+import subprocess
+import sys
 import tokenize
 from io import StringIO
 from pathlib import Path
@@ -74,8 +77,9 @@ ALLOWED = {"blank", "comment", "import", "pruner", "training"}
 
 
 def line_roles(source: str) -> Dict[int, str]:
-    """Role of each line (1-based): blank, comment, import, training (the ``train`` function), pruner (a statement
-    that builds the config_list or a pruner, or defines ``--sparsity``), or other."""
+    """Role of each line (1-based): blank, comment (or the module docstring), import, training (the ``train``
+    function, or ``training_step = ...``), pruner (a statement that builds the config_list or a pruner, or defines
+    ``--sparsity``), or other."""
     lines = source.splitlines()
     roles = {n: "blank" if not line.strip() else "other" for n, line in enumerate(lines, 1)}
     tree = ast.parse(source)
@@ -90,6 +94,11 @@ def line_roles(source: str) -> Dict[int, str]:
             mark(node, "import")
         elif isinstance(node, ast.FunctionDef) and node.name == "train":
             mark(node, "training")
+        elif isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "training_step" for t in node.targets):
+            mark(node, "training")  # training_step = AdversarialTrainer(...).training_step
+    if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(getattr(tree.body[0], "value", None),
+                                                                       ast.Constant):
+        mark(tree.body[0], "comment")  # the module docstring
     for node in ast.walk(tree):
         if isinstance(node, (ast.Assign, ast.AnnAssign, ast.Expr)):
             segment = ast.get_source_segment(source, node) or ""
@@ -164,3 +173,35 @@ def test_readme_shows_the_actual_diff():
     assert shown[0].startswith("--- nni_l1_pruning.py") and shown[1].startswith("+++ nni_mrs_pruning.py")
     assert shown[2:] == real[2:], ("README's diff is stale: paste the output of `cd examples/drop_in && "
                                    "diff -u nni_l1_pruning.py nni_mrs_pruning.py`")
+
+
+# --- NNI's own pruning examples and their MRS twins ---------------------------------------------------------------
+
+NNI_EXAMPLES = ROOT / "examples" / "nni_examples"
+TWINS = ["norm_pruning", "taylor_pruning", "scheduled_pruning", "quickstart_pruning"]
+PRINTED = re.compile(r"Original model paramater number:\s+(\d+).*Pruned model paramater number:\s+(\d+).*"
+                     r"after finetuning acc:\s+([\d.]+) %, PGD-20 acc:\s+([\d.]+) %", re.S)
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_nni_examples_twins_differ_only_in_imports_pruner_and_training_step(name):
+    old, new = (NNI_EXAMPLES / f"{name}.py").read_text(), (NNI_EXAMPLES / f"{name}_mrs.py").read_text()
+    assert disallowed_changes(old, new) == []
+    diff = changed(old, new)
+    assert "MRSPruner(" in diff and "AdversarialTrainer(" in diff
+    assert "nni_mrs_plugin" not in old.replace("nni_mrs_plugin import build_model", "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TWINS)
+def test_nni_examples_and_their_mrs_twins_run(name):
+    """Both scripts run unchanged on real Fashion-MNIST (tiny sizes) and prune the model."""
+    env = {"NNI_EXAMPLES_TRAIN": "300", "NNI_EXAMPLES_TEST": "100", "OMP_NUM_THREADS": "2"}
+    for script in (f"{name}.py", f"{name}_mrs.py"):
+        result = subprocess.run([sys.executable, script], cwd=NNI_EXAMPLES, capture_output=True, text=True,
+                                env=dict(os.environ, **env), timeout=600)
+        assert result.returncode == 0, (script, result.stderr[-3000:])
+        found = PRINTED.search(result.stdout)
+        assert found, (script, result.stdout[-2000:])
+        dense, pruned, clean, pgd = int(found[1]), int(found[2]), float(found[3]), float(found[4])
+        assert pruned < dense and 0 <= pgd <= clean <= 100, (script, found.groups())
