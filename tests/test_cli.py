@@ -60,3 +60,11 @@ def test_eval_of_a_missing_checkpoint_is_one_line(tmp_path):
     result = run_python(["-m", "nni_mrs_plugin", "eval", str(tmp_path / "nope.pt")])
     assert result.returncode == 2
     assert result.stderr.strip() == f"nni-mrs: config error: checkpoint '{tmp_path / 'nope.pt'}' does not exist"
+
+
+def test_the_job_refuses_torchrun_in_one_line():
+    """Under torchrun every process would prune on its own and fine-tuning would hang: say so instead."""
+    result = run_python(["-m", "nni_mrs_plugin", "run"], {"WORLD_SIZE": "2"}, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == ("nni-mrs: run runs as one process, not under torchrun (WORLD_SIZE=2); for "
+                                     "several GPUs call fit() under torchrun in your own script")

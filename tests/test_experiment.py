@@ -110,3 +110,28 @@ def test_readme_shows_the_shipped_search_space():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split('```json\n', 1)[1].split("```", 1)[0]
     assert json.loads(block) == json.loads(default_search_space_path().read_text())
+
+
+@pytest.mark.parametrize("name, platform", [("config_remote.yml", "remote"), ("config_kubeflow.yml", "kubeflow")])
+def test_multi_machine_experiment_configs_pass_nnis_loader(tmp_path, name, platform):
+    """The remote (SSH) and Kubeflow examples are valid NNI experiment configs of the same job and search space.
+    NNI's loader checks that a remote machine's SSH key exists, so the test points it at a stand-in key file."""
+    from nni.experiment.config import ExperimentConfig
+
+    data = yaml.safe_load((EXAMPLE / name).read_text())
+    key = tmp_path / "id_rsa"
+    key.write_text("stand-in for the user's SSH key\n")
+    for machine in data["trainingService"].get("machineList", []):
+        machine["sshKeyFile"] = str(key)
+    data["searchSpaceFile"] = str(EXAMPLE / data["searchSpaceFile"])
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    config = ExperimentConfig.load(str(path))
+    config.validate()
+    canonical = config.canonical_copy()
+    assert canonical.training_service.platform == platform
+    assert canonical.search_space == json.loads(default_search_space_path().read_text())
+    command = data.get("trialCommand") or data["trainingService"]["worker"]["command"]
+    words = shlex.split(command)
+    assert words[:3] == ["python3", "-m", "nni_mrs_plugin"] and _parser().parse_args(words[3:]).command == "trial"
+    assert data["tuner"]["classArgs"]["optimize_mode"] == "maximize"

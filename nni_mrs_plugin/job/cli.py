@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -216,6 +217,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .config import ConfigError
     from ..data import DataNotFoundError
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every process would prune on its own and hang
+        print(f"nni-mrs: {args.command} runs as one process, not under torchrun (WORLD_SIZE="
+              f"{os.environ['WORLD_SIZE']}); for several GPUs call fit() under torchrun in your own script",
+              file=sys.stderr)
+        return 2
     try:
         if args.command == "run":
             return _run(args)
