@@ -9,6 +9,7 @@ import pytest
 
 from conftest import run_python
 from nni_mrs_plugin import compat
+from nni_mrs_plugin.nni import fixes
 
 SCRIPT = "tests/scripts/nni_norm_pruning.py"
 
@@ -157,10 +158,10 @@ def testtolerant_wraps_skips_a_type_params_that_is_no_tuple():
     except TypeError:
         plain = None
     assert not isinstance(plain, tuple)  # what the fix is for
-    wrapper = compat.tolerant_wraps(Wrapped, assigned=assigned)(lambda: None)
+    wrapper = fixes.tolerant_wraps(Wrapped, assigned=assigned)(lambda: None)
     assert isinstance(type_params(wrapper), tuple)
     assert wrapper.__wrapped__ is Wrapped and wrapper.__name__ == "Wrapped"
-    kept = compat.tolerant_wraps(len)(lambda x: x)  # ordinary callables keep every attribute
+    kept = fixes.tolerant_wraps(len)(lambda x: x)  # ordinary callables keep every attribute
     assert kept.__name__ == "len" and kept.__doc__ == len.__doc__
 
 

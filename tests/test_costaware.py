@@ -93,11 +93,14 @@ def test_measured_curves_find_the_redundant_expensive_unit():
         model.head.weight[:, :8].mul_(4)
         model.expensive.weight[16:] = 0
         model.expensive.bias[16:] = 0
+    torch.manual_seed(0)  # the data, not the test order, decides the curves
     x = torch.rand(32, 1, 16, 16)
     y = model(x).argmax(1)
     ratios = (0.25, 0.5, 0.75, 0.9)
     curves = loss_curves(model, units, x, y, ratios, graph_module=graph)
-    assert max(abs(v) for v in curves["expensive"][:3]) < 1e-5 and curves["expensive"][3] > 1e-4, curves
+    # flat while only dead channels go; past 0.75 live ones go and the loss moves (either way: these are the
+    # model's own labels, and losing a live channel can also widen a margin)
+    assert max(abs(v) for v in curves["expensive"][:3]) < 1e-5 and abs(curves["expensive"][3]) > 1e-4, curves
     assert curves["cheap"][2] > 1e-3, curves  # the live unit costs loss once pruned hard
     target = cost.removed_fraction({"cheap": 8, "expensive": 16})  # what removing the dead channels saves
     pruned = allocate_by_curves(units, curves, ratios, cost, target - 0.005)

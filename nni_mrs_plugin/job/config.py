@@ -109,7 +109,7 @@ class PruningSection:
     target: float = 0.5  # fraction of the budget the sped-up model loses
     budget: str = "flops"
     estimator: str = "feature"  # chosen on validation (BENCHMARKS.md); with rule 'budget': curve (or probe)
-    criterion: str = "l1"
+    criterion: str = "taylor"  # channels inside a unit; chosen on validation with the estimator
     tau: float = 1.0
     rule: str = "power"  # 'power': ratios from one MRS per unit; 'budget': loss curves traded against cost
     recalibrate: bool = False  # probe/curve estimators: re-estimate BatchNorm statistics on each pruned model

@@ -37,7 +37,7 @@ class MRSSparsityAllocator:
     """
 
     def __init__(self, estimator: Any = None, budget: str = "flops", tau: float = 1.0, *, rule: str = "power",
-                 criterion: str = "l1", attack: Any = None, attack_kwargs: Optional[Dict[str, Any]] = None,
+                 criterion: str = "taylor", attack: Any = None, attack_kwargs: Optional[Dict[str, Any]] = None,
                  eps: Optional[float] = None, n_samples: int = 512, batch_size: int = 256, seed: int = 0,
                  r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01, progress: bool = True,
                  normalization: Optional[tuple] = None, **estimator_options: Any):

@@ -60,7 +60,7 @@ class MRSPruner(Pruner):
     allocates = True  # takes the global target and allocates per-unit ratios itself
 
     def __init__(self, model: nn.Module, config_list: List[Dict[str, Any]], evaluator: Any = None, *,
-                 calibration: Any = None, attack: Any = None, estimator: Any = None, criterion: str = "l1",
+                 calibration: Any = None, attack: Any = None, estimator: Any = None, criterion: str = "taylor",
                  budget: str = "flops", tau: float = 1.0, rule: str = "power", dummy_input: Any = None, training_steps: int = 10,
                  existed_wrappers: Optional[Dict[str, Any]] = None, **allocator_options: Any):
         self.allocator = MRSSparsityAllocator(estimator, budget, tau, rule=rule, criterion=criterion, attack=attack,
