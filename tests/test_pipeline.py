@@ -6,7 +6,7 @@ import torch
 from conftest import run_python
 
 from nni_mrs_plugin.checkpoint import load_pruned
-from nni_mrs_plugin.job.config import ConfigError, default_config_path, load_config
+from nni_mrs_plugin.job.config import ADDED_KEYS, ConfigError, default_config_path, load_config
 from nni_mrs_plugin.evaluate import count_flops
 from nni_mrs_plugin.job.pipeline import STAGES, Pipeline
 
@@ -102,14 +102,14 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
 
 
 def test_new_keys_at_their_default_keep_old_run_folders_resumable(tmp_path):
-    """A run folder made before ``pruning.rule``/``recalibrate`` existed has the same fingerprint as the same
-    config now; choosing the new rule is a different config."""
+    """A run folder made before ``pruning.rule``/``recalibrate`` or ``data.normalization`` existed has the same
+    fingerprint as the same config now; choosing the new rule is a different config."""
     import hashlib
 
     config = tiny(tmp_path, pretrain={"epochs": 0})
     old = config.to_dict()
-    for key in ("rule", "recalibrate"):
-        old["pruning"].pop(key)
+    for section, key in ADDED_KEYS:
+        old[section].pop(key)
     what = {k: v for k, v in old.items() if k not in ("progress", "output")}
     assert Pipeline(config).fingerprint == hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
     changed = tiny(tmp_path / "other", pretrain={"epochs": 0}, pruning={"rule": "budget", "estimator": "curve"})
