@@ -126,22 +126,15 @@ def test_units_follow_dependency_groups_and_skip_output_layers():
     assert "layer2.0.shortcut.0" in skipped["layer2.0.conv2"]
 
 
-class QuickStartLeNet(torch.nn.Module):
-    """NNI's pruning quick start model: one conv1 channel is worth about 7% of its FLOPs."""
+def QuickStartLeNet() -> torch.nn.Module:
+    """NNI's pruning quick start model (examples/nni_examples): one conv1 channel is worth about 7% of its FLOPs."""
+    import sys
+    from pathlib import Path
 
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, 6, 5, 1)
-        self.conv2 = torch.nn.Conv2d(6, 16, 5, 1)
-        self.fc1 = torch.nn.Linear(16 * 4 * 4, 120)
-        self.fc2 = torch.nn.Linear(120, 84)
-        self.fc3 = torch.nn.Linear(84, 10)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "nni_examples"))
+    from quickstart_pruning import LeNet
 
-    def forward(self, x):
-        x = torch.nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = torch.nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
-        x = torch.flatten(x, 1)
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+    return LeNet()
 
 
 @pytest.mark.parametrize("ops, target", [(["Conv2d"], 0.2), (["Conv2d", "Linear"], 0.1), (["Conv2d", "Linear"], 0.2)])
