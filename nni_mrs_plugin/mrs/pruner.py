@@ -65,7 +65,7 @@ class MRSPruner(Pruner):
                  existed_wrappers: Optional[Dict[str, Any]] = None, **allocator_options: Any):
         self.allocator = MRSSparsityAllocator(estimator, budget, tau, rule=rule, criterion=criterion, attack=attack,
                                               **allocator_options)
-        parse_config_list(model, config_list)  # a clear error now, not NNI's schema traceback later
+        selection = parse_config_list(model, config_list)  # a clear error now, not NNI's schema traceback later
         if calibration is None and evaluator is None:
             raise ValueError("MRSPruner needs calibration data (a DataLoader or an (x, y) pair) or an evaluator "
                              "whose training batches it can use")
@@ -73,7 +73,7 @@ class MRSPruner(Pruner):
             raise ValueError(f"training_steps must be >= 1, got {training_steps}")
         super().__init__(model, [normalize_config(config) for config in config_list], evaluator, existed_wrappers)
         self.calibration, self.dummy_input, self.training_steps = calibration, dummy_input, training_steps
-        self.goal = parse_config_list(model, config_list).target
+        self.goal = selection.target
         # NNI's scheduled pruning (LinearPruner/AGPPruner wrapping this pruner) sets these: masks every
         # ``interval_steps`` optimizer steps, ``total_times`` times, the ratios growing to the allocation
         self.interval_steps, self.total_times = -1, 1
