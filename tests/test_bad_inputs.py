@@ -63,6 +63,7 @@ CLI_CASES = [
     ("lr", {}, ["run", "--set", "finetune.lr=0"], "got 0"),
     ("batch-size-type", {}, ["run", "--set", "data.batch_size=big"], "got 'big'"),
     ("dataset", {}, ["run", "--set", "data.dataset=imagenet"], "imagenet"),
+    ("normalization", {}, ["run", "--set", "data.normalization=[[0.5]]"], "data.normalization: must be [mean, std]"),
     ("model", {}, ["run", "--set", "model.name=resnet50"], "must be one of"),
     ("attack", {}, ["run", "--set", "eval.attacks=[pgd0]"], "unknown attack 'pgd0'"),
     ("device-tpu", {}, ["run", "--set", "device=tpu0"], "got 'tpu0'"),
@@ -197,10 +198,25 @@ def _api_cases():
         ("pruner-no-data", lambda: MRSPruner(small(), select), "needs calibration data"),
         ("pruner-layer", lambda: MRSPruner(small(), [{"op_names": ["nope"], "sparse_ratio": 0.5}],
                                            calibration=(x, y)), "'nope'"),
+        ("allocator-granularity", lambda: _granularity(), "closest reachable fractions found are"),
         ("pruner-unreachable", lambda: MRSPruner(small(), [{"op_names": ["features.0"], "sparse_ratio": 0.9}],
                                                  calibration=(x, y), progress=False, n_samples=8).compress(),
          "cannot remove 0.9000"),
     ]
+
+
+def _granularity():
+    """NNI's quick start LeNet, convolutions only, 0.1 of the FLOPs: no channel count lands within ±0.01."""
+    import sys
+
+    from nni.compression.pruning import L1NormPruner
+    from nni_mrs_plugin.mrs.baselines import baseline_masks
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "nni_examples"))
+    from quickstart_pruning import LeNet
+
+    baseline_masks(LeNet().eval(), [{"op_types": ["Conv2d"], "sparse_ratio": 0.1}], torch.zeros(1, 1, 28, 28),
+                   L1NormPruner)
 
 
 API_CASES = _api_cases()
