@@ -165,6 +165,29 @@ def testtolerant_wraps_skips_a_type_params_that_is_no_tuple():
     assert kept.__name__ == "len" and kept.__doc__ == len.__doc__
 
 
+TORCHVISION_TRACE = """
+import torch, torchvision
+from nni.common.concrete_trace_utils import concrete_trace
+for name, kw in (("googlenet", dict(aux_logits=False, init_weights=True)), ("efficientnet_b0", {})):
+    model = getattr(torchvision.models, name)(num_classes=10, **kw).eval()
+    graph = concrete_trace(model, {"x": torch.rand(1, 3, 64, 64)}, use_operator_patch=True,
+                           autowrap_leaf_class={torch.finfo: ((), False)})
+    print(name, "traced", len(graph.graph.nodes))
+"""
+
+
+def test_bytecode_offsets_fix_traces_googlenet_and_efficientnet():
+    """On Python 3.11+ NNI's ConcreteProxy read the wrong instruction (inline caches) and raised IndexError on the
+    first branch of torchvision's GoogLeNet and EfficientNet (issue 12)."""
+    fixed = run_python(TORCHVISION_TRACE)
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert "googlenet traced" in fixed.stdout and "efficientnet_b0 traced" in fixed.stdout
+    broken = run_python(TORCHVISION_TRACE, {compat.SKIP_ENV: "bytecode-offsets"})
+    if broken.returncode == 0:
+        pytest.skip("this Python keeps instruction index == offset / 2; the fix is inactive")
+    assert "list index out of range" in broken.stderr, broken.stderr[-2000:]
+
+
 def test_describe_lists_every_fix():
     text = compat.describe()
     for name, fix in compat.FIXES.items():

@@ -149,3 +149,23 @@ def test_recalibrate_batchnorm_uses_the_batch_statistics_and_keeps_the_mode():
     assert torch.allclose(bn.running_mean, mean, atol=1e-5) and torch.allclose(bn.running_var, var, rtol=1e-4)
     assert not model.training and bn.momentum == 0.1
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items() if k in weights)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kwargs", [("googlenet", {"aux_logits": False, "init_weights": True}),
+                                          ("efficientnet_b0", {})])
+def test_torchvision_googlenet_and_efficientnet_lose_channels_for_real(name, kwargs):
+    """Traceable on Python 3.11+ since the ``bytecode-offsets`` fix: half of every conv's channels are removed for
+    real (FLOPs under 40%) and the sped-up model runs (issue 12)."""
+    import torchvision
+
+    from nni_mrs_plugin.evaluate import count_flops
+    from nni_mrs_plugin.nni.speedup import remove_channels
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=10, **kwargs).eval()
+    dummy = torch.rand(2, 3, 64, 64)
+    dense = count_flops(model, dummy[:1])
+    pruned, masks = remove_channels(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], dummy)
+    assert masks and count_flops(pruned, dummy[:1]) < 0.4 * dense
+    assert pruned(dummy).shape == (2, 10) and torch.isfinite(pruned(dummy)).all()

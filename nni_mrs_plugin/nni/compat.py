@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 SKIP_ENV = "NNI_MRS_PLUGIN_SKIP_FIXES"
 _TRACER = "nni.common.concrete_trace_utils.concrete_tracer"
 _MASK_CONFLICT = "nni.compression.speedup.mask_conflict"
+_PROXY = "nni.common.concrete_trace_utils.concrete_proxy"
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class Fix:
 
 from .fixes import (_accept_is_impure_arguments, _crashing_leaf_functions, _drop_crashing_leaf_functions,
                     _has_debug_print, _is_impure_takes_arguments, _silence_module_print, _subscriptable_wrapped_classes,
-                    _tolerate_type_params, _wrapped_classes_not_subscriptable, _wraps_of_type_fails)
+                    _tolerate_type_params, _wrapped_classes_not_subscriptable, _wraps_of_type_fails,
+                    _instruction_index_is_not_offset, _offset_indexed_instructions)
 
 FIXES: Dict[str, Fix] = {
     f.name: f
@@ -63,6 +65,11 @@ FIXES: Dict[str, Fix] = {
             "concrete_trace fails with \"'clz_wrapper_clz' object is not subscriptable\" on F.max_pool2d(x, 2): "
             "the tracer's wrappers of builtin classes forward [] to the real class",
             _wrapped_classes_not_subscriptable, _subscriptable_wrapped_classes),
+        Fix("bytecode-offsets", _PROXY, "CPython 3.11 inline caches in bytecode (PEP 659)",
+            "concrete_trace fails with 'IndexError: list index out of range' in ConcreteProxy.__bool__ on Python "
+            "3.11+ (torchvision GoogLeNet, EfficientNet, ViT): the proxy finds the executing instruction by "
+            "offset, and knows 3.11's conditional jumps",
+            _instruction_index_is_not_offset, _offset_indexed_instructions),
     )
 }
 

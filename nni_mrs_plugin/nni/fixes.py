@@ -130,3 +130,39 @@ def _subscriptable_wrapped_classes(tracer: ModuleType) -> None:
 
     for name in _CLASS_FACTORIES:
         setattr(tracer, name, subscriptable(getattr(tracer, name)))
+
+
+# --- fix 6: the executing instruction on Python 3.11+ ------------------------------------------------------
+
+def _instruction_index_is_not_offset(proxy: ModuleType) -> bool:
+    """ConcreteProxy finds the instruction being executed as ``dis.get_instructions(code)[f_lasti // 2]``. From
+    Python 3.11 bytecode holds inline CACHE entries that ``get_instructions`` leaves out, so that index lands on a
+    later instruction or past the end: ``IndexError`` in ``__bool__`` for torchvision's GoogLeNet, EfficientNet
+    and ViT, or a branch condition traced as a proxy."""
+    def probe(x):
+        return x.y < 1 if x else None
+
+    return any(ins.offset != 2 * i for i, ins in enumerate(proxy.dis.get_instructions(probe)))
+
+
+def _offset_indexed_instructions(proxy: ModuleType) -> None:
+    import dis
+
+    def get_instructions(code, *args, **kwargs):
+        """Index k holds the first instruction at offset >= 2k: NNI's ``[f_lasti // 2]`` and ``[cur + 1]`` then
+        name the executing instruction and the one after it, whatever CACHE entries lie between."""
+        real = list(dis.get_instructions(code, *args, **kwargs))
+        padded, j = [], 0
+        for k in range(real[-1].offset // 2 + 1):
+            while real[j].offset < 2 * k:
+                j += 1
+            padded.append(real[j])
+        return padded
+
+    shim = ModuleType("dis")
+    shim.__dict__.update(dis.__dict__)
+    shim.get_instructions = get_instructions
+    proxy.dis = shim  # this module's name only; the real dis is untouched
+    # 3.11 renamed the conditional jumps (POP_JUMP_FORWARD_IF_FALSE, ...), which NNI's list does not know
+    jumps = {op for name, op in dis.opmap.items() if "JUMP_IF" in name or name.startswith("POP_JUMP")}
+    proxy.ConcreteProxy.jump_opcodes = tuple(sorted(set(proxy.ConcreteProxy.jump_opcodes) | jumps))
