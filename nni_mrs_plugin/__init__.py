@@ -39,6 +39,8 @@ _EXPORTS = {
     "train_natural": "train.loop", "NonFiniteLossError": "train.loop",
     "AdversarialTrainer": "train.trainer", "trades_loss": "train.trainer", "mart_loss": "train.trainer",
     "fit": "train.fit", "FitResult": "train.fit", "evaluate_robustness": "evaluate",
+    # learned robust allocation (HARP)
+    "HARPPruner": "harp.pruner",
     # the MRPF job
     "load_config": "job.config", "Config": "job.config", "ConfigError": "job.config", "Pipeline": "job.pipeline",
     "run_pipeline": "job.pipeline", "write_report": "job.report", "compare": "job.compare",

@@ -182,3 +182,28 @@ def test_normalising_loaders_give_the_run_of_pixel_loaders(tmp_path):
 def test_bad_normalization_is_a_config_error(tmp_path, value):
     with pytest.raises(ConfigError, match="data.normalization"):
         tiny(tmp_path, data={"normalization": value})
+
+
+def test_harp_runs_from_the_config_and_a_killed_prune_stage_resumes(tmp_path, monkeypatch):
+    from nni_mrs_plugin.train.trainer import AdversarialTrainer
+
+    config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"pruner": "harp", "target": 0.6, "epochs": 2})
+    original, calls = AdversarialTrainer.loss, {"n": 0}
+
+    def dying(self, *args, **kwargs):  # 256 images in batches of 64: 8 steps, stages end at 2, 4, 6, 8
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AdversarialTrainer, "loss", dying)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(config).run(until="prune")
+    saved = torch.load(tmp_path / "run" / "prune-harp.pt", weights_only=False)
+    assert saved["state"]["step"] == 4
+    monkeypatch.setattr(AdversarialTrainer, "loss", original)
+    state = Pipeline(config).run(until="speedup")["stages"]
+    removed = 1 - state["speedup"]["pruned"]["flops"] / state["pretrain"]["dense"]["flops"]
+    assert abs(removed - 0.6) <= 0.01
+    allocation = json.loads((tmp_path / "run" / "allocation.json").read_text())
+    assert allocation["rule"] == "harp" and state["prune"]["pruner"] == "harp"

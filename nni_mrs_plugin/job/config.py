@@ -100,7 +100,7 @@ class TrainingSection:
 
 # (section, key) -> default, for keys added after run folders existed; see Config.fingerprint_dict
 ADDED_KEYS: Dict[Tuple[str, str], Any] = {("pruning", "rule"): "power", ("pruning", "recalibrate"): False,
-                                          ("data", "normalization"): None}
+                                          ("data", "normalization"): None, ("pruning", "epochs"): 1}
 
 
 @dataclass
@@ -118,6 +118,7 @@ class PruningSection:
     samples: int = 512
     eps: Optional[float] = None
     r_max: float = 0.9
+    epochs: int = 1  # pruners that train to choose (harp): passes over the training set
     op_types: List[str] = field(default_factory=lambda: ["Conv2d", "Linear"])
     exclude: List[str] = field(default_factory=list)
 
@@ -130,6 +131,7 @@ class PruningSection:
                  f"must be one of {', '.join(available_pruners())}", self.pruner)
         _require(0 < self.target < 1, f"{key}.target", "must be in (0, 1)", self.target)
         _require(self.samples >= 1, f"{key}.samples", "must be >= 1", self.samples)
+        _require(self.epochs >= 1, f"{key}.epochs", "must be >= 1", self.epochs)
         _require(0 < self.r_max, f"{key}.r_max", "must be in (0, 1)", self.r_max)
         _require(bool(self.op_types), f"{key}.op_types", "must name at least one layer type", self.op_types)
         options = {name: getattr(self, name) for name in getattr(ESTIMATORS.get(self.estimator), "options", ())}

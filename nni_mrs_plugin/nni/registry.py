@@ -59,6 +59,8 @@ _BUILTIN: Dict[str, PrunerSpec] = {
     "movement": PrunerSpec(_NNI + "MovementPruner", needs_evaluator=True),
     "random": PrunerSpec("nni_mrs_plugin.mrs.baselines:RandomPruner", takes_seed=True),
     "l1-global": PrunerSpec("nni_mrs_plugin.mrs.baselines:GlobalL1NormPruner", allocation="self"),
+    "harp": PrunerSpec("nni_mrs_plugin.harp.pruner:HARPPruner", allocation="self", takes_seed=True,
+                       options=("train_data", "trainer", "epochs", "progress", "checkpoint")),
 }
 _registered: Dict[str, PrunerSpec] = {}
 
@@ -116,7 +118,7 @@ def get_pruner(name: str) -> type:
 
 # --- ``from nni.compression.pruning import MRSPruner`` ------------------------------------------------------------
 
-_EXPOSED = {"MRSPruner": "mrs"}  # attribute of nni.compression.pruning -> registry name
+_EXPOSED = {"MRSPruner": "mrs", "HARPPruner": "harp"}  # attribute of nni.compression.pruning -> registry name
 
 
 def _expose_pruners(module: ModuleType) -> None:

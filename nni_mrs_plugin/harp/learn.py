@@ -1,0 +1,127 @@
+"""HARP's training of the gates: minimise the adversarial loss + gamma x the resource loss over the gates' rates and
+scores, the model's own parameters frozen (HARP trains what to keep, not the weights).
+
+The weight gamma follows HARP's step-wise schedule: the run is cut into ``stages``; while the rates are above the
+budget at a stage's end, gamma grows by its initial value (robustness first, then a growing push toward the
+target); once they meet it, gamma is frozen, so both terms keep the weight that balanced them. The rates are then
+rounded to channel counts and the budget solver's single-channel refine finishes the budget exactly (pruning
+first where the learned rate is lowest). State is saved at every stage's end, so a killed run resumes there.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checkpoint import atomic_save
+from ..mrs.allocation import Allocation, allocate, build_allocation, refine
+from ..mrs.cost import CostModel
+from ..mrs.importance import channel_importance
+from .gates import ChannelGates, resource_loss
+
+__all__ = ["learn_allocation"]
+
+
+def _start(model: nn.Module, units, cost: CostModel, target: float, budget: str, tolerance: float) -> ChannelGates:
+    """Gates at uniform ratios that meet the budget, channels ranked by L1 norm: the uniform-L1 pruned model, with
+    the next channel of each block 0.3 open (at a whole count the rate's gradient would read a closed channel)."""
+    uniform = allocate(units, {u.name: 1.0 for u in units}, cost, target, budget, tau=0.0, tolerance=tolerance)
+    modules = dict(model.named_modules())
+    keep = {u.name: min((u.per_block - uniform[u.name] + 0.3) / u.per_block, 1.0) for u in units}
+    scores = {u.name: torch.stack([channel_importance(modules[layer].weight, "l1") for layer in u.layers]).mean(0)
+              for u in units}
+    return ChannelGates(units, keep, scores).to(next(model.parameters()).device)
+
+
+def _batches(data: Iterable) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
+    while True:  # epoch after epoch; the caller counts the steps
+        empty = True
+        for batch in data:
+            empty = False
+            yield batch[0], batch[1]
+        if empty:
+            raise ValueError("HARP's train_data yielded no batches")
+
+
+def learn_allocation(model: nn.Module, units, skipped: Dict[str, str], cost: CostModel, target: float,
+                     data: Iterable, trainer: Any, steps: int, *, budget: str = "flops", gamma: float = 1.0,
+                     stages: int = 4, lr: float = 0.01, tolerance: float = 0.01, seed: int = 0, progress: bool = True,
+                     checkpoint: Optional[Path] = None) -> Tuple[Allocation, Dict[str, torch.Tensor], dict]:
+    """(allocation, |score| per unit channel, history) after ``steps`` optimiser steps of HARP on ``data``."""
+    gates = _start(model, units, cost, target, budget, tolerance)
+    optimizer = torch.optim.Adam(gates.parameters(), lr=lr)
+    stage_length = max(1, math.ceil(steps / stages))
+    state = {"step": 0, "gamma": float(gamma), "frozen": False, "history": []}
+    fingerprint = {"units": [u.name for u in units], "steps": steps, "target": target, "budget": budget,
+                   "gamma": gamma, "stages": stages, "lr": lr, "seed": seed}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if saved.get("fingerprint") != fingerprint:
+            raise ValueError(f"{checkpoint} holds a HARP run with other settings ({saved.get('fingerprint')}); "
+                             f"delete it or use another path")
+        gates.load_state_dict(saved["gates"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    was_training = model.training
+    device = params[0].device
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed + state["step"])
+    for p in params:
+        p.requires_grad_(False)
+    gates.attach(model)
+    model.eval()  # see gates.py: BatchNorm's running statistics stay as they were
+    try:
+        batches = _batches(data)
+        with tqdm(total=steps, initial=state["step"], desc="HARP", disable=not progress, leave=False) as bar:
+            while state["step"] < steps:
+                x, y = next(batches)
+                x, y = x.to(device), y.to(device)
+                adversarial = trainer.loss(model, x, y)
+                penalty = resource_loss(gates, cost, target, budget)
+                loss = adversarial + state["gamma"] * penalty
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"HARP loss is {float(loss)} at step {state['step']}: lower lr")
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                state["step"] += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{adversarial.item():.3f}", over=f"{penalty.item():.3f}",
+                                gamma=f"{state['gamma']:.2f}")
+                if state["step"] % stage_length == 0 or state["step"] == steps:
+                    with torch.no_grad():
+                        over = float(resource_loss(gates, cost, target, budget))
+                    state["history"].append({"step": state["step"], "loss": adversarial.item(), "over": over,
+                                             "gamma": state["gamma"], "rates": gates.rates()})
+                    if not state["frozen"]:
+                        if over <= 1e-4:
+                            state["frozen"] = True
+                        else:
+                            state["gamma"] += float(gamma)
+                    if checkpoint is not None:
+                        atomic_save({"fingerprint": fingerprint, "gates": gates.state_dict(), "state": state,
+                                     "optimizer": optimizer.state_dict()}, checkpoint)
+    finally:
+        gates.detach()
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+        torch.random.set_rng_state(generator_state)
+
+    rates = gates.rates()
+
+    def removed(pruned: Dict[str, int]) -> float:
+        return cost.removed_fraction({u.name: u.kept(pruned[u.name]) for u in units}, budget)
+
+    # rounding can miss the budget: single channels go first where the learned rate is lowest
+    pruned = refine(units, {name: 1.0 - rate + 1e-6 for name, rate in rates.items()}, gates.pruned_counts(),
+                    removed, target, tolerance)
+    allocation = build_allocation(units, rates, pruned, cost, target, budget, skipped)
+    allocation.rule = "harp"
+    return allocation, gates.channel_scores(), {"history": state["history"], "rates": rates}

@@ -1,0 +1,151 @@
+"""``HARPPruner`` (nni_mrs_plugin/harp): learned rates meet the budget after real removal, a robustness-critical unit
+learns to keep more than uniform ratios give it, a killed run resumes, and bad options are one-line errors."""
+import copy
+
+import pytest
+import torch
+from conftest import MODEL_SHAPES, dummy_input, make_model
+from torch import nn
+
+from nni_mrs_plugin import get_pruner
+from nni_mrs_plugin.evaluate import count_flops
+from nni_mrs_plugin.harp import HARPPruner
+from nni_mrs_plugin.harp.gates import ChannelGates
+from nni_mrs_plugin.mrs.units import Unit
+from nni_mrs_plugin.nni.speedup import speedup_model
+from nni_mrs_plugin.train.trainer import AdversarialTrainer
+
+CONFIG = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.6}]
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SHAPES))
+def test_learned_rates_meet_the_budget_after_real_removal(name):
+    model = make_model(name)
+    x, y = dummy_input(name, batch=16), torch.arange(16) % 10
+    before = count_flops(copy.deepcopy(model), x[:1])
+    pruner = HARPPruner(model, CONFIG, train_data=(x, y), steps=4, attack_steps=2, progress=False)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    speedup_model(model, masks, x[:1])
+    removed = 1 - count_flops(model, x[:1]) / before
+    assert pruner.allocation.rule == "harp" and len(pruner.history["history"]) == 4
+    assert abs(removed - 0.6) <= 0.01, (removed, pruner.allocation.table())
+    assert model(x).shape == (16, 10)
+
+
+class CriticalAndDead(nn.Module):
+    """Two branches of equal cost; the head reads only ``critical`` (its weights on ``dead`` are zero)."""
+
+    def __init__(self):
+        super().__init__()
+        self.critical = nn.Conv2d(1, 16, 5, stride=2, padding=2)
+        self.dead = nn.Conv2d(1, 16, 5, stride=2, padding=2)
+        self.head = nn.Linear(512, 10)
+
+    def forward(self, x):
+        features = [nn.functional.adaptive_avg_pool2d(torch.relu(branch(x)), 4).flatten(1)
+                    for branch in (self.critical, self.dead)]
+        return self.head(torch.cat(features, 1))
+
+
+def test_a_robustness_critical_unit_learns_to_keep_more_than_uniform(fashion):
+    torch.manual_seed(0)
+    model = CriticalAndDead()
+    with torch.no_grad():
+        model.head.weight[:, 256:] = 0
+    optimizer = torch.optim.Adam([*model.critical.parameters(), *model.head.parameters()], lr=0.01)
+    trainer = AdversarialTrainer("pgd", eps=0.1, steps=3)
+    for _ in range(3):  # adversarial training: now each critical channel lowers the adversarial loss
+        for x, y in fashion:
+            optimizer.zero_grad()
+            trainer.loss(model, x, y).backward()
+            model.head.weight.grad[:, 256:] = 0
+            optimizer.step()
+    config = [{"op_names": ["critical", "dead"], "sparse_ratio": 0.5}]
+    pruner = HARPPruner(model, config, train_data=fashion, trainer=trainer, steps=40, lr=0.05, progress=False)
+    pruner.compress()
+    pruner.unwrap_model()
+    ratio = {row.unit: row.ratio for row in pruner.allocation.report}
+    rates = pruner.history["rates"]
+    assert rates["critical"] > rates["dead"], rates
+    assert ratio["critical"] < 0.5 < ratio["dead"], ratio  # uniform ratios would prune both by half
+    assert abs(pruner.allocation.achieved - 0.5) <= 0.01
+
+
+def test_a_killed_run_resumes_at_its_last_stage(tmp_path, calibration):
+    x, y = calibration[0][:32], calibration[1][:32]
+    path = tmp_path / "harp.pt"
+
+    def run(steps, checkpoint=path, **kw):
+        model = make_model("small_cnn")
+        pruner = HARPPruner(model, CONFIG, train_data=(x, y), steps=steps, stages=4, attack_steps=2, progress=False,
+                            checkpoint=checkpoint, **kw)
+        pruner.compress()
+        return pruner
+
+    class Killed(Exception):
+        pass
+
+    full = run(8, checkpoint=tmp_path / "other.pt")
+    calls = {"n": 0}
+    original = AdversarialTrainer.loss
+
+    def dying(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # after the stages ending at steps 2 and 4 were saved
+            raise Killed()
+        return original(self, *args, **kwargs)
+
+    AdversarialTrainer.loss = dying
+    try:
+        with pytest.raises(Killed):
+            run(8)
+    finally:
+        AdversarialTrainer.loss = original
+    saved = torch.load(path, weights_only=False)
+    assert saved["state"]["step"] == 4
+    resumed = run(8)
+    assert [h["step"] for h in resumed.history["history"]] == [2, 4, 6, 8]
+    assert resumed.allocation.achieved == pytest.approx(full.allocation.achieved, abs=0.02)
+    with pytest.raises(ValueError, match="other settings"):
+        run(8, lr=0.5)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"config_list": [{"op_types": ["Conv2d"], "sparse_ratio": 1.5}]}, "sparse_ratio must be in \\(0, 1\\)"),
+    ({"config_list": [{"op_types": ["Conv2d"], "sparse_ratio": 0.0}]}, "sparse_ratio must be in \\(0, 1\\)"),
+    ({"trainer": "adversarial"}, "unknown method 'adversarial'"),
+    ({"steps": -3}, "steps must be a positive integer, got -3"),
+    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+    ({"gamma": -1.0}, "gamma must be a positive number"),
+    ({"budget": "latency"}, "unknown budget 'latency'"),
+    ({"train_data": None}, "learns its rates by training"),
+    ({"train_data": torch.zeros(3)}, "train_data must be a DataLoader"),
+])
+def test_bad_options_are_one_line_errors(options, message):
+    model = make_model("small_cnn")
+    kwargs = {"config_list": CONFIG, "train_data": (torch.rand(4, 1, 28, 28), torch.arange(4))}
+    kwargs.update(options)
+    config_list = kwargs.pop("config_list")
+    with pytest.raises(ValueError, match=message) as err:
+        HARPPruner(model, config_list, progress=False, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_straight_through_gradients_reach_scores_and_rates():
+    unit = Unit("conv", ("conv",), channels=8)
+    gates = ChannelGates([unit], {"conv": 0.55}, {"conv": torch.arange(8.0) + 1})
+    mask = gates.mask(0)
+    assert mask.tolist() == pytest.approx([0, 0, 0, 0.4, 1, 1, 1, 1], abs=1e-3)  # 4.4 channels: 4 and 0.4 of the next
+    (mask * torch.arange(8.0)).sum().backward()
+    assert gates.scores[0].grad.flatten().tolist() == list(range(8))
+    # the rate's gradient: 8 x g of the partial channel (channel 3: 3), through the sigmoid between the bounds
+    sigmoid = torch.sigmoid(gates.logits[0].detach()).item()
+    span = gates.high["conv"] - gates.low["conv"]
+    assert gates.logits[0].grad.item() == pytest.approx(8 * 3 * span * sigmoid * (1 - sigmoid), rel=1e-4)
+
+
+def test_registered_by_name():
+    assert get_pruner("harp") is HARPPruner
+    from nni.compression.pruning import HARPPruner as exposed
+    assert exposed is HARPPruner
