@@ -11,7 +11,8 @@ Phases:
            and uniform ratios; the two candidates with the best fine-tuned PGD-20 validation accuracy (mean over
            the models) become the MRS rows of the report. Also measures fixed X' against re-attacked curves.
   report   every seed and target on the test images, read once: the selected MRS variants x {l1, taylor},
-           uniform ratios x {l1, taylor}, global L1, random channels.
+           uniform ratios x {l1, taylor}, global L1, random channels, and HARP (rates and channels learned
+           for ``--harp-epochs`` under the fine-tuning objective, starting from uniform-L1 gates).
 Then ``summary.json``/``summary.md`` (paired per-seed differences to uniform-l1 with 95% t-intervals) and plots.
 
     python benchmarks/allocation.py --output runs/allocation                 # the CPU benchmark (resumable)
@@ -60,7 +61,9 @@ CANDIDATES: Dict[str, Dict[str, Any]] = {
 # measured in the select phase but not eligible for the report: re-attacking every probe costs ~25x the fixed-X'
 # curves (see BENCHMARKS.md), far over the 5%-of-an-epoch bound on what the allocator may measure
 MEASURE_ONLY = {"budget-curve-reattack"}
-BASELINES = ["uniform-l1", "uniform-taylor", "l1-global", "random"]
+# harp learns rates and channels from uniform-L1 gates (HARPPruner): paired with uniform-l1, the difference is what
+# the learning adds
+BASELINES = ["uniform-l1", "uniform-taylor", "l1-global", "random", "harp"]
 REFERENCE = "uniform-l1"
 T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
@@ -87,22 +90,27 @@ def row_options(row: str) -> Tuple[str, Dict[str, Any]]:
     """(registry pruner, its options) for a row name: '<candidate>-<criterion>' or a baseline."""
     if row == "l1-global":
         return "l1-global", {}
-    if row == "random":
-        return "random", {}
+    if row in ("random", "harp"):
+        return row, {}
     name, criterion = row.rsplit("-", 1)
     if name == "uniform":
         return "mrs", {"tau": 0.0, "criterion": criterion}
     return "mrs", dict(CANDIDATES[name], criterion=criterion)
 
 
-def prune(dense: torch.nn.Module, row: str, target: float, calibration, seed: int, device: str):
+def prune(dense: torch.nn.Module, row: str, target: float, calibration, seed: int, device: str, train=None,
+          args=None, work: Optional[Path] = None):
     """(pruned model after removal, allocation dict)."""
     name, options = row_options(row)
     model = copy.deepcopy(dense).to(device).eval()
     dummy = torch.zeros(1, 1, 28, 28, device=device)
     if name == "mrs":
         options = dict(options, calibration=calibration, eps=EPS, n_samples=512, progress=False)
-    if name in ("mrs", "random"):
+    if name == "harp":  # the same objective as the fine-tuning, one pass over the training images
+        loader = DataLoader(train, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        options = dict(train_data=loader, trainer=trainer(args), epochs=args.harp_epochs, progress=False,
+                       checkpoint=work)
+    if name in ("mrs", "random", "harp"):
         options["seed"] = seed
     allocation, masks = baseline_masks(model, [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": target}], dummy,
                                        get_pruner(name), "flops", 0.9, **options)
@@ -125,7 +133,8 @@ def run_row(path: Path, dense_path: Path, row: str, target: float, seed: int, da
     dense = load_pruned(dense_path)
     before = {"flops": count_flops(dense, torch.zeros(1, 1, 28, 28)), "params": count_params(dense)}
     calibration = tensors(Subset(train, range(seed * 512, seed * 512 + 512)), 512)
-    model, allocation = prune(dense, row, target, calibration, seed, args.device)
+    harp_state = path.with_suffix(".harp.pt")  # HARPPruner's resume point, removed with the row's other leftovers
+    model, allocation = prune(dense, row, target, calibration, seed, args.device, train, args, harp_state)
     model.cpu()
     after = {"flops": count_flops(model, torch.zeros(1, 1, 28, 28)), "params": count_params(model)}
     recalibrate_batchnorm(model.to(args.device), calibration[0].to(args.device), 256)
@@ -143,6 +152,7 @@ def run_row(path: Path, dense_path: Path, row: str, target: float, seed: int, da
               "curves": allocation.get("curves", {}), "seconds": round(time.time() - started, 1),
               "device": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else platform.machine()}
     atomic_json(path, result)
+    harp_state.unlink(missing_ok=True)
     for leftover in sorted(work.glob("*")) if work.is_dir() else []:  # the fine-tune's resume point, now spent
         leftover.unlink()
     if work.is_dir():
@@ -315,6 +325,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain-lr", type=float, default=0.05)
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--finetune-lr", type=float, default=0.01)
+    parser.add_argument("--harp-epochs", type=int, default=1, help="passes over the training set for the harp row")
     parser.add_argument("--select", type=int, default=2, help="MRS candidates kept for the report")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES),
                         help="MRS variants the select phase runs (rows already measured still count)")

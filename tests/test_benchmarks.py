@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -122,3 +123,24 @@ def test_allocation_benchmark_separates_allocation_from_criterion(tmp_path):
     assert record["criterion"] == "l1"  # (0.70 + 0.65) / 2 > (0.66 + 0.64) / 2 on the same two allocations
     assert record["criterion_pairs"] == ["vgg16_bn/power-feature", "vgg16_bn/uniform"]
     assert "criterion" not in json.loads((allocation.select_summary(select[:3], path, 1) and path).read_text())
+
+
+def test_allocation_benchmark_harp_row_learns_and_meets_the_target(tmp_path, fashion):
+    """The harp row: HARPPruner on the training images with the fine-tuning objective, paired with uniform-l1
+    (its starting point), no same-criterion partner; the sped-up model meets the FLOPs target."""
+    import argparse
+
+    from nni_mrs_plugin.evaluate import count_flops
+    from nni_mrs_plugin.models import build_model
+
+    allocation = load_script("allocation")
+    assert allocation.row_options("harp") == ("harp", {}) and allocation.same_criterion("harp") is None
+    assert "harp" in allocation.BASELINES
+    torch.manual_seed(0)
+    dense = build_model("vgg16_bn", in_channels=1, width=0.125).eval()
+    train = torch.utils.data.Subset(fashion.dataset, range(256))
+    args = argparse.Namespace(train_steps=1, harp_epochs=1)
+    model, report = allocation.prune(dense, "harp", 0.9, None, 0, "cpu", train, args, tmp_path / "harp.pt")
+    removed = 1 - count_flops(model, torch.zeros(1, 1, 28, 28)) / count_flops(dense, torch.zeros(1, 1, 28, 28))
+    assert report["rule"] == "harp" and abs(removed - 0.9) <= 0.01
+    assert (tmp_path / "harp.pt").is_file()  # the resume point, which run_row deletes once the row is written
