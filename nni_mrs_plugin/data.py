@@ -1,5 +1,6 @@
-"""Datasets as tensors in [0, 1]: Fashion-MNIST from local IDX files, CIFAR-10/100 and SVHN through
-torchvision from a local folder, and scikit-learn's digits as a zero-install tiny set for fast tests.
+"""Datasets as tensors in [0, 1]: Fashion-MNIST from local IDX files, CIFAR-10/100 through torchvision from a local
+folder, SVHN from its local ``.mat`` files, Tiny-ImageNet from the standard ``tiny-imagenet-200`` folder, and
+scikit-learn's digits as a zero-install tiny set for fast tests.
 
 Nothing is downloaded unless the caller asks (``download=True``): these machines often have no internet,
 so missing data raises ``DataNotFoundError`` with a one-line message that says how to get it.
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-__all__ = ["DataNotFoundError", "DatasetInfo", "DATASETS", "Normalized", "load_dataset", "make_loaders",
-           "fashion_mnist_root"]
+__all__ = ["DataNotFoundError", "DatasetInfo", "DATASETS", "Normalized", "TinyImageNet", "load_dataset",
+           "make_loaders", "fashion_mnist_root"]
 
 FASHION_MNIST_ENV = "NNI_MRS_FASHION_MNIST"
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", ".data/fashion-mnist")
@@ -40,6 +41,7 @@ DATASETS = {
     "cifar10": DatasetInfo("cifar10", 3, 10, 32),
     "cifar100": DatasetInfo("cifar100", 3, 100, 32),
     "svhn": DatasetInfo("svhn", 3, 10, 32),
+    "tiny_imagenet": DatasetInfo("tiny_imagenet", 3, 200, 64),
     "digits": DatasetInfo("digits", 1, 10, 8),
 }
 
@@ -97,6 +99,77 @@ def _digits(train: bool, seed: int = 0) -> TensorDataset:
     return TensorDataset(x[idx], y[idx])
 
 
+def _svhn(root: Optional[str], train: bool) -> TensorDataset:
+    """SVHN's ``train_32x32.mat``/``test_32x32.mat`` (X: 32x32x3xN uint8, y: N labels with 10 for the digit 0),
+    read directly: torchvision's reader also demands the official files' MD5."""
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    if not root:
+        raise DataNotFoundError("svhn needs a data folder: pass root=PATH holding train_32x32.mat and test_32x32.mat")
+    path = Path(root) / ("train_32x32.mat" if train else "test_32x32.mat")
+    if not path.is_file():
+        raise DataNotFoundError(f"svhn not found: {path} does not exist (copy SVHN's cropped-digits .mat files there)")
+    try:
+        mat = loadmat(str(path))
+        images, labels = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1).astype(np.int64)
+        if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.shape[3] != len(labels):
+            raise ValueError(f"X has shape {images.shape} for {len(labels)} labels, expected (32, 32, 3, N)")
+    except (OSError, KeyError, ValueError, TypeError, MatReadError) as err:
+        raise DataNotFoundError(f"{path} is not an SVHN .mat file ({type(err).__name__}: {err})") from None
+    x = torch.from_numpy(images.transpose(3, 2, 0, 1).copy()).float().div_(255.0)
+    return TensorDataset(x, torch.from_numpy(labels % 10))
+
+
+class TinyImageNet(Dataset):
+    """The standard ``tiny-imagenet-200`` layout: ``wnids.txt``, ``train/<wnid>/images/*.JPEG`` and
+    ``val/images`` with ``val/val_annotations.txt`` (file, wnid, box); classes in ``wnids.txt`` order."""
+
+    def __init__(self, root: str, train: bool = True):
+        folder = Path(root)
+        if not (folder / "wnids.txt").is_file() and (folder / "tiny-imagenet-200" / "wnids.txt").is_file():
+            folder = folder / "tiny-imagenet-200"
+        if not (folder / "wnids.txt").is_file():
+            raise DataNotFoundError(f"tiny_imagenet not found in {root}: expected tiny-imagenet-200/wnids.txt there "
+                                    f"(unzip tiny-imagenet-200.zip into it)")
+        wnids = [line.strip() for line in (folder / "wnids.txt").read_text().splitlines() if line.strip()]
+        index = {wnid: i for i, wnid in enumerate(wnids)}
+        if train:
+            missing = [w for w in wnids if not (folder / "train" / w / "images").is_dir()]
+            if missing:
+                raise DataNotFoundError(f"{folder}/train lacks images/ folders for {len(missing)} classes of "
+                                        f"wnids.txt (first: {missing[0]}): the folder is incomplete")
+            self.samples = [(path, index[w]) for w in wnids
+                            for path in sorted((folder / "train" / w / "images").glob("*.JPEG"))]
+        else:
+            notes = folder / "val" / "val_annotations.txt"
+            if not notes.is_file():
+                raise DataNotFoundError(f"{notes} does not exist: the folder is incomplete")
+            self.samples = []
+            for number, line in enumerate(notes.read_text().splitlines(), 1):
+                fields = line.split("\t")
+                if len(fields) < 2 or fields[1] not in index:
+                    raise DataNotFoundError(f"{notes} line {number} is not 'file<TAB>wnid<TAB>box' with a wnid of "
+                                            f"wnids.txt: {line[:80]!r}")
+                self.samples.append((folder / "val" / "images" / fields[0], index[fields[1]]))
+        if not self.samples:
+            raise DataNotFoundError(f"{folder} holds no {'train' if train else 'val'} images")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+        from torchvision.transforms.functional import to_tensor
+
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as image:
+                return to_tensor(image.convert("RGB")), label
+        except OSError as err:
+            raise DataNotFoundError(f"{path} is not a readable image ({err})") from None
+
+
 def _torchvision(name: str, root: Optional[str], train: bool, download: bool) -> Dataset:
     import torchvision
     from torchvision import transforms
@@ -105,9 +178,9 @@ def _torchvision(name: str, root: Optional[str], train: bool, download: bool) ->
         raise DataNotFoundError(f"{name} needs a data folder: pass root=PATH (add download=True to fetch it there)")
     to_tensor = transforms.ToTensor()
     try:
-        if name == "svhn":
-            return torchvision.datasets.SVHN(root, split="train" if train else "test", transform=to_tensor,
-                                             download=download)
+        if name == "svhn":  # download only: reading goes through _svhn
+            torchvision.datasets.SVHN(root, split="train" if train else "test", download=True)
+            return _svhn(root, train)
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
         return cls(root, train=train, transform=to_tensor, download=download)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
@@ -131,6 +204,13 @@ def load_dataset(name: str, train: bool = True, root: Optional[str] = None, down
         dataset: Dataset = _fashion_mnist(root, train)
     elif name == "digits":
         dataset = _digits(train)
+    elif name == "svhn" and not download:
+        dataset = _svhn(root, train)
+    elif name == "tiny_imagenet":
+        if not root or download:
+            raise DataNotFoundError("tiny_imagenet needs a data folder (it is not downloaded here): pass root=PATH "
+                                    "holding tiny-imagenet-200/")
+        dataset = TinyImageNet(root, train)
     else:
         dataset = _torchvision(name, root, train, download)
     if subset is not None and subset < len(dataset):

@@ -57,3 +57,78 @@ def test_bad_arguments():
         load_dataset("digits", subset=0)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         make_loaders("digits", batch_size=0)
+
+
+def _write_svhn(folder, n, seed=0):
+    from scipy.io import savemat
+
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (32, 32, 3, n), generator=generator, dtype=torch.uint8).numpy()
+    labels = (torch.arange(n) % 10 + 1).view(-1, 1).numpy()  # SVHN writes the digit 0 as label 10
+    savemat(str(folder / "train_32x32.mat"), {"X": images, "y": labels})
+    return images, labels
+
+
+def test_svhn_from_its_local_mat_files(tmp_path):
+    images, labels = _write_svhn(tmp_path, 12)
+    train = load_dataset("svhn", train=True, root=str(tmp_path))
+    assert len(train) == 12
+    x, y = train[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert torch.allclose(x * 255, torch.from_numpy(images[:, :, :, 0].transpose(2, 0, 1)).float())
+    assert [int(train[i][1]) for i in range(10)] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
+    with pytest.raises(DataNotFoundError, match="test_32x32.mat does not exist"):
+        load_dataset("svhn", train=False, root=str(tmp_path))
+    (tmp_path / "train_32x32.mat").write_bytes(b"not a mat file")
+    with pytest.raises(DataNotFoundError, match="is not an SVHN .mat file") as err:
+        load_dataset("svhn", train=True, root=str(tmp_path))
+    assert "\n" not in str(err.value)
+
+
+def _write_tiny_imagenet(root, wnids=("n01", "n02", "n03"), per_class=2, val=4):
+    from PIL import Image
+
+    folder = root / "tiny-imagenet-200"
+    (folder / "val" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    for c, wnid in enumerate(wnids):
+        images = folder / "train" / wnid / "images"
+        images.mkdir(parents=True)
+        for i in range(per_class):
+            mode = "L" if i == 1 else "RGB"  # Tiny-ImageNet has a few grayscale JPEGs
+            Image.new(mode, (64, 64), color=40 * c + i if mode == "L" else (40 * c, i, 0)).save(
+                images / f"{wnid}_{i}.JPEG")
+    lines = []
+    for i in range(val):
+        Image.new("RGB", (64, 64), color=(i, 0, 0)).save(folder / "val" / "images" / f"val_{i}.JPEG")
+        lines.append(f"val_{i}.JPEG\t{wnids[i % len(wnids)]}\t0\t0\t63\t63")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_tiny_imagenet_from_the_standard_folder(tmp_path):
+    folder = _write_tiny_imagenet(tmp_path)
+    train = load_dataset("tiny_imagenet", train=True, root=str(tmp_path))
+    assert len(train) == 6 and [train[i][1] for i in range(6)] == [0, 0, 1, 1, 2, 2]
+    x, _ = train[1]
+    assert x.shape == (3, 64, 64) and float(x.max()) <= 1.0  # grayscale JPEGs come as RGB
+    val = load_dataset("tiny_imagenet", train=False, root=str(folder))  # the folder itself works too
+    assert [val[i][1] for i in range(4)] == [0, 1, 2, 0]
+    train_loader, test_loader = make_loaders("tiny_imagenet", root=str(tmp_path), batch_size=4)
+    xb, yb = next(iter(test_loader))
+    assert xb.shape == (4, 3, 64, 64) and yb.tolist() == [0, 1, 2, 0]
+
+
+def test_tiny_imagenet_missing_or_malformed_is_one_clear_line(tmp_path):
+    with pytest.raises(DataNotFoundError, match="expected tiny-imagenet-200/wnids.txt"):
+        load_dataset("tiny_imagenet", root=str(tmp_path))
+    with pytest.raises(DataNotFoundError, match="needs a data folder"):
+        load_dataset("tiny_imagenet")
+    folder = _write_tiny_imagenet(tmp_path)
+    (folder / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99\t0\t0\t1\t1\n")
+    with pytest.raises(DataNotFoundError, match="line 1 is not") as err:
+        load_dataset("tiny_imagenet", train=False, root=str(tmp_path))
+    assert "\n" not in str(err.value)
+    (folder / "wnids.txt").write_text("n01\nn02\nn03\nn04\n")
+    with pytest.raises(DataNotFoundError, match="lacks images/ folders for 1 classes"):
+        load_dataset("tiny_imagenet", train=True, root=str(tmp_path))
