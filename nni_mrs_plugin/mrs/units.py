@@ -18,10 +18,24 @@ from torch import nn
 
 from ..nni.speedup import group_dependencies, trace
 
-__all__ = ["Unit", "Selection", "PRUNABLE_TYPES", "parse_config_list", "normalize_config", "find_units", "output_layers"]
+__all__ = ["Unit", "Selection", "PRUNABLE_TYPES", "parse_config_list", "normalize_config", "find_units", "output_layers",
+           "unfollowable"]
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _RATIO_KEYS = ("sparse_ratio", "min_sparse_ratio", "max_sparse_ratio")
+# what a unit's output channels may pass through on their way to the next Conv/Linear, so that removing a channel
+# removes exactly it downstream: per-channel maps, pooling, adds, channel concatenation, flatten into a Linear
+_FOLLOWED_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU,
+                     nn.SiLU, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.Tanh, nn.ELU, nn.Hardtanh, nn.Dropout,
+                     nn.Dropout2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+                     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.Flatten)
+_FOLLOWED_NAMES = {"StochasticDepth"}  # torchvision's: the identity at inference
+_FOLLOWED_CALLS = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "hardswish", "hardsigmoid", "tanh", "elu",
+                   "leaky_relu", "hardtanh", "hardtanh_", "dropout", "add", "iadd", "add_", "mul", "imul", "mul_",
+                   "sub", "truediv", "cat", "concat", "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d",
+                   "adaptive_max_pool2d", "contiguous", "clone", "mean", "batch_norm", "stochastic_depth"}
+_SCALARS = {"size", "dim", "getattr", "numel"}  # read a shape, carry no channels
+_RESHAPES = {"view", "reshape", "flatten", "unflatten"}
 
 
 @dataclass(frozen=True)
@@ -160,6 +174,72 @@ def output_layers(graph_module: torch.fx.GraphModule) -> List[str]:
     return found
 
 
+def _depthwise(module: Any) -> bool:
+    groups = getattr(module, "groups", 1)
+    return groups > 1 and groups == getattr(module, "in_channels", 0) == getattr(module, "out_channels", -1)
+
+
+def _shape_of(node: Any) -> Optional[Tuple[int, ...]]:
+    meta = node.meta.get("tensor_meta") if isinstance(node, torch.fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def unfollowable(graph_module: torch.fx.GraphModule, layers: Sequence[str]) -> str:
+    """Why removing output channels of ``layers`` would not remove exactly those channels downstream ('' if it
+    would): their channels reach an op the removal cannot follow (a reshape or transpose that mixes them, as in a
+    channel shuffle; chunk/split; attention; a norm across channels) before the next Conv/Linear consumes them."""
+    modules = dict(graph_module.named_modules())
+    stack = [node for node in graph_module.graph.nodes if node.op == "call_module" and node.target in layers]
+    for node in stack:  # a depthwise conv's channels are its input's: their producer must go with it
+        if _depthwise(modules.get(node.target)):
+            source = node.all_input_nodes[0] if node.all_input_nodes else None
+            while source is not None and not (source.op == "call_module" and
+                                              isinstance(modules.get(source.target), PRUNABLE_TYPES)):
+                source = source.all_input_nodes[0] if source.all_input_nodes and source.op != "placeholder" else None
+            if source is None or source.target not in layers:
+                return (f"depthwise {node.target} keeps its input's channels, and they come from "
+                        f"{'the model input' if source is None else source.target}, outside this group")
+    channels = {node: (_shape_of(node) or (0, 0))[1] for node in stack}  # the unit's channels along dim 1
+    seen = set(stack)
+    while stack:
+        node = stack.pop()
+        before, count = _shape_of(node), channels[node]
+        for user in node.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            module = modules.get(user.target) if user.op == "call_module" else None
+            name = getattr(user.target, "__name__", user.target)
+            after = _shape_of(user)
+            if isinstance(module, PRUNABLE_TYPES):
+                if _depthwise(module):
+                    channels[user] = count
+                    stack.append(user)  # each channel goes through on its own
+                continue
+            if user.op == "output":
+                return "its channels reach the model output"
+            if name in _SCALARS:
+                continue
+            kind = (isinstance(module, _FOLLOWED_MODULES) or type(module).__name__ in _FOLLOWED_NAMES) if module \
+                else user.op in ("call_function", "call_method") and name in _FOLLOWED_CALLS | _RESHAPES
+            label = type(module).__name__ if module is not None else str(name)
+            if not kind or before is None or after is None or len(after) < 2:
+                return f"its channels pass through {label} ('{user.name}'), which channel removal cannot follow"
+            passed = count
+            if name in ("cat", "concat"):
+                passed = after[1]
+            elif not (after == before or after[:2] == before[:2] or
+                      (isinstance(module, nn.Flatten) or name in _RESHAPES) and count and after[1] % count == 0):
+                # a reshape keeps each channel whole only if dim 1 stays a multiple of the channels (flatten into
+                # a Linear, or back); a split of the channel dim (a channel shuffle's view) does not
+                return (f"its channels pass through {label} ('{user.name}') with shape {list(before)} -> "
+                        f"{list(after)}, which channel removal cannot follow")
+            channels[user] = passed
+            stack.append(user)
+    return ""
+
+
 def find_units(model: nn.Module, selection: Selection, dummy_input: Any, r_min: float = 0.0, r_max: float = 0.9,
                graph_module: Optional[torch.fx.GraphModule] = None
                ) -> Tuple[List[Unit], Dict[str, str], torch.fx.GraphModule]:
@@ -195,7 +275,7 @@ def find_units(model: nn.Module, selection: Selection, dummy_input: Any, r_min: 
         elif missing:
             reason = f"shares output channels with unselected {', '.join(missing)} (select the whole group)"
         else:
-            reason = ""
+            reason = unfollowable(graph_module, layers)
         if reason:
             skipped.update({name: reason for name in chosen})
             continue
