@@ -5,6 +5,7 @@ import numpy as np
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import DEVICES, MODEL_SHAPES, dummy_input, make_model
 from nni_mrs_plugin.checkpoint import load_pruned, save_pruned
@@ -198,3 +199,43 @@ def test_shufflenet_groups_through_the_channel_shuffle_are_excluded_and_the_rest
     with torch.no_grad():
         expected, got = masked(x), model(x)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+TORCHVISION = [("resnet50", {}), ("densenet121", {}), ("efficientnet_b0", {}),
+               ("googlenet", {"aux_logits": False, "init_weights": True}), ("mobilenet_v3_small", {}),
+               ("regnet_x_400mf", {}), ("shufflenet_v2_x0_5", {}), ("squeezenet1_1", {})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kwargs", TORCHVISION, ids=[name for name, _ in TORCHVISION])
+def test_torchvision_models_meet_the_budget_and_removal_equals_masking(name, kwargs):
+    """Issue 12's matrix: MRSPruner at 0.5 FLOPs on torchvision models this project did not write (64-px inputs,
+    random weights, non-trivial BatchNorm statistics): the budget is met within ±1 point after real removal (on what
+    is prunable), and the sped-up model computes what the masked model computes, with the pruned channels zeroed in
+    every BatchNorm that normalises them (DenseNet's after each cat included), to 1e-4 relative."""
+    import torchvision
+
+    from nni_mrs_plugin.evaluate import count_flops
+    from nni_mrs_plugin.mrs.pruner import MRSPruner
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=10, **kwargs).eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    x, y = torch.rand(4, 3, 64, 64), torch.arange(4)
+    dense = count_flops(model, x[:1])
+    pruner = MRSPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], calibration=(x, y), n_samples=4,
+                       progress=False)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    masked = mask_like_removal(copy.deepcopy(model), masks, x[:2])
+    speedup_model(model, masks, x[:2])
+    assert abs(1 - count_flops(model, x[:1]) / dense - 0.5) <= 0.01
+    with torch.no_grad():
+        expected, got = masked(x), model(x)
+    assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-4

@@ -105,22 +105,49 @@ def output_channel_keep(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(mask.shape[0], -1).bool().any(dim=1)
 
 
-def _following_batchnorms(graph_module: torch.fx.GraphModule) -> Dict[str, str]:
-    """Layer -> the BatchNorm it feeds directly and only (conv -> bn, the pair removal deletes together)."""
+_PASSING = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Dropout, nn.Identity, nn.MaxPool2d,
+            nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+_PASSING_CALLS = {"relu", "relu_", "relu6", "gelu", "silu", "hardswish", "dropout", "max_pool2d", "avg_pool2d",
+                  "adaptive_avg_pool2d", "contiguous", "clone"}
+
+
+def _following_batchnorms(graph_module: torch.fx.GraphModule) -> Dict[str, List[Tuple[str, int]]]:
+    """Layer -> every BatchNorm that normalises its output channels, with the offset of those channels there:
+    the BatchNorm right after a conv (offset 0), and those after a channel ``cat`` (DenseNet), found through
+    activations, pooling, BatchNorms and further concatenations. Removal deletes those BatchNorm channels too,
+    where masking leaves each one adding a constant (its shift) that a later BatchNorm would pass on."""
     modules = dict(graph_module.named_modules())
-    pairs = {}
-    for node in graph_module.graph.nodes:
-        if node.op == "call_module" and len(node.users) == 1:
-            (user,) = node.users
-            if user.op == "call_module" and isinstance(modules.get(user.target), _BATCHNORMS):
-                pairs[node.target] = user.target
-    return pairs
+    found: Dict[str, List[Tuple[str, int]]] = {}
+    for start in graph_module.graph.nodes:
+        if start.op != "call_module" or not isinstance(modules.get(start.target), (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            continue
+        stack, seen = [(start, 0)], {start}
+        while stack:
+            node, offset = stack.pop()
+            for user in node.users:
+                module = modules.get(user.target) if user.op == "call_module" else None
+                name = getattr(user.target, "__name__", user.target)
+                if user in seen:
+                    continue
+                seen.add(user)
+                if isinstance(module, _BATCHNORMS):  # and on: the zeroed channel meets later BatchNorms after a cat
+                    found.setdefault(start.target, []).append((user.target, offset))
+                    stack.append((user, offset))
+                elif isinstance(module, _PASSING) or (module is None and name in _PASSING_CALLS):
+                    stack.append((user, offset))
+                elif module is None and name in ("cat", "concat") and user.kwargs.get(
+                        "dim", user.args[1] if len(user.args) > 1 else 0) in (1, -3):
+                    parts = user.args[0]
+                    before = sum(int(p.meta["tensor_meta"].shape[1]) for p in parts[:list(parts).index(node)])
+                    stack.append((user, offset + before))
+    return found
 
 
 @torch.no_grad()
 def mask_like_removal(model: nn.Module, masks: Masks, dummy_input: Any,
                       graph_module: Optional[torch.fx.GraphModule] = None) -> nn.Module:
-    """Zero, in place, every pruned output channel as removal would: weight, bias and the following BatchNorm.
+    """Zero, in place, every pruned output channel as removal would: weight, bias and every BatchNorm that
+    normalises it (right after the layer, or after a channel concatenation, as in DenseNet).
 
     The result computes what ``ModelSpeedup`` produces (up to float rounding), without changing shapes.
     """
@@ -136,11 +163,11 @@ def mask_like_removal(model: nn.Module, masks: Masks, dummy_input: Any,
         layer.weight.mul_(weight_mask.to(layer.weight))
         if getattr(layer, "bias", None) is not None:
             layer.bias.mul_(keep.to(layer.bias))
-        bn_name = batchnorm_after.get(name)
-        if bn_name is not None:
+        for bn_name, offset in batchnorm_after.get(name, []):
             bn = modules[bn_name]
-            bn.weight.mul_(keep.to(bn.weight))
-            bn.bias.mul_(keep.to(bn.bias))
+            channels = slice(offset, offset + len(keep))
+            bn.weight[channels] *= keep.to(bn.weight)
+            bn.bias[channels] *= keep.to(bn.bias)
     return model
 
 
