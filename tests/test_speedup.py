@@ -215,3 +215,33 @@ def test_torchvision_models_meet_the_budget_and_removal_equals_masking(name, kwa
     with torch.no_grad():
         expected, got = masked(x), model(x)
     assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-4
+
+
+class _Flows(nn.Module):
+    """``a`` reaches the next conv through ops removal follows (BN, upsample, flatten into a Linear); ``b`` through
+    a chunk, ``c`` through a channel shuffle's view and transpose."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.a2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.b, self.b2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(4, 4, 1)
+        self.c, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.head = nn.Linear(8 * 8 * 8 + 4 * 8 * 8 + 4 * 8 * 8, 10)
+
+    def forward(self, x):
+        a = self.a2(nn.functional.interpolate(torch.relu(self.bn(self.a(x))), scale_factor=2.0))
+        a = nn.functional.avg_pool2d(a, 2)
+        b = self.b2(self.b(x).chunk(2, dim=1)[0])
+        c = self.c(x)
+        c = self.c2(c.view(c.shape[0], 2, 4, 8, 8).transpose(1, 2).reshape(c.shape[0], 8, 8, 8))
+        return self.head(torch.cat([a.flatten(1), b.flatten(1), c.flatten(1)], 1))
+
+
+def test_groups_whose_channels_removal_cannot_follow_are_named():
+    from nni_mrs_plugin.mrs.units import unfollowable
+
+    graph = trace(_Flows().eval(), torch.rand(2, 3, 8, 8))
+    assert unfollowable(graph, ["a"]) == "" and unfollowable(graph, ["a2"]) == ""
+    assert "chunk" in unfollowable(graph, ["b"])
+    assert "view" in unfollowable(graph, ["c"]) and "[2, 8, 8, 8] -> [2, 2, 4, 8, 8]" in unfollowable(graph, ["c"])

@@ -28,12 +28,12 @@ _RATIO_KEYS = ("sparse_ratio", "min_sparse_ratio", "max_sparse_ratio")
 _FOLLOWED_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU,
                      nn.SiLU, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.Tanh, nn.ELU, nn.Hardtanh, nn.Dropout,
                      nn.Dropout2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-                     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.Flatten)
+                     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.Flatten, nn.Upsample)
 _FOLLOWED_NAMES = {"StochasticDepth"}  # torchvision's: the identity at inference
 _FOLLOWED_CALLS = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "hardswish", "hardsigmoid", "tanh", "elu",
                    "leaky_relu", "hardtanh", "hardtanh_", "dropout", "add", "iadd", "add_", "mul", "imul", "mul_",
                    "sub", "truediv", "cat", "concat", "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d",
-                   "adaptive_max_pool2d", "contiguous", "clone", "mean", "batch_norm", "stochastic_depth"}
+                   "adaptive_max_pool2d", "interpolate", "contiguous", "clone", "mean", "batch_norm", "stochastic_depth"}
 _SCALARS = {"size", "dim", "getattr", "numel"}  # read a shape, carry no channels
 _RESHAPES = {"view", "reshape", "flatten", "unflatten"}
 
