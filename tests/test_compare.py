@@ -97,3 +97,14 @@ def test_cli_compare_bad_pruner_is_one_line(tmp_path):
     result = run_python(["-m", "nni_mrs_plugin", "compare", "--pruners", "mrs", "nope", "--output", str(tmp_path)])
     assert result.returncode == 2
     assert result.stderr.strip().startswith("nni-mrs: config error: pruners: unknown pruner 'nope'; available: ")
+
+
+@pytest.mark.slow
+def test_compare_runs_harp_by_name(tmp_path):
+    """``nni-mrs compare --pruners harp``: the learned allocation is one more registry name for compare."""
+    config = tiny(tmp_path, pretrain={"epochs": 0})
+    out = tmp_path / "cmp"
+    result = compare(config, ["harp"], [0.6], str(out))
+    rows = {row["variant"]: row for row in result["rows"]}
+    assert set(rows) == {"dense", "harp"} and abs(rows["harp"]["flops_removed"]["mean"] - 0.6) <= 0.01
+    assert json.loads((out / "seed0" / "harp-0.6" / "allocation.json").read_text())["rule"] == "harp"
