@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..attacks import default_eps
 from ..mrs.allocation import Allocation, budget_units
 from ..mrs.cost import BUDGETS, CostModel
-from ..mrs.pruner import apply_allocation
+from ..mrs.pruner import apply_allocation, unwrapped
 from ..mrs.units import normalize_config, parse_config_list
 from ..train.trainer import AdversarialTrainer
 from .learn import learn_allocation
@@ -102,14 +102,8 @@ class HARPPruner(Pruner):
     # -- NNI's pipeline -----------------------------------------------------------------------------------
     def _collect_data(self) -> Dict[str, Dict[str, torch.Tensor]]:
         if self.allocation is None:
-            wrapped = [w for w in self._module_wrappers.values() if getattr(w.module, "_nni_wrapper", None) is w]
-            for wrapper in wrapped:
-                wrapper.unwrap()
-            try:
-                self._learn(self.bound_model)
-            finally:
-                for wrapper in wrapped:
-                    wrapper.wrap()
+            with unwrapped(self) as model:
+                self._learn(model)
         data = active_sparse_targets_filter(self._target_spaces)
         for unit in self.allocation.config_list:  # each layer's channels ranked by its unit's learned |score|
             scores = self._scores[unit["dependency_group_id"]]

@@ -8,7 +8,8 @@ channels by the criterion (NNI's own L1/L2/FPGM metrics, or Taylor on adversaria
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -21,7 +22,21 @@ from .allocator import MRSSparsityAllocator
 from .importance import weight_gradients
 from .units import normalize_config, parse_config_list
 
-__all__ = ["MRSPruner", "apply_allocation"]
+__all__ = ["MRSPruner", "apply_allocation", "unwrapped"]
+
+
+@contextmanager
+def unwrapped(pruner: Pruner) -> Iterator[nn.Module]:
+    """The pruner's model with NNI's wrappers taken off for a measurement, put back afterwards. A scheduler
+    (AGP/Linear) wraps the model with these same wrappers, so ask them rather than ``pruner._is_wrapped``."""
+    wrapped = [w for w in pruner._module_wrappers.values() if getattr(w.module, "_nni_wrapper", None) is w]
+    for wrapper in wrapped:
+        wrapper.unwrap()
+    try:
+        yield pruner.bound_model
+    finally:
+        for wrapper in wrapped:
+            wrapper.wrap()
 
 
 def apply_allocation(target_spaces: Dict[str, Dict[str, Any]], allocation: Optional[Allocation],
@@ -86,15 +101,8 @@ class MRSPruner(Pruner):
     def _collect_data(self) -> Dict[str, Dict[str, torch.Tensor]]:
         if self.allocation is None or not self.scheduled:  # a schedule measures MRS once and reuses it
             calibration = self.calibration if self.calibration is not None else self._captured_pair()
-            # a scheduler wraps the model with these same wrappers, so ask them rather than self._is_wrapped
-            wrapped = [w for w in self._module_wrappers.values() if getattr(w.module, "_nni_wrapper", None) is w]
-            for wrapper in wrapped:
-                wrapper.unwrap()
-            try:
-                self.allocation = self._allocate(self.bound_model, calibration)
-            finally:
-                for wrapper in wrapped:
-                    wrapper.wrap()
+            with unwrapped(self) as model:
+                self.allocation = self._allocate(model, calibration)
         data = active_sparse_targets_filter(self._target_spaces)
         if self.criterion == "taylor":  # NNI's Taylor importance, on adversarial instead of training gradients
             for layer, grad in self._gradients.items():

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..nni.speedup import group_dependencies, trace
+from ..nni.speedup import ZERO_KEEPING_CALLS, ZERO_KEEPING_MODULES, group_dependencies, trace
 
 __all__ = ["Unit", "Selection", "PRUNABLE_TYPES", "parse_config_list", "normalize_config", "find_units", "output_layers",
            "unfollowable"]
@@ -25,15 +25,12 @@ PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _RATIO_KEYS = ("sparse_ratio", "min_sparse_ratio", "max_sparse_ratio")
 # what a unit's output channels may pass through on their way to the next Conv/Linear, so that removing a channel
 # removes exactly it downstream: per-channel maps, pooling, adds, channel concatenation, flatten into a Linear
-_FOLLOWED_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU,
-                     nn.SiLU, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.Tanh, nn.ELU, nn.Hardtanh, nn.Dropout,
-                     nn.Dropout2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-                     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.Flatten, nn.Upsample)
+_FOLLOWED_MODULES = ZERO_KEEPING_MODULES + (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Sigmoid,
+                                            nn.Hardsigmoid, nn.Flatten, nn.Upsample)
 _FOLLOWED_NAMES = {"StochasticDepth"}  # torchvision's: the identity at inference
-_FOLLOWED_CALLS = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "hardswish", "hardsigmoid", "tanh", "elu",
-                   "leaky_relu", "hardtanh", "hardtanh_", "dropout", "add", "iadd", "add_", "mul", "imul", "mul_",
-                   "sub", "truediv", "cat", "concat", "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d",
-                   "adaptive_max_pool2d", "interpolate", "contiguous", "clone", "mean", "batch_norm", "stochastic_depth"}
+_FOLLOWED_CALLS = ZERO_KEEPING_CALLS | {"sigmoid", "hardsigmoid", "add", "iadd", "add_", "mul", "imul", "mul_", "sub",
+                                        "truediv", "cat", "concat", "interpolate", "mean", "batch_norm",
+                                        "stochastic_depth"}
 _SCALARS = {"size", "dim", "getattr", "numel"}  # read a shape, carry no channels
 _RESHAPES = {"view", "reshape", "flatten", "unflatten"}
 

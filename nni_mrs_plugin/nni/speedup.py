@@ -105,10 +105,14 @@ def output_channel_keep(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(mask.shape[0], -1).bool().any(dim=1)
 
 
-_PASSING = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Dropout, nn.Identity, nn.MaxPool2d,
-            nn.AvgPool2d, nn.AdaptiveAvgPool2d)
-_PASSING_CALLS = {"relu", "relu_", "relu6", "gelu", "silu", "hardswish", "dropout", "max_pool2d", "avg_pool2d",
-                  "adaptive_avg_pool2d", "contiguous", "clone"}
+# per-channel ops that keep a zeroed channel at zero: mask_like_removal follows a pruned channel through them to
+# the BatchNorms that normalise it; units.py follows the same ops (and more) to decide what removal can follow
+ZERO_KEEPING_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Tanh, nn.ELU,
+                        nn.Hardtanh, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d,
+                        nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+ZERO_KEEPING_CALLS = {"relu", "relu_", "relu6", "gelu", "silu", "hardswish", "tanh", "elu", "leaky_relu", "hardtanh",
+                      "hardtanh_", "dropout", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
+                      "contiguous", "clone"}
 
 
 def _following_batchnorms(graph_module: torch.fx.GraphModule) -> Dict[str, List[Tuple[str, int]]]:
@@ -133,7 +137,7 @@ def _following_batchnorms(graph_module: torch.fx.GraphModule) -> Dict[str, List[
                 if isinstance(module, _BATCHNORMS):  # and on: the zeroed channel meets later BatchNorms after a cat
                     found.setdefault(start.target, []).append((user.target, offset))
                     stack.append((user, offset))
-                elif isinstance(module, _PASSING) or (module is None and name in _PASSING_CALLS):
+                elif isinstance(module, ZERO_KEEPING_MODULES) or (module is None and name in ZERO_KEEPING_CALLS):
                     stack.append((user, offset))
                 elif module is None and name in ("cat", "concat") and user.kwargs.get(
                         "dim", user.args[1] if len(user.args) > 1 else 0) in (1, -3):
