@@ -110,6 +110,24 @@ def test_unreachable_target_names_the_maximum():
         allocation.allocate(units, _random_scores(units), cost, 0.9, "flops")
 
 
+def test_a_failed_compress_gives_the_model_back_unwrapped():
+    """An unreachable target is an error; the model must then be the user's again, so that a second pruner with a
+    reachable target can wrap it (NNI refuses to wrap a layer twice)."""
+    from nni_mrs_plugin.mrs.pruner import MRSPruner
+
+    name = "small_cnn"
+    model, x = make_model(name), dummy_input(name, 8)
+    y = torch.arange(8) % 10
+    with pytest.raises(ValueError, match="cannot remove 0.9000"):
+        MRSPruner(model, [{"op_names": ["features.0"], "sparse_ratio": 0.9}], calibration=(x, y), n_samples=8,
+                  progress=False).compress()
+    assert not any(hasattr(m, "_nni_wrapper") for m in model.modules())
+    pruner = MRSPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], calibration=(x, y), n_samples=8,
+                       progress=False)
+    _, masks = pruner.compress()
+    assert masks
+
+
 def test_units_follow_dependency_groups_and_skip_output_layers():
     name = "resnet18"
     model, x = make_model(name), dummy_input(name, 1)

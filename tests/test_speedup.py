@@ -174,7 +174,20 @@ def test_torchvision_googlenet_and_efficientnet_lose_channels_for_real(name, kwa
 
 TORCHVISION = [("resnet50", {}), ("densenet121", {}), ("efficientnet_b0", {}),
                ("googlenet", {"aux_logits": False, "init_weights": True}), ("mobilenet_v3_small", {}),
-               ("regnet_x_400mf", {}), ("shufflenet_v2_x0_5", {}), ("squeezenet1_1", {})]
+               ("regnet_x_400mf", {}), ("shufflenet_v2_x0_5", {}), ("squeezenet1_1", {}),
+               ("vit", {"image_size": 64, "patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 32,
+                        "mlp_dim": 128})]
+
+
+def _torchvision_model(name, kwargs):
+    import torchvision
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    if name == "vit":  # a small torchvision ViT; its zero-initialised head would make every output 0
+        model = VisionTransformer(num_classes=10, **kwargs)
+        nn.init.normal_(model.heads.head.weight)
+        return model.eval()
+    return getattr(torchvision.models, name)(num_classes=10, **kwargs).eval()
 
 
 @pytest.mark.slow
@@ -185,14 +198,14 @@ def test_torchvision_models_meet_the_budget_and_removal_equals_masking(name, kwa
     is prunable), and the sped-up model computes what the masked model computes, with the pruned channels zeroed in
     every BatchNorm that normalises them (DenseNet's after each cat included), to 1e-4 relative. ShuffleNetV2's
     groups through its channel shuffle (view -> transpose -> view) are excluded with the reason; before, NNI's
-    ModelSpeedup raised EmptyLayerError/UnBalancedGroupError on it."""
-    import torchvision
-
+    ModelSpeedup raised EmptyLayerError/UnBalancedGroupError on it. On the ViT, Conv2d and Linear are selected:
+    only the MLP hidden units are prunable (the patch embedding and the residual stream are excluded with the
+    reason), and they are sliced out directly; before, NNI's ModelSpeedup built LayerNorms of width 0."""
     from nni_mrs_plugin.evaluate import count_flops
     from nni_mrs_plugin.mrs.pruner import MRSPruner
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(num_classes=10, **kwargs).eval()
+    model = _torchvision_model(name, kwargs)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             with torch.no_grad():
@@ -202,16 +215,26 @@ def test_torchvision_models_meet_the_budget_and_removal_equals_masking(name, kwa
                 module.running_var.uniform_(0.5, 2.0)
     x, y = torch.rand(4, 3, 64, 64), torch.arange(4)
     dense = count_flops(model, x[:1])
-    pruner = MRSPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], calibration=(x, y), n_samples=4,
+    op_types, target = (["Conv2d", "Linear"] if name == "vit" else ["Conv2d"]), 0.5
+    if name == "vit":  # only the MLP hidden units are prunable: 0.7 is out of reach, and the error says how far
+        with pytest.raises(ValueError, match=r"cannot remove 0\.7000 of the model's flops: .* most reachable is 0\.65"):
+            MRSPruner(model, [{"op_types": op_types, "sparse_ratio": 0.7}], calibration=(x, y), n_samples=4,
+                      progress=False).compress()
+    pruner = MRSPruner(model, [{"op_types": op_types, "sparse_ratio": target}], calibration=(x, y), n_samples=4,
                        progress=False)
     _, masks = pruner.compress()
     pruner.unwrap_model()
     if name.startswith("shufflenet"):
         reason = pruner.allocation.skipped["stage2.0.branch2.5"]
         assert "view" in reason and "cannot follow" in reason
+    if name == "vit":
+        skipped = pruner.allocation.skipped
+        assert "permute" in skipped["conv_proj"] and "LayerNorm" in skipped["encoder.layers.encoder_layer_0.mlp.3"]
+        assert {row.unit for row in pruner.allocation.report} == {
+            f"encoder.layers.encoder_layer_{i}.mlp.0" for i in range(2)}
     masked = mask_like_removal(copy.deepcopy(model), masks, x[:2])
     speedup_model(model, masks, x[:2])
-    assert abs(1 - count_flops(model, x[:1]) / dense - 0.5) <= 0.01
+    assert abs(1 - count_flops(model, x[:1]) / dense - target) <= 0.01
     with torch.no_grad():
         expected, got = masked(x), model(x)
     assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-4
@@ -245,3 +268,38 @@ def test_groups_whose_channels_removal_cannot_follow_are_named():
     assert unfollowable(graph, ["a"]) == "" and unfollowable(graph, ["a2"]) == ""
     assert "chunk" in unfollowable(graph, ["b"])
     assert "view" in unfollowable(graph, ["c"]) and "[2, 8, 8, 8] -> [2, 2, 4, 8, 8]" in unfollowable(graph, ["c"])
+
+
+class _Mlps(nn.Module):
+    """``fc1`` -> GELU -> dropout -> ``fc2``: a hidden unit; ``res`` feeds a residual add, ``ln`` a LayerNorm,
+    ``shared`` is called twice: none of those three can be sliced alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.drop = nn.Dropout(0.1)
+        self.res, self.ln, self.shared, self.out = nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.fc2(self.drop(nn.functional.gelu(self.fc1(x))))
+        h = h + self.res(h)
+        return self.out(self.shared(self.shared(self.ln(h))))
+
+
+def test_hidden_units_between_linears_are_sliced_exactly():
+    """Issue 12 §3: a transformer MLP's hidden units are removed by slicing (rows of fc1, columns of fc2), the
+    rest is left alone, and the sliced model computes what the masked one does."""
+    from nni_mrs_plugin.nni.hidden import linear_pairs
+    from nni_mrs_plugin.nni.speedup import trace
+
+    torch.manual_seed(0)
+    model, x = _Mlps().eval(), torch.randn(4, 5, 8)  # (batch, tokens, features), as in a ViT
+    assert linear_pairs(trace(model, x)) == {"fc1": ["fc2"]}
+    weight = torch.ones(16, 8)
+    weight[::3] = 0
+    masks = {"fc1": {"weight": weight, "bias": weight[:, 0].clone()}}
+    masked = mask_like_removal(copy.deepcopy(model), masks, x)
+    speedup_model(model, masks, x)
+    assert (model.fc1.out_features, model.fc2.in_features, model.res.in_features) == (10, 10, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), masked(x), rtol=0, atol=1e-6)

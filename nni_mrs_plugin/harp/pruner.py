@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..attacks import default_eps
 from ..mrs.allocation import Allocation, budget_units
 from ..mrs.cost import BUDGETS, CostModel
-from ..mrs.pruner import apply_allocation, unwrapped
+from ..mrs.pruner import apply_allocation, compress_or_unwrap, unwrapped
 from ..mrs.units import normalize_config, parse_config_list
 from ..train.trainer import AdversarialTrainer
 from .learn import learn_allocation
@@ -139,5 +139,6 @@ class HARPPruner(Pruner):
         self.update_masks(self.generate_masks())
 
     def compress(self, max_steps: Optional[int] = None, max_epochs: Optional[int] = None):
-        """Returns ``(model, masks)``; the report is in ``self.allocation``."""
-        return super().compress(max_steps, max_epochs)
+        """Returns ``(model, masks)``; the report is in ``self.allocation``. On an error (an unreachable target,
+        say) the model is unwrapped first, so it is the user's model again, not one NNI refuses to wrap twice."""
+        return compress_or_unwrap(self, super().compress, max_steps, max_epochs)

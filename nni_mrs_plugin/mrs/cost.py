@@ -112,7 +112,9 @@ class CostModel:
     def _layer(self, node: torch.fx.Node, module: nn.Module, source: Optional[torch.fx.Node]) -> Form:
         in_dense = module.in_features if isinstance(module, nn.Linear) else module.in_channels
         out_dense = module.out_features if isinstance(module, nn.Linear) else module.out_channels
-        in_form = self._forms[source] if source is not None else _const(in_dense)
+        in_form = self._forms.get(source) if source is not None else None
+        if in_form is None or set(in_form) == {None}:  # no unit reaches it: the inputs stay (and a (B, N, C)
+            in_form = _const(in_dense)                   # tensor's dim 1, N, is no channel count)
         groups = getattr(module, "groups", 1)
         depthwise = groups > 1 and groups == in_dense == out_dense
         if node.target in self._unit_of:

@@ -22,7 +22,7 @@ from .allocator import MRSSparsityAllocator
 from .importance import weight_gradients
 from .units import normalize_config, parse_config_list
 
-__all__ = ["MRSPruner", "apply_allocation", "unwrapped"]
+__all__ = ["MRSPruner", "apply_allocation", "unwrapped", "compress_or_unwrap"]
 
 
 @contextmanager
@@ -37,6 +37,16 @@ def unwrapped(pruner: Pruner) -> Iterator[nn.Module]:
     finally:
         for wrapper in wrapped:
             wrapper.wrap()
+
+
+def compress_or_unwrap(pruner: Pruner, compress, *args):
+    """``compress(*args)``; if it raises, NNI's wrappers come off the model before the error goes on."""
+    try:
+        return compress(*args)
+    except BaseException:
+        if pruner._is_wrapped:
+            pruner.unwrap_model()
+        raise
 
 
 def apply_allocation(target_spaces: Dict[str, Dict[str, Any]], allocation: Optional[Allocation],
@@ -194,5 +204,6 @@ class MRSPruner(Pruner):
         return torch.cat([x for x, _ in self._captured]), torch.cat([y for _, y in self._captured])
 
     def compress(self, max_steps: Optional[int] = None, max_epochs: Optional[int] = None):
-        """Returns ``(model, masks)``; the report is in ``self.allocation``."""
-        return super().compress(max_steps, max_epochs)
+        """Returns ``(model, masks)``; the report is in ``self.allocation``. On an error (an unreachable target,
+        say) the model is unwrapped first, so it is the user's model again, not one NNI refuses to wrap twice."""
+        return compress_or_unwrap(self, super().compress, max_steps, max_epochs)

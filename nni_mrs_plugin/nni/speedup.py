@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 import torch
 from torch import nn
 
+from .hidden import ELEMENTWISE_CALLS, ELEMENTWISE_MODULES, linear_pairs, slice_linear_pairs
+
 __all__ = [
     "TraceError", "trace", "group_dependencies", "compute_masks", "mask_like_removal", "speedup_model",
     "remove_channels", "output_channel_keep", "recalibrate_batchnorm",
@@ -107,12 +109,9 @@ def output_channel_keep(mask: torch.Tensor) -> torch.Tensor:
 
 # per-channel ops that keep a zeroed channel at zero: mask_like_removal follows a pruned channel through them to
 # the BatchNorms that normalise it; units.py follows the same ops (and more) to decide what removal can follow
-ZERO_KEEPING_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Tanh, nn.ELU,
-                        nn.Hardtanh, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d,
-                        nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-ZERO_KEEPING_CALLS = {"relu", "relu_", "relu6", "gelu", "silu", "hardswish", "tanh", "elu", "leaky_relu", "hardtanh",
-                      "hardtanh_", "dropout", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
-                      "contiguous", "clone"}
+ZERO_KEEPING_MODULES = ELEMENTWISE_MODULES + (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+                                             nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+ZERO_KEEPING_CALLS = ELEMENTWISE_CALLS | {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"}
 
 
 def _following_batchnorms(graph_module: torch.fx.GraphModule) -> Dict[str, List[Tuple[str, int]]]:
@@ -176,22 +175,33 @@ def mask_like_removal(model: nn.Module, masks: Masks, dummy_input: Any,
 
 
 def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module:
-    """Remove the masked channels for real with NNI's ModelSpeedup (in place); returns the model.
+    """Remove the masked channels for real (in place); returns the model.
 
-    ModelSpeedup runs the model on the dummy input; it does so in eval mode, so the removed model keeps the
-    BatchNorm statistics it was trained with (the caller's mode is restored)."""
+    Hidden units between two Linear layers (a transformer's MLP) are sliced out directly (``hidden``); the rest
+    goes to NNI's ModelSpeedup, which runs the model on the dummy input in eval mode, so the removed model keeps
+    the BatchNorm statistics it was trained with (the caller's mode is restored)."""
     from nni.compression.speedup import ModelSpeedup
 
     if not masks:
         raise ValueError("masks is empty: nothing to remove (did the config_list select any layer?)")
+    masks = copy.deepcopy(masks)  # ModelSpeedup edits the masks it is given (mask-conflict fixing)
+    pairs = linear_pairs(trace(model, dummy_input))
+    hidden = {name: output_channel_keep(masks.pop(name)["weight"]) for name in list(masks)
+              if name in pairs and masks[name].get("weight") is not None}
+    for producer, kept in hidden.items():
+        for consumer in pairs[producer]:
+            if masks.get(consumer, {}).get("weight") is not None:
+                masks[consumer]["weight"] = masks[consumer]["weight"][:, kept.to(masks[consumer]["weight"].device)]
+    slice_linear_pairs(model, {name: kept for name, kept in hidden.items() if not kept.all()}, pairs)
+    if all(mask is None or mask.bool().all() for layer_masks in masks.values() for mask in layer_masks.values()):
+        return model  # nothing left for NNI: it would only re-infer masks, which fails on attention
     nni_log = logging.getLogger("nni.compression.speedup")  # its replacer logs each module at INFO
     saved_level = nni_log.level
     nni_log.setLevel(_logger.getEffectiveLevel())
     was_training = model.training
     model.eval()
     try:
-        # ModelSpeedup edits the masks it is given (mask-conflict fixing); the caller's stay as they were
-        ModelSpeedup(model, _as_tuple(dummy_input), copy.deepcopy(masks), logger=_logger).speedup_model()
+        ModelSpeedup(model, _as_tuple(dummy_input), masks, logger=_logger).speedup_model()
     except Exception as err:
         raise RuntimeError(f"ModelSpeedup failed on {type(model).__name__}: {type(err).__name__}: {err}") from err
     finally:
