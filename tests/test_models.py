@@ -7,7 +7,7 @@ from nni_mrs_plugin.models import MODELS, Normalize, build_model
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_output_shape_and_configurable_heads(name):
-    channels, side = MODEL_SHAPES[name]
+    channels, side = MODEL_SHAPES.get(name, (3, 32))  # MobileViT: CIFAR-sized
     model = build_model(name, num_classes=7, in_channels=channels).eval()
     assert model(torch.rand(3, channels, side, side)).shape == (3, 7)
 
@@ -55,3 +55,15 @@ def test_width_multiplier_scales_every_layer(name):
     assert quarter(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ValueError, match="width must be a number > 0.*got -1"):
         build_model(name, width=-1)
+
+
+@pytest.mark.parametrize("name, params", [("mobilevit_xxs", 954_234), ("mobilevit_xs", 1_936_698)])
+def test_mobilevit_sizes_and_inputs(name, params):
+    """MobileViT-XXS/XS as in the paper (1.27M/2.32M parameters with 1,000 classes; here 10), on 32- and 64-px
+    inputs; a side that is not a multiple of 32 is a one-line error, not a reshape traceback."""
+    model = build_model(name).eval()
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 10)
+    with pytest.raises(ValueError, match=r"multiples of 32; a MobileViT block got a 7x7 feature map") as info:
+        build_model(name, in_channels=1)(torch.rand(2, 1, 28, 28))
+    assert "\n" not in str(info.value)

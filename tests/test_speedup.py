@@ -303,3 +303,38 @@ def test_hidden_units_between_linears_are_sliced_exactly():
     assert (model.fc1.out_features, model.fc2.in_features, model.res.in_features) == (10, 10, 8)
     with torch.no_grad():
         torch.testing.assert_close(model(x), masked(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, side", [("mobilevit_xxs", 32), pytest.param("mobilevit_xs", 64, marks=pytest.mark.slow)])
+def test_mobilevit_prunes_within_budget_and_removal_equals_masking(name, side):
+    """Issue 12 §4: MobileViT (MobileNetV2 blocks, local convs, transformer MLPs) at 0.5 FLOPs. At 32 px the last
+    block attends over one patch: its softmax is constant across the batch, which NNI's mask inference took for
+    pruned and emptied every layer after it (EmptyLayerError); nodes no pruned channel reaches now stay whole."""
+    from nni_mrs_plugin.evaluate import count_flops
+    from nni_mrs_plugin.models import build_model
+    from nni_mrs_plugin.mrs.pruner import MRSPruner
+
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.bias.uniform_(-0.5, 0.5)
+    x, y = torch.rand(4, 3, side, side), torch.arange(4)
+    dense = count_flops(model, x[:1])
+    pruner = MRSPruner(model, [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}], calibration=(x, y),
+                       n_samples=4, progress=False)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    skipped, units = pruner.allocation.skipped, {row.unit for row in pruner.allocation.report}
+    assert "permute" in skipped["stage3.1.into"] and "LayerNorm" in skipped["stage3.1.transformer.0.mlp.2"]
+    assert "stage3.1.transformer.0.mlp.0" in units and "stage3.1.local.0" in units
+    masked = mask_like_removal(copy.deepcopy(model), masks, x[:2])
+    speedup_model(model, masks, x[:2])
+    assert abs(1 - count_flops(model, x[:1]) / dense - 0.5) <= 0.01
+    assert model.stage3[1].transformer[0].mlp[0].out_features < 128
+    with torch.no_grad():
+        expected, got = masked(x), model(x)
+    assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-4

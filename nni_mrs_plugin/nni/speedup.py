@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .hidden import ELEMENTWISE_CALLS, ELEMENTWISE_MODULES, linear_pairs, slice_linear_pairs
+from .masks import keep_whole_updater
 
 __all__ = [
     "TraceError", "trace", "group_dependencies", "compute_masks", "mask_like_removal", "speedup_model",
@@ -201,7 +202,8 @@ def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module
     was_training = model.training
     model.eval()
     try:
-        ModelSpeedup(model, _as_tuple(dummy_input), masks, logger=_logger).speedup_model()
+        ModelSpeedup(model, _as_tuple(dummy_input), masks, logger=_logger,
+                     customized_mask_updaters=[keep_whole_updater()]).speedup_model()
     except Exception as err:
         raise RuntimeError(f"ModelSpeedup failed on {type(model).__name__}: {type(err).__name__}: {err}") from err
     finally:

@@ -1,16 +1,12 @@
-"""Models for robust pruning experiments: CIFAR-style ResNet18, VGG16-bn, MobileNetV2, and a small 28x28 CNN.
-
-Every model takes inputs in [0, 1] and normalises them in its first layer, because torchattacks bounds its
-perturbations to [0, 1]: normalisation outside the model would make epsilon mean something else.
-"""
+"""The convolutional models: CIFAR-style ResNet18, VGG16-bn, MobileNetV2, and a small 28x28 CNN."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Optional, Sequence, Type
 
 import torch
 from torch import nn
 
-__all__ = ["Normalize", "ResNet18", "VGG16BN", "MobileNetV2", "SmallCNN", "MODELS", "build_model"]
+__all__ = ["Normalize", "ResNet18", "VGG16BN", "InvertedResidual", "MobileNetV2", "SmallCNN"]
 
 # Mean/std per dataset family, used when the caller gives none.
 _DEFAULT_STATS = {
@@ -127,16 +123,18 @@ class VGG16BN(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+    """MobileNetV2's block: 1x1 expansion, depthwise 3x3, 1x1 projection; residual when the shape allows."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, act: Type[nn.Module] = nn.ReLU6):
         super().__init__()
         hidden = cin * expand
         self.use_residual = stride == 1 and cin == cout
         layers = []
         if expand != 1:
-            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act(inplace=True)]
         layers += [
             nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
-            nn.ReLU6(inplace=True),
+            act(inplace=True),
             nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
         ]
         self.conv = nn.Sequential(*layers)
@@ -189,22 +187,3 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(self.normalize(x)))
-
-
-MODELS: Dict[str, Callable[..., nn.Module]] = {
-    "resnet18": ResNet18,
-    "vgg16_bn": VGG16BN,
-    "mobilenet_v2": MobileNetV2,
-    "small_cnn": SmallCNN,
-}
-
-
-def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
-    """Build a model by name (see ``MODELS``); unknown names raise a ValueError listing the known ones."""
-    try:
-        factory = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
-    if num_classes < 1 or in_channels < 1:
-        raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
-    return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)

@@ -1,0 +1,86 @@
+"""A bound on NNI's mask inference: only tensors that a pruned channel can reach may lose positions.
+
+NNI's ``ModelSpeedup`` infers every tensor's pruned positions by running the graph on random batches: a position
+constant across the batch is taken as pruned, then a position whose gradient is zero. Some positions are
+constant or gradient-free by construction, not by pruning: a softmax over a single key (a MobileViT block on a
+2x2 feature map attends over one patch), or the class token a ViT expands over the batch. NNI prunes those and
+everything after them, down to ``EmptyLayerError`` or LayerNorms of width 0.
+
+A pruned channel leaves its layer and travels through per-channel ops until a Conv/Linear reads it (a depthwise
+conv passes it on). Nodes on those paths, and the layers reading them, keep NNI's inference; every other node
+keeps all its positions here, which is what removal does to it.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Set
+
+import torch
+from torch import nn
+
+__all__ = ["channel_paths", "keep_whole_updater"]
+
+
+def _absorbs(module: Any) -> bool:
+    """A Conv/Linear whose every output mixes all input channels: a pruned input channel ends there."""
+    return isinstance(module, nn.Linear) or isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups == 1
+
+
+def channel_paths(graph_module: torch.fx.GraphModule, pruned: Set[str]) -> Set[torch.fx.Node]:
+    """The nodes a pruned output channel of a layer in ``pruned`` reaches, up to and including the layers that
+    read it."""
+    modules = dict(graph_module.named_modules())
+    stack = [n for n in graph_module.graph.nodes if n.op == "call_module" and n.target in pruned]
+    reached = set(stack)
+    while stack:
+        for user in stack.pop().users:
+            if user in reached:
+                continue
+            reached.add(user)
+            if not (user.op == "call_module" and _absorbs(modules.get(user.target))):
+                stack.append(user)
+    return reached
+
+
+def _pruned_layers(masks: Dict[str, Dict[str, torch.Tensor]]) -> Set[str]:
+    return {name for name, layer in masks.items()
+            if any(mask is not None and not mask.bool().all() for mask in layer.values())}
+
+
+def keep_whole_updater():
+    """An NNI ``MaskUpdater`` for ``ModelSpeedup(customized_mask_updaters=[...])``: it claims every node no
+    pruned channel reaches and leaves its masks whole (NNI is imported here, not when this module is)."""
+    from nni.compression.speedup.mask_updater import DefaultMaskUpdater, LeafModuleMaskUpdater
+    from nni.compression.speedup.utils import tree_map_zip
+
+    def whole(model_speedup, node) -> None:
+        info = model_speedup.node_infos[node]
+        info.output_masks = tree_map_zip(lambda t: torch.ones_like(t) if isinstance(t, torch.Tensor) else None,
+                                         info.output_origin)
+
+    class KeepWhole(LeafModuleMaskUpdater):
+        def __init__(self):
+            self._reached: Dict[int, Set[torch.fx.Node]] = {}
+
+        def detect(self, model_speedup, node) -> bool:
+            key = id(model_speedup)
+            if key not in self._reached:  # the masks after NNI's conflict fixing, which runs first
+                self._reached[key] = channel_paths(model_speedup.graph_module, _pruned_layers(model_speedup.masks))
+            if node in self._reached[key]:
+                return False
+            if node.op == "call_module":
+                super().detect(model_speedup, node)  # the replacer reads the module and its parameter masks
+            return True
+
+        def direct_update_preprocess(self, model_speedup, node) -> None:  # the random output the next nodes read
+            DefaultMaskUpdater.direct_update_preprocess(self, model_speedup, node)
+
+        def direct_update_process(self, model_speedup, node) -> None:
+            whole(model_speedup, node)
+
+        def indirect_update_preprocess(self, model_speedup, node) -> None:
+            DefaultMaskUpdater.indirect_update_preprocess(self, model_speedup, node)
+
+        def indirect_update_process(self, model_speedup, node) -> None:  # and no gradient goes back from here
+            whole(model_speedup, node)
+
+    return KeepWhole()
