@@ -106,8 +106,18 @@ def test_untraceable_model_is_a_clear_error():
         def forward(self, x):
             return self.conv(torch.from_numpy(np.tanh(x.detach().numpy())))
 
-    with pytest.raises(TraceError, match="NNI cannot trace NumpyInForward.*turns a tensor into numpy"):
+    with pytest.raises(TraceError, match=r"NNI cannot trace NumpyInForward at its forward \(NumpyInForward\.forward, "
+                                         r"test_speedup\.py:\d+: `return self\.conv\(torch\.from_numpy.*turns a tensor "
+                                         r"into numpy"):
         trace(NumpyInForward(), torch.rand(1, 1, 8, 8))
+
+    class Iterates(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([row * 2 for row in x.detach().numpy()])
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Sequential(torch.nn.ReLU(), Iterates()))
+    with pytest.raises(TraceError, match=r"at 1\.1 \(Iterates\.forward, test_speedup\.py:\d+: `return torch\.stack"):
+        trace(model, torch.rand(1, 1, 8, 8))  # the submodule's name in the model, not only the top class
 
 
 def test_empty_masks_are_rejected():
