@@ -348,3 +348,19 @@ def test_mobilevit_prunes_within_budget_and_removal_equals_masking(name, side):
     with torch.no_grad():
         expected, got = masked(x), model(x)
     assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-4
+
+
+def test_a_removal_that_differs_from_masking_stops_compress():
+    """Issue 12 §2: the dry run ``compress()`` ends with. Masks on ``c`` (whose channels go through a channel
+    shuffle) cannot be removed as they are masked: a one-line error, not a wrong model or NNI's exception later."""
+    from nni_mrs_plugin.mrs.pruner import verify_removal
+
+    model, x = _Flows().eval(), torch.rand(2, 3, 8, 8)
+    keep = torch.ones(8, 3, 3, 3)
+    keep[:4] = 0
+    verify_removal(model, {"a": {"weight": keep.clone(), "bias": keep[:, 0, 0, 0].clone()}}, x)  # followable: fine
+    with pytest.raises(ValueError) as info:
+        verify_removal(model, {"c": {"weight": keep.clone(), "bias": keep[:, 0, 0, 0].clone()}}, x)
+    message = str(info.value)
+    assert "\n" not in message and "exclude_op_names" in message
+    assert "cannot be removed for real" in message or "would change what the model computes" in message

@@ -46,7 +46,8 @@ class HARPPruner(Pruner):
     'mart', 'fast', 'natural') built with ``eps`` and ``attack_steps``. ``gamma`` is the resource term's initial
     weight and step of HARP's schedule over ``stages``; ``lr`` is Adam's on rates and scores. ``checkpoint`` (a
     file) makes a killed run resume at its last stage. After ``compress()``, ``allocation`` holds the report
-    (its ``mrs`` column is each unit's learned keep rate) and ``history`` the schedule.
+    (its ``mrs`` column is each unit's learned keep rate) and ``history`` the schedule. With ``verify`` (default)
+    ``compress()`` has removed the channels from a copy and checked it computes what the masked model does.
     """
 
     allocates = True  # takes the global target and allocates per-unit ratios itself
@@ -56,7 +57,8 @@ class HARPPruner(Pruner):
                  steps: Optional[int] = None, eps: Optional[float] = None, attack_steps: int = 10, gamma: float = 1.0,
                  stages: int = 4, lr: float = 0.01, budget: str = "flops", dummy_input: Any = None,
                  r_max: float = 0.9, tolerance: float = 0.01, seed: int = 0, progress: bool = True,
-                 checkpoint: Union[str, Path, None] = None, existed_wrappers: Optional[Dict[str, Any]] = None):
+                 checkpoint: Union[str, Path, None] = None, verify: bool = True,
+                 existed_wrappers: Optional[Dict[str, Any]] = None):
         if budget not in BUDGETS:
             raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
         selection = parse_config_list(model, config_list)  # target in (0, 1), known layers: one-line errors
@@ -86,6 +88,7 @@ class HARPPruner(Pruner):
         self.options = dict(budget=budget, gamma=float(gamma), stages=stages, lr=float(lr), tolerance=tolerance,
                             seed=seed, progress=progress, checkpoint=Path(checkpoint) if checkpoint else None)
         self.dummy_input, self.r_max = dummy_input, r_max
+        self.verify, self.measured_input = verify, None  # compress() dry-runs the removal on measured_input
         self.allocation: Optional[Allocation] = None
         self.history: dict = {}
         self._scores: Dict[str, torch.Tensor] = {}
@@ -120,6 +123,7 @@ class HARPPruner(Pruner):
             dummy = next(iter(self.train_data))[0][:1]
         if isinstance(dummy, torch.Tensor):
             dummy = dummy.to(next(model.parameters()).device)
+        self.measured_input = dummy
         target, units, skipped, graph_module = budget_units(model, self.config_list, dummy, 0.0, self.r_max)
         cost = CostModel(model, graph_module, units, dummy)
         self.allocation, self._scores, self.history = learn_allocation(

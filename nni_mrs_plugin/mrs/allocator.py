@@ -73,6 +73,7 @@ class MRSSparsityAllocator:
             raise ValueError("with normalization, give the calibration attack as a torchattacks class or name: an "
                              "attack instance or factory is bound to a model that expects normalised inputs")
         self.adversarial_data: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (X', Y) of the last allocate
+        self.dummy_input: Any = None  # the dummy input of the last allocate
 
     # -- the steps, usable one by one ---------------------------------------------------------------------
     def units(self, model: nn.Module, config_list: Sequence[Dict[str, Any]], dummy_input: Any):
@@ -118,6 +119,7 @@ class MRSSparsityAllocator:
             dummy_input = collect_samples(calibration, 1, self.seed)[0]
         if isinstance(dummy_input, torch.Tensor):
             dummy_input = dummy_input.to(_device_of(model))
+        self.dummy_input = dummy_input  # what the units and costs were measured on (the pruner's dry run reuses it)
         self.adversarial_data = None
         target, units, skipped, graph_module = self.units(model, config_list, dummy_input)
         if self.rule == "budget" and curves is not None:

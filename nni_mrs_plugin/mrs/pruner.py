@@ -8,6 +8,7 @@ channels by the criterion (NNI's own L1/L2/FPGM metrics, or Taylor on adversaria
 """
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -17,12 +18,13 @@ from torch import nn
 from nni.compression.base.compressor import Pruner
 from nni.compression.pruning.tools import active_sparse_targets_filter, fpgm_metrics, generate_sparsity, norm_metrics
 
+from ..nni.speedup import mask_like_removal, speedup_model
 from .allocation import Allocation
 from .allocator import MRSSparsityAllocator
 from .importance import weight_gradients
 from .units import normalize_config, parse_config_list
 
-__all__ = ["MRSPruner", "apply_allocation", "unwrapped", "compress_or_unwrap"]
+__all__ = ["MRSPruner", "apply_allocation", "unwrapped", "compress_or_unwrap", "verify_removal"]
 
 
 @contextmanager
@@ -40,13 +42,40 @@ def unwrapped(pruner: Pruner) -> Iterator[nn.Module]:
 
 
 def compress_or_unwrap(pruner: Pruner, compress, *args):
-    """``compress(*args)``; if it raises, NNI's wrappers come off the model before the error goes on."""
+    """``compress(*args)``, then a dry run of the removal (``verify_removal``) on the input the allocation was
+    measured with; if either raises, NNI's wrappers come off the model before the error goes on."""
     try:
-        return compress(*args)
+        model, masks = compress(*args)
+        if getattr(pruner, "verify", False) and getattr(pruner, "measured_input", None) is not None:
+            with unwrapped(pruner) as plain:
+                verify_removal(plain, masks, pruner.measured_input)
+        return model, masks
     except BaseException:
         if pruner._is_wrapped:
             pruner.unwrap_model()
         raise
+
+
+def verify_removal(model: nn.Module, masks: Dict[str, Dict[str, torch.Tensor]], dummy_input: Any,
+                   tolerance: float = 1e-3) -> None:
+    """Remove the masked channels from a copy of ``model`` with ModelSpeedup and check that it computes what the
+    masked model computes: a one-line ValueError if NNI cannot remove them or the result differs, so nothing
+    wrong leaves ``compress()``."""
+    removed = copy.deepcopy(model).eval()
+    masked = mask_like_removal(copy.deepcopy(model).eval(), masks, dummy_input)
+    try:
+        speedup_model(removed, masks, dummy_input)
+        with torch.no_grad():
+            expected, got = masked(dummy_input), removed(dummy_input)
+    except (RuntimeError, ValueError) as err:  # NNI refuses, or the model it built crashes
+        raise ValueError(f"the masks cannot be removed for real ({str(err).splitlines()[0]}); exclude the layers "
+                         f"involved with exclude_op_names in the config_list") from None
+    if isinstance(expected, torch.Tensor) and isinstance(got, torch.Tensor):
+        difference = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+        if got.shape != expected.shape or difference > tolerance:
+            raise ValueError(f"removing the masked channels would change what the model computes (relative "
+                             f"difference {difference:.3g} to masking them, allowed {tolerance}); exclude the layers "
+                             f"whose channels removal cannot follow with exclude_op_names in the config_list")
 
 
 def apply_allocation(target_spaces: Dict[str, Dict[str, Any]], allocation: Optional[Allocation],
@@ -79,7 +108,8 @@ class MRSPruner(Pruner):
     options go to :class:`MRSSparsityAllocator` (``eps``, ``n_samples``, ``rho``, ``steps``, ``seed``, ...).
     ``rule='power'`` sets ratios from one MRS value per unit (``estimator``, default 'feature'); ``rule='budget'``
     trades per-unit loss curves (default estimator 'curve') against what each unit's channels cost.
-    After ``compress()``, ``allocation`` holds the per-unit report.
+    After ``compress()``, ``allocation`` holds the per-unit report; with ``verify`` (default) ``compress()`` has
+    also removed the channels from a copy with ModelSpeedup and checked it computes what the masked model does.
     """
 
     allocates = True  # takes the global target and allocates per-unit ratios itself
@@ -87,7 +117,7 @@ class MRSPruner(Pruner):
     def __init__(self, model: nn.Module, config_list: List[Dict[str, Any]], evaluator: Any = None, *,
                  calibration: Any = None, attack: Any = None, estimator: Any = None, criterion: str = "taylor",
                  budget: str = "flops", tau: float = 1.0, rule: str = "power", dummy_input: Any = None, training_steps: int = 10,
-                 existed_wrappers: Optional[Dict[str, Any]] = None, **allocator_options: Any):
+                 verify: bool = True, existed_wrappers: Optional[Dict[str, Any]] = None, **allocator_options: Any):
         self.allocator = MRSSparsityAllocator(estimator, budget, tau, rule=rule, criterion=criterion, attack=attack,
                                               **allocator_options)
         selection = parse_config_list(model, config_list)  # a clear error now, not NNI's schema traceback later
@@ -98,6 +128,7 @@ class MRSPruner(Pruner):
             raise ValueError(f"training_steps must be >= 1, got {training_steps}")
         super().__init__(model, [normalize_config(config) for config in config_list], evaluator, existed_wrappers)
         self.calibration, self.dummy_input, self.training_steps = calibration, dummy_input, training_steps
+        self.verify, self.measured_input = verify, None  # compress() dry-runs the removal on measured_input
         self.goal = selection.target
         # NNI's scheduled pruning (LinearPruner/AGPPruner wrapping this pruner) sets these: masks every
         # ``interval_steps`` optimizer steps, ``total_times`` times, the ratios growing to the allocation
@@ -151,6 +182,7 @@ class MRSPruner(Pruner):
         if isinstance(dummy_input, torch.Tensor):
             dummy_input = dummy_input.to(next(model.parameters()).device)
         result = self.allocator.allocate(model, self.config_list, calibration, dummy_input)
+        self.measured_input = self.allocator.dummy_input
         if self.criterion == "taylor":
             layers = [layer for entry in result.config_list for layer in entry["op_names"]]
             # the estimator's own gradients, when it just took them on this call's X' (taylor, probe + taylor)
