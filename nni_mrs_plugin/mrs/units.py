@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..nni.graph import new_users
 from ..nni.speedup import ZERO_KEEPING_CALLS, ZERO_KEEPING_MODULES, group_dependencies, trace
 
 __all__ = ["Unit", "Selection", "PRUNABLE_TYPES", "parse_config_list", "normalize_config", "find_units", "output_layers",
@@ -202,12 +203,7 @@ def unfollowable(graph_module: torch.fx.GraphModule, layers: Sequence[str]) -> s
     while stack:
         node = stack.pop()
         before, count = _shape_of(node), channels[node]
-        for user in node.users:
-            if user in seen:
-                continue
-            seen.add(user)
-            module = modules.get(user.target) if user.op == "call_module" else None
-            name = getattr(user.target, "__name__", user.target)
+        for user, module, name in new_users(node, seen, modules):
             after = _shape_of(user)
             if isinstance(module, PRUNABLE_TYPES):
                 if _depthwise(module):

@@ -14,6 +14,8 @@ from typing import Dict, List
 import torch
 from torch import nn
 
+from .graph import new_users
+
 __all__ = ["ELEMENTWISE_MODULES", "ELEMENTWISE_CALLS", "linear_pairs", "slice_linear_pairs"]
 
 # per-element maps that keep a zeroed channel at zero, whatever the tensor's layout
@@ -44,12 +46,7 @@ def linear_pairs(graph_module: torch.fx.GraphModule) -> Dict[str, List[str]]:
         consumers, stack, seen, followable = [], [start], {start}, True
         while stack and followable:
             node = stack.pop()
-            for user in node.users:
-                if user in seen:
-                    continue
-                seen.add(user)
-                module = modules.get(user.target) if user.op == "call_module" else None
-                name = getattr(user.target, "__name__", user.target)
+            for user, module, name in new_users(node, seen, modules):
                 if (type(module) is nn.Linear and calls[user.target] == 1 and user.args[:1] == (node,)
                         and not user.kwargs):
                     consumers.append(user.target)

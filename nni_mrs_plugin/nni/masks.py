@@ -17,6 +17,8 @@ from typing import Any, Dict, Set
 import torch
 from torch import nn
 
+from .graph import new_users
+
 __all__ = ["channel_paths", "keep_whole_updater"]
 
 
@@ -32,11 +34,8 @@ def channel_paths(graph_module: torch.fx.GraphModule, pruned: Set[str]) -> Set[t
     stack = [n for n in graph_module.graph.nodes if n.op == "call_module" and n.target in pruned]
     reached = set(stack)
     while stack:
-        for user in stack.pop().users:
-            if user in reached:
-                continue
-            reached.add(user)
-            if not (user.op == "call_module" and _absorbs(modules.get(user.target))):
+        for user, module, _ in new_users(stack.pop(), reached, modules):
+            if not _absorbs(module):
                 stack.append(user)
     return reached
 

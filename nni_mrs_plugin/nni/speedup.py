@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 import torch
 from torch import nn
 
+from .graph import new_users
 from .hidden import ELEMENTWISE_CALLS, ELEMENTWISE_MODULES, linear_pairs, slice_linear_pairs
 from .masks import keep_whole_updater
 
@@ -168,12 +169,7 @@ def _following_batchnorms(graph_module: torch.fx.GraphModule) -> Dict[str, List[
         stack, seen = [(start, 0)], {start}
         while stack:
             node, offset = stack.pop()
-            for user in node.users:
-                module = modules.get(user.target) if user.op == "call_module" else None
-                name = getattr(user.target, "__name__", user.target)
-                if user in seen:
-                    continue
-                seen.add(user)
+            for user, module, name in new_users(node, seen, modules):
                 if isinstance(module, _BATCHNORMS):  # and on: the zeroed channel meets later BatchNorms after a cat
                     found.setdefault(start.target, []).append((user.target, offset))
                     stack.append((user, offset))
