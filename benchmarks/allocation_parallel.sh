@@ -3,7 +3,8 @@
 # models leave a GPU launch-bound, so several processes fill it. Stages wait for each other: dense models
 # (one process per model and seed), the select phase (one per model, then one to write selected.json), the report
 # (one per model, seed and target). Resumable like the script itself: rerun to finish.
-#   [SHARDS=N] bash benchmarks/allocation_parallel.sh OUTPUT STAGE... -- [allocation.py options, e.g. --device cuda]
+#   [SHARDS=N] [JOBS=N] bash benchmarks/allocation_parallel.sh OUTPUT STAGE... -- [allocation.py options]
+# JOBS caps the processes running at once (default: no cap); on the 2-core CPU, JOBS=2.
 # STAGE: dense, select, report. Logs go to OUTPUT/logs.
 set -uo pipefail
 out=$1; shift
@@ -15,6 +16,7 @@ mkdir -p "$out/logs"
 export OMP_NUM_THREADS=1
 run() {  # name, args...
   local name=$1; shift
+  while (( $(jobs -rp | wc -l) >= ${JOBS:-1000} )); do wait -n; done
   python benchmarks/allocation.py --output "$out" "${opts[@]}" "$@" >"$out/logs/$name.log" 2>&1 &
 }
 for stage in "${stages[@]}"; do
