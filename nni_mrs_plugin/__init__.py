@@ -18,7 +18,7 @@ compat.install()
 _EXPORTS = {
     # models
     "build_model": "models", "MODELS": "models", "ResNet18": "models", "VGG16BN": "models",
-    "MobileNetV2": "models", "SmallCNN": "models", "Normalize": "models",
+    "MobileNetV2": "models", "SmallCNN": "models", "Normalize": "models", "MobileViT": "models",
     # data
     "load_dataset": "data", "make_loaders": "data", "DataNotFoundError": "data", "DATASETS": "data",
     # structured removal
@@ -27,7 +27,7 @@ _EXPORTS = {
     # measurement
     "count_params": "evaluate", "count_flops": "evaluate", "measure_latency": "evaluate", "accuracy": "evaluate",
     # module robustness sensitivity -> allocation -> pruning
-    "MRSPruner": "mrs.pruner", "MRSSparsityAllocator": "mrs.allocator", "Allocation": "mrs.allocation",
+    "MRSPruner": "mrs.pruner", "verify_removal": "mrs.pruner", "MRSSparsityAllocator": "mrs.allocator", "Allocation": "mrs.allocation",
     "UnitReport": "mrs.allocation", "CostModel": "mrs.cost", "Unit": "mrs.units", "ESTIMATORS": "mrs.sensitivity",
     "WeightMRS": "mrs.sensitivity", "ProbeMRS": "mrs.sensitivity", "TaylorMRS": "mrs.sensitivity",
     "get_pruner": "nni.registry", "register_pruner": "nni.registry", "available_pruners": "nni.registry",

@@ -154,7 +154,7 @@ def test_normalising_loaders_give_the_run_of_pixel_loaders(tmp_path):
     computation (weights agree up to rounding, which PGD's sign steps amplify a little over an epoch), MRS
     allocates the same, and the job's evaluation of one model gives identical numbers either way."""
     from nni_mrs_plugin.job.pipeline import robust_evaluation
-    from nni_mrs_plugin.models import _DEFAULT_STATS
+    from nni_mrs_plugin.models.cnn import _DEFAULT_STATS
 
     mean, std = _DEFAULT_STATS[1]
     configs, runs = {}, {}
