@@ -12,14 +12,14 @@ keeps all its positions here, which is what removal does to it.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Set
+from typing import Any, Dict, Optional, Set
 
 import torch
 from torch import nn
 
 from .graph import new_users
 
-__all__ = ["channel_paths", "keep_whole_updater"]
+__all__ = ["channel_paths", "pruned_layers", "keep_whole_updater"]
 
 
 def _absorbs(module: Any) -> bool:
@@ -40,7 +40,8 @@ def channel_paths(graph_module: torch.fx.GraphModule, pruned: Set[str]) -> Set[t
     return reached
 
 
-def _pruned_layers(masks: Dict[str, Dict[str, torch.Tensor]]) -> Set[str]:
+def pruned_layers(masks: Dict[str, Dict[str, torch.Tensor]]) -> Set[str]:
+    """The layers whose masks remove something."""
     return {name for name, layer in masks.items()
             if any(mask is not None and not mask.bool().all() for mask in layer.values())}
 
@@ -58,13 +59,12 @@ def keep_whole_updater():
 
     class KeepWhole(LeafModuleMaskUpdater):
         def __init__(self):
-            self._reached: Dict[int, Set[torch.fx.Node]] = {}
+            self.reached: Optional[Set[torch.fx.Node]] = None  # one updater per ModelSpeedup
 
         def detect(self, model_speedup, node) -> bool:
-            key = id(model_speedup)
-            if key not in self._reached:  # the masks after NNI's conflict fixing, which runs first
-                self._reached[key] = channel_paths(model_speedup.graph_module, _pruned_layers(model_speedup.masks))
-            if node in self._reached[key]:
+            if self.reached is None:  # the masks after NNI's conflict fixing, which runs first
+                self.reached = channel_paths(model_speedup.graph_module, pruned_layers(model_speedup.masks))
+            if node in self.reached:
                 return False
             if node.op == "call_module":
                 super().detect(model_speedup, node)  # the replacer reads the module and its parameter masks

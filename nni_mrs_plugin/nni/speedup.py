@@ -23,7 +23,7 @@ from torch import nn
 
 from .graph import new_users
 from .hidden import ELEMENTWISE_CALLS, ELEMENTWISE_MODULES, linear_pairs, slice_linear_pairs
-from .masks import keep_whole_updater
+from .masks import keep_whole_updater, pruned_layers
 
 __all__ = [
     "TraceError", "trace", "group_dependencies", "compute_masks", "mask_like_removal", "speedup_model",
@@ -230,7 +230,7 @@ def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module
             if masks.get(consumer, {}).get("weight") is not None:
                 masks[consumer]["weight"] = masks[consumer]["weight"][:, kept.to(masks[consumer]["weight"].device)]
     slice_linear_pairs(model, {name: kept for name, kept in hidden.items() if not kept.all()}, pairs)
-    if all(mask is None or mask.bool().all() for layer_masks in masks.values() for mask in layer_masks.values()):
+    if not pruned_layers(masks):
         return model  # nothing left for NNI: it would only re-infer masks, which fails on attention
     nni_log = logging.getLogger("nni.compression.speedup")  # its replacer logs each module at INFO
     saved_level = nni_log.level
