@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import MODEL_SHAPES, dummy_input, make_model
+from conftest import DEVICES, MODEL_SHAPES, dummy_input, make_model
 from torch import nn
 
 from nni_mrs_plugin import get_pruner
@@ -18,10 +18,11 @@ from nni_mrs_plugin.train.trainer import AdversarialTrainer
 CONFIG = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.6}]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(MODEL_SHAPES))
-def test_learned_rates_meet_the_budget_after_real_removal(name):
-    model = make_model(name)
-    x, y = dummy_input(name, batch=16), torch.arange(16) % 10
+def test_learned_rates_meet_the_budget_after_real_removal(name, device):
+    model = make_model(name).to(device)
+    x, y = dummy_input(name, batch=16, device=device), (torch.arange(16) % 10).to(device)
     before = count_flops(copy.deepcopy(model), x[:1])
     pruner = HARPPruner(model, CONFIG, train_data=(x, y), steps=4, attack_steps=2, progress=False)
     _, masks = pruner.compress()
@@ -30,7 +31,7 @@ def test_learned_rates_meet_the_budget_after_real_removal(name):
     removed = 1 - count_flops(model, x[:1]) / before
     assert pruner.allocation.rule == "harp" and len(pruner.history["history"]) == 4
     assert abs(removed - 0.6) <= 0.01, (removed, pruner.allocation.table())
-    assert model(x).shape == (16, 10)
+    assert model(x).shape == (16, 10) and all(m["weight"].device.type == device for m in masks.values())
 
 
 class CriticalAndDead(nn.Module):

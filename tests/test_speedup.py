@@ -296,16 +296,17 @@ class _Mlps(nn.Module):
         return self.out(self.shared(self.shared(self.ln(h))))
 
 
-def test_hidden_units_between_linears_are_sliced_exactly():
+@pytest.mark.parametrize("device", DEVICES)
+def test_hidden_units_between_linears_are_sliced_exactly(device):
     """Issue 12 §3: a transformer MLP's hidden units are removed by slicing (rows of fc1, columns of fc2), the
     rest is left alone, and the sliced model computes what the masked one does."""
     from nni_mrs_plugin.nni.hidden import linear_pairs
     from nni_mrs_plugin.nni.speedup import trace
 
     torch.manual_seed(0)
-    model, x = _Mlps().eval(), torch.randn(4, 5, 8)  # (batch, tokens, features), as in a ViT
+    model, x = _Mlps().eval().to(device), torch.randn(4, 5, 8, device=device)  # (batch, tokens, features): a ViT's
     assert linear_pairs(trace(model, x)) == {"fc1": ["fc2"]}
-    weight = torch.ones(16, 8)
+    weight = torch.ones(16, 8, device=device)
     weight[::3] = 0
     masks = {"fc1": {"weight": weight, "bias": weight[:, 0].clone()}}
     masked = mask_like_removal(copy.deepcopy(model), masks, x)
@@ -315,8 +316,9 @@ def test_hidden_units_between_linears_are_sliced_exactly():
         torch.testing.assert_close(model(x), masked(x), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name, side", [("mobilevit_xxs", 32), pytest.param("mobilevit_xs", 64, marks=pytest.mark.slow)])
-def test_mobilevit_prunes_within_budget_and_removal_equals_masking(name, side):
+def test_mobilevit_prunes_within_budget_and_removal_equals_masking(name, side, device):
     """Issue 12 §4: MobileViT (MobileNetV2 blocks, local convs, transformer MLPs) at 0.5 FLOPs. At 32 px the last
     block attends over one patch: its softmax is constant across the batch, which NNI's mask inference took for
     pruned and emptied every layer after it (EmptyLayerError); nodes no pruned channel reaches now stay whole."""
@@ -332,7 +334,8 @@ def test_mobilevit_prunes_within_budget_and_removal_equals_masking(name, side):
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 2.0)
                 module.bias.uniform_(-0.5, 0.5)
-    x, y = torch.rand(4, 3, side, side), torch.arange(4)
+    model = model.to(device)
+    x, y = torch.rand(4, 3, side, side, device=device), torch.arange(4, device=device)
     dense = count_flops(model, x[:1])
     pruner = MRSPruner(model, [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}], calibration=(x, y),
                        n_samples=4, progress=False)
