@@ -216,3 +216,15 @@ def test_pgd_training_beats_natural_training_on_pgd_accuracy():
         assert result["clean"]["accuracy"] > 0.6
         robust[method] = result["pgd10"]["accuracy"]
     assert robust["pgd"] > robust["natural"] + 0.08, robust
+
+
+def test_a_cuda_device_this_machine_lacks_is_a_one_line_error(tmp_path):
+    """``fit(device="cuda:N")`` with N past the machine's devices (none on CPU machines): a one-line error naming
+    the device, not torch's "invalid device ordinal" from the first CUDA call, and nothing written."""
+    missing = f"cuda:{torch.cuda.device_count()}"
+    data = TensorDataset(torch.rand(8, 1, 28, 28), torch.arange(8) % 10)
+    with pytest.raises(ValueError) as info:
+        fit(build_model("small_cnn"), DataLoader(data, batch_size=4), DataLoader(data, batch_size=4), 1,
+            AdversarialTrainer("fast", eps=0.1), device=missing, checkpoint_dir=tmp_path / "run", progress=False)
+    assert missing in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()

@@ -120,6 +120,23 @@ def test_untraceable_model_is_a_clear_error():
         trace(model, torch.rand(1, 1, 8, 8))  # the submodule's name in the model, not only the top class
 
 
+def test_the_failure_site_is_found_in_a_folder_named_torch(tmp_path):
+    """User code under a folder named ``torch`` or ``nni`` (the GPU image's virtual environment is /opt/torch/.venv,
+    so torchvision's models live there) is still the user's code: the error names its line."""
+    import importlib.util
+
+    folder = tmp_path / "torch" / "nni"
+    folder.mkdir(parents=True)
+    (folder / "mine.py").write_text(
+        "import numpy as np, torch\n\n\nclass Mine(torch.nn.Module):\n    def forward(self, x):\n"
+        "        return torch.from_numpy(np.tanh(x.detach().numpy()))\n")
+    spec = importlib.util.spec_from_file_location("mine_in_a_torch_folder", folder / "mine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(TraceError, match=r"at its forward \(Mine\.forward, mine\.py:6: `return torch\.from_numpy"):
+        trace(module.Mine(), torch.rand(1, 1, 8, 8))
+
+
 def test_empty_masks_are_rejected():
     with pytest.raises(ValueError, match="masks is empty"):
         speedup_model(make_model("small_cnn"), {}, dummy_input("small_cnn"))

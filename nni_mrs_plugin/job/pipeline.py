@@ -33,10 +33,12 @@ def _dataset_info(config: Config):
 def _device(config: Config) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():  # checked before anything is trained or written
-        raise ConfigError(f"device: {config.device!r} asked for, but this machine has no CUDA device; use 'auto' or 'cpu'")
-    return device
+    from ..train.distributed import check_device
+
+    try:  # checked before anything is trained or written
+        return check_device(config.device)
+    except ValueError as err:
+        raise ConfigError(f"device: {err}") from None
 
 
 def _eps(config: Config, value: Optional[float]) -> float:

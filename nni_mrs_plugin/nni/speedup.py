@@ -92,7 +92,7 @@ def _failure_site(model: nn.Module, err: Exception) -> Tuple[str, str]:
     while tb is not None:
         frame, path = tb.tb_frame, Path(tb.tb_frame.f_code.co_filename)
         owner = frame.f_locals.get("self")
-        if owner is not None and id(owner) in names and not {"torch", "nni"} & set(path.parts):
+        if owner is not None and id(owner) in names and not _library_code(path):
             code = linecache.getline(str(path), tb.tb_lineno).strip()
             function = "forward" if frame.f_code.co_name == "new_func" else frame.f_code.co_name  # NNI's rewrite
             where = (f" at {names[id(owner)] or 'its forward'} ({type(owner).__name__}.{function}, "
@@ -101,6 +101,14 @@ def _failure_site(model: nn.Module, err: Exception) -> Tuple[str, str]:
             construct = _CONSTRUCTS[frame.f_code.co_name]
         tb = tb.tb_next
     return where, construct
+
+
+def _library_code(path: Path) -> bool:
+    """A file of torch's or NNI's own packages, by their install folders: a folder named ``torch`` elsewhere (a
+    virtual environment in /opt/torch, say) holds the user's code and torchvision's models."""
+    import nni
+
+    return any(path.is_relative_to(Path(module.__file__).parent) for module in (torch, nni))
 
 
 def _trace_advice(err: Exception, construct: str = "") -> str:

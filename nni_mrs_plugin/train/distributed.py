@@ -32,6 +32,20 @@ class Context:
         return self.rank == 0
 
 
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch.device, or a one-line ValueError when this machine does not have it (torch's own error
+    comes from deep inside the first CUDA call: "invalid device ordinal")."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} asked for, but this machine has no CUDA device; use 'cpu'")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {str(device)!r} asked for, but this machine has {count} CUDA device(s): "
+                             f"use one of cuda:0 ... cuda:{count - 1}")
+    return device
+
+
 def init(device: Optional[torch.device | str] = None) -> Context:
     """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1), or the one the
     caller already started; otherwise a single process. Backend: nccl for CUDA, gloo for CPU."""
@@ -45,7 +59,7 @@ def init(device: Optional[torch.device | str] = None) -> Context:
     local_rank = int(os.environ.get("LOCAL_RANK", rank if world > 1 else 0))
     if device is None:
         device = f"cuda:{local_rank}" if wants_cuda else "cpu"
-    device = torch.device(device)
+    device = check_device(device)
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", local_rank)
