@@ -230,7 +230,9 @@ def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module
     if not masks:
         raise ValueError("masks is empty: nothing to remove (did the config_list select any layer?)")
     masks = copy.deepcopy(masks)  # ModelSpeedup edits the masks it is given (mask-conflict fixing)
-    pairs = linear_pairs(trace(model, dummy_input))
+    modules = dict(model.named_modules())
+    linears = any(isinstance(modules.get(name), nn.Linear) for name in masks)  # a pair starts at a masked Linear
+    pairs = linear_pairs(trace(model, dummy_input)) if linears else {}
     hidden = {name: output_channel_keep(masks.pop(name)["weight"]) for name in list(masks)
               if name in pairs and masks[name].get("weight") is not None}
     for producer, kept in hidden.items():
