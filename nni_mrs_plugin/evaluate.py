@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .attacks import (EVAL_ATTACKS, PixelSpace, check_alpha, check_eps, check_eval_attacks, check_pixel_range,
                       default_alpha, eval_attack)
+from .device import check_device
 
 __all__ = ["evaluate_robustness", "ATTACKS", "count_params", "count_flops", "measure_latency", "accuracy"]
 
@@ -99,7 +100,7 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
             raise ValueError(f"{label} must be >= 1 or None, got {value}")
     if cw_steps < 1:
         raise ValueError(f"cw_steps must be >= 1, got {cw_steps}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = check_device(device) if device is not None else next(model.parameters()).device
     model.to(device)  # a model loaded on the CPU is evaluated where the data goes
     was_training = model.training
     model.eval()

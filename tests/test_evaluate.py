@@ -96,3 +96,14 @@ def test_autoattack_says_what_runs_and_on_how_many_samples(trained, capsys):
     assert loud["autoattack"]["accuracy"] == quiet["autoattack"]["accuracy"]
     evaluate_robustness(model, loader, ["autoattack"], eps=0.1, autoattack_samples=6)
     assert "autoattack: samples" not in "".join(capsys.readouterr())
+
+
+def test_a_device_this_machine_lacks_is_a_one_line_error(trained):
+    """``evaluate_robustness(device="cuda:N")`` past the machine's GPUs (any CUDA device on a CPU machine)."""
+    model, loader = trained
+    missing = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ValueError) as info:
+        evaluate_robustness(model, loader, ["clean"], device=missing)
+    assert missing in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="got 'gpu0'"):
+        evaluate_robustness(model, loader, ["clean"], device="gpu0")

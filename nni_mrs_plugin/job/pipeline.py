@@ -33,7 +33,7 @@ def _dataset_info(config: Config):
 def _device(config: Config) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from ..train.distributed import check_device
+    from ..device import check_device
 
     try:  # checked before anything is trained or written
         return check_device(config.device)

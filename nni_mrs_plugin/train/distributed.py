@@ -15,6 +15,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from ..device import check_device
+
 __all__ = ["Context", "init", "shard_train_loader", "shard_eval_loader", "all_sum", "gather_rng", "set_rng",
            "sync_buffers", "barrier", "wrap"]
 
@@ -30,20 +32,6 @@ class Context:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def check_device(device: torch.device | str) -> torch.device:
-    """``device`` as a torch.device, or a one-line ValueError when this machine does not have it (torch's own error
-    comes from deep inside the first CUDA call: "invalid device ordinal")."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise ValueError(f"device {str(device)!r} asked for, but this machine has no CUDA device; use 'cpu'")
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"device {str(device)!r} asked for, but this machine has {count} CUDA device(s): "
-                             f"use one of cuda:0 ... cuda:{count - 1}")
-    return device
 
 
 def init(device: Optional[torch.device | str] = None) -> Context:
