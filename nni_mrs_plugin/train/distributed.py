@@ -37,8 +37,9 @@ class Context:
 def init(device: Optional[torch.device | str] = None) -> Context:
     """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1), or the one the
     caller already started; otherwise a single process. Backend: nccl for CUDA, gloo for CPU."""
+    device = check_device(device) if device is not None else None  # a bad name fails before a group is joined
     started = False
-    wants_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+    wants_cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group(backend="nccl" if wants_cuda else "gloo")
         started = True
@@ -46,11 +47,10 @@ def init(device: Optional[torch.device | str] = None) -> Context:
     rank = dist.get_rank() if dist.is_initialized() else 0
     local_rank = int(os.environ.get("LOCAL_RANK", rank if world > 1 else 0))
     if device is None:
-        device = f"cuda:{local_rank}" if wants_cuda else "cpu"
-    device = check_device(device)
+        device = check_device(f"cuda:{local_rank}" if wants_cuda else "cpu")
     if device.type == "cuda":
         if device.index is None:
-            device = torch.device("cuda", local_rank)
+            device = check_device(f"cuda:{local_rank}")
         torch.cuda.set_device(device)
     return Context(world, rank, local_rank, device, started)
 
