@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_device"]
+__all__ = ["parse_device", "check_device"]
+
+
+def parse_device(device: torch.device | str) -> torch.device:
+    """``device`` as a CPU or CUDA torch.device, whatever this machine has (a config is checked where it is
+    written, the run happens elsewhere); a one-line ValueError for anything else."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return parsed
 
 
 def check_device(device: torch.device | str) -> torch.device:
     """``device`` as a torch.device, or a one-line ValueError when this machine does not have it."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    device = parse_device(device)
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0:

@@ -177,14 +177,13 @@ class Config:
     progress: bool = True
 
     def check(self, key: str) -> None:
-        import torch
+        from ..device import parse_device
 
         try:
-            device = torch.device(self.device) if self.device != "auto" else None
-        except (RuntimeError, ValueError):
+            if self.device != "auto":
+                parse_device(self.device)
+        except ValueError:
             raise ConfigError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
-        if device is not None and device.type not in ("cpu", "cuda"):
-            raise ConfigError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
