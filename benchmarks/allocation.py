@@ -10,6 +10,10 @@ Phases:
   select   seed 0, the 0.9 target, validation images only: every MRS candidate (``CANDIDATES``, l1 channels)
            and uniform ratios; the two candidates with the best fine-tuned PGD-20 validation accuracy (mean over
            the models) become the MRS rows of the report. Also measures fixed X' against re-attacked curves.
+  default  every seed, the 0.9 target, validation images only: the shipped default (``SHIPPED``), the other
+           selected allocations and uniform ratios, all with the criterion the select phase chose; the best mean
+           fine-tuned PGD-20 over models and seeds is what ``MRSPruner`` should ship (``default.json``). Uniform
+           ratios are a candidate: the default must at least not lose to them.
   report   every seed and target on the test images, read once: the selected MRS variants x {l1, taylor},
            uniform ratios x {l1, taylor}, global L1, random channels, and HARP (rates and channels learned
            for ``--harp-epochs`` under the fine-tuning objective, starting from uniform-L1 gates).
@@ -65,6 +69,7 @@ MEASURE_ONLY = {"budget-curve-reattack"}
 # the learning adds
 BASELINES = ["uniform-l1", "uniform-taylor", "l1-global", "random", "harp"]
 REFERENCE = "uniform-l1"
+SHIPPED = "power-feature"  # MRSPruner's default allocation today (rule 'power', estimator 'feature')
 T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
@@ -138,7 +143,7 @@ def run_row(path: Path, dense_path: Path, row: str, target: float, seed: int, da
     model.cpu()
     after = {"flops": count_flops(model, torch.zeros(1, 1, 28, 28)), "params": count_params(model)}
     recalibrate_batchnorm(model.to(args.device), calibration[0].to(args.device), 256)
-    judged = val if phase == "select" else test
+    judged = test if phase == "report" else val
     pruned = evaluate(model, judged, ["clean", "pgd20"], args.device, samples=args.test_size)
     work = path.with_suffix("")
     fit(model, DataLoader(train, batch_size=128, shuffle=True), None, args.finetune_epochs, trainer(args),
@@ -332,8 +337,10 @@ def main(argv=None) -> int:
     parser.add_argument("--select-criteria", nargs="+", default=["l1"], choices=["l1", "taylor"],
                         help="channel criteria of the select phase: with l1 and taylor, the validation split also "
                              "chooses the criterion (uniform and the chosen allocations, measured with each)")
-    parser.add_argument("--phases", nargs="+", default=["select", "report"], choices=["dense", "select", "report"],
-                        help="dense: only train the dense models (e.g. one process per model and seed)")
+    parser.add_argument("--phases", nargs="+", default=["select", "report"],
+                        choices=["dense", "select", "default", "report"],
+                        help="dense: only train the dense models (e.g. one process per model and seed); default: "
+                             "decide MRSPruner's default on validation over every seed (after select)")
     parser.add_argument("--shard", default="0/1", metavar="I/N",
                         help="report rows I, I+N, I+2N, ... of each model, seed and target (parallel processes)")
     parser.add_argument("--device", default="cpu")
@@ -395,6 +402,17 @@ def main(argv=None) -> int:
                         row, args.select_target, args.seeds[0], data, args, "select")
             if extra:
                 select_summary(collect(out, "select"), selected_path, args.select)
+        if "default" in args.phases:
+            rows = default_rows(json.loads(selected_path.read_text()))[shard::shards]
+            jobs = [(m, s, r) for s in args.seeds for m in args.models for r in rows]
+            for i, (model, seed, row) in enumerate(jobs, 1):
+                print(f"[default {i}/{len(jobs)}] {model} seed {seed} target {args.select_target} {row} "
+                      f"({time.time() - started:.0f} s)", flush=True)
+                dense = dense_model(folder(model, seed), model, widths[model], seed, data, args)
+                run_row(folder(model, seed) / "default" / f"t{args.select_target}" / f"{row}.json", dense, row,
+                        args.select_target, seed, data, args, "default")
+            if shards == 1:
+                default_summary(collect(out, "default"), out / "default.json")
         if "report" in args.phases:
             rows = report_rows()[shard::shards]
             jobs = [(m, s, t, r) for s in args.seeds for m in args.models for t in targets(m) for r in rows]
@@ -435,6 +453,43 @@ def select_summary(results: List[dict], path: Path, keep: int) -> List[str]:
     return chosen
 
 
+def default_rows(selected: dict) -> List[str]:
+    """The default phase's candidates: uniform ratios, the shipped allocation and the selected ones, each with the
+    criterion the select phase chose (Taylor, the shipped criterion, when it chose none)."""
+    criterion = selected.get("criterion", "taylor")
+    names = ["uniform", SHIPPED] + [c for c in selected["selected"] if c != SHIPPED]
+    return [f"{name}-{criterion}" for name in names]
+
+
+def default_summary(results: List[dict], path: Path) -> Optional[str]:
+    """The rule fixed before the rows were run: the candidate with the best mean fine-tuned PGD-20 validation
+    accuracy over the (model, seed) pairs every candidate has; the paired differences to uniform ratios (mean and
+    95% interval) are recorded beside it."""
+    by_row: Dict[str, Dict[Tuple[str, int], float]] = {}
+    for r in results:
+        by_row.setdefault(r["row"], {})[(r["model"], r["seed"])] = r["finetuned"]["pgd20"]
+    if not by_row:
+        return None
+    pairs = sorted(set.intersection(*(set(v) for v in by_row.values())))
+    if not pairs:
+        return None
+    means = {row: sum(v[p] for p in pairs) / len(pairs) for row, v in by_row.items()}
+    uniform = next((row for row in by_row if row.startswith("uniform-")), None)
+    versus = {}
+    for row in by_row:
+        if uniform and row != uniform:
+            mean, low, high = interval([by_row[row][p] - by_row[uniform][p] for p in pairs])
+            versus[row] = {"diff": mean, "low": low, "high": high,
+                           "verdict": "win" if low > 0 else "loss" if high < 0 else "tie"}
+    chosen = max(means, key=means.get)
+    atomic_json(path, {"chosen": chosen, "validation_pgd20": dict(sorted(means.items(), key=lambda kv: -kv[1])),
+                       "versus_uniform": versus, "pairs": [list(p) for p in pairs],
+                       "rule": "best mean fine-tuned PGD-20 on the validation split over (model, seed) pairs"})
+    print(f"default on validation: {chosen} ({', '.join(f'{k} {100 * v:.2f}' for k, v in means.items())})",
+          flush=True)
+    return chosen
+
+
 def collect(out: Path, phase: str) -> List[dict]:
     results = []
     for path in sorted(out.glob(f"*/seed*/{phase}/t*/*.json")):
@@ -452,11 +507,11 @@ def write_summary(out: Path, args, started: float) -> None:
             f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
             f"threads, device {args.device}; this invocation {time.time() - started:.0f} s.\n"]
     summary = {}
-    for phase in ("select", "report"):
+    for phase in ("select", "default", "report"):
         results = collect(out, phase)
         if not results:
             continue
-        summary[phase] = summarise(results)
+        summary[phase] = summarise(results, same_criterion if phase == "default" else lambda row: REFERENCE)
         summary[phase]["seconds"] = sum(r["seconds"] for r in results)
         text.append(markdown(summary[phase], phase))
         text.append(f"Row time (prune + evaluate + fine-tune + evaluate), summed: {summary[phase]['seconds']:.0f} s\n")
@@ -473,8 +528,9 @@ def write_summary(out: Path, args, started: float) -> None:
         dense[str(path.parent.parent.relative_to(out))] = [
             {k: row.get(k) for k in ("epoch", "clean_acc", "pgd_acc", "seconds")} for row in history]
     summary["dense"] = dense
-    if (out / "selected.json").is_file():
-        summary["selected"] = json.loads((out / "selected.json").read_text())
+    for name in ("selected", "default"):
+        if (out / f"{name}.json").is_file():
+            summary[name] = json.loads((out / f"{name}.json").read_text())
     atomic_json(out / "summary.json", summary)
     (out / "summary.md").write_text("\n".join(text))
     print("\n".join(text))

@@ -2,10 +2,11 @@
 # Run benchmarks/allocation.py as parallel processes on one machine (one GPU shared, one CPU thread each): small
 # models leave a GPU launch-bound, so several processes fill it. Stages wait for each other: dense models
 # (one process per model and seed), the select phase (one per model, then one to write selected.json), the report
-# (one per model, seed and target). Resumable like the script itself: rerun to finish.
+# (one per model, seed and target); the default phase (one per model and seed, then one to write default.json).
+# Resumable like the script itself: rerun to finish.
 #   [SHARDS=N] [JOBS=N] bash benchmarks/allocation_parallel.sh OUTPUT STAGE... -- [allocation.py options]
 # JOBS caps the processes running at once (default: no cap); on the 2-core CPU, JOBS=2.
-# STAGE: dense, select, report. Logs go to OUTPUT/logs.
+# STAGE: dense, select, default, report. Logs go to OUTPUT/logs.
 set -uo pipefail
 out=$1; shift
 stages=()
@@ -29,6 +30,12 @@ for stage in "${stages[@]}"; do
       for m in vgg16_bn resnet18; do run "select-$m" --models "$m" --widths 0.125 --seeds 0 --phases select; done
       wait
       python benchmarks/allocation.py --output "$out" "${opts[@]}" --seeds 0 --phases select >"$out/logs/select.log" 2>&1 ;;
+    default)  # after select: MRSPruner's default decided on validation, every seed
+      for s in 0 1 2; do for m in resnet18 vgg16_bn; do
+        run "default-$m-$s" --models "$m" --widths 0.125 --seeds "$s" --phases default
+      done; done
+      wait
+      python benchmarks/allocation.py --output "$out" "${opts[@]}" --phases default >"$out/logs/default.log" 2>&1 ;;
     report)  # SHARDS processes per model, seed and target (default 1), each taking every SHARDS-th row
       n=${SHARDS:-1}
       for s in 0 1 2; do for i in $(seq 0 $((n - 1))); do
@@ -38,7 +45,7 @@ for stage in "${stages[@]}"; do
         done
         run "report-resnet-$s-$i" --models resnet18 --widths 0.125 --seeds "$s" --phases report --shard "$i/$n"
       done; done; wait ;;
-    *) echo "unknown stage $stage (dense, select, report)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (dense, select, default, report)" >&2; exit 2 ;;
   esac
 done
 python benchmarks/allocation.py --output "$out" "${opts[@]}" --summary-only >"$out/logs/summary.log" 2>&1

@@ -77,7 +77,8 @@ def test_allocation_benchmark_pairs_each_seed_with_uniform_l1():
     """A row wins only when its paired per-seed differences to uniform-l1 have a 95% interval above zero."""
     allocation = load_script("allocation")
     mean, low, high = allocation.interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and low == pytest.approx(2.0 - 4.303 / 3 ** 0.5) and high == pytest.approx(2.0 + 4.303 / 3 ** 0.5)
+    half = 4.303 / 3 ** 0.5
+    assert mean == 2.0 and low == pytest.approx(2.0 - half) and high == pytest.approx(2.0 + half)
 
     def run(row, seed, pgd):
         return {"model": "vgg16_bn", "target": 0.9, "row": row, "seed": seed, "flops_removed": 0.9, "params": 10,
@@ -123,6 +124,35 @@ def test_allocation_benchmark_separates_allocation_from_criterion(tmp_path):
     assert record["criterion"] == "l1"  # (0.70 + 0.65) / 2 > (0.66 + 0.64) / 2 on the same two allocations
     assert record["criterion_pairs"] == ["vgg16_bn/power-feature", "vgg16_bn/uniform"]
     assert "criterion" not in json.loads((allocation.select_summary(select[:3], path, 1) and path).read_text())
+
+
+def test_allocation_benchmark_decides_the_default_on_validation_with_uniform_as_a_candidate(tmp_path):
+    """The default phase runs uniform ratios, the shipped allocation and the selected ones with the chosen
+    criterion; the best mean over the (model, seed) pairs all candidates share wins, uniform ratios included."""
+    allocation = load_script("allocation")
+    assert allocation.default_rows({"selected": ["budget-curve-bn", "power-feature"]}) == [
+        "uniform-taylor", "power-feature-taylor", "budget-curve-bn-taylor"]  # no criterion chosen: the shipped one
+    assert allocation.default_rows({"selected": ["budget-curve"], "criterion": "l1"}) == [
+        "uniform-l1", "power-feature-l1", "budget-curve-l1"]
+
+    def run(row, model, seed, pgd):
+        return {"model": model, "target": 0.9, "row": row, "seed": seed, "finetuned": {"pgd20": pgd}}
+    results = []
+    for seed, (u, p, b) in enumerate([(0.60, 0.58, 0.61), (0.62, 0.59, 0.60), (0.64, 0.62, 0.63)]):
+        for model, shift in (("vgg16_bn", 0.0), ("resnet18", 0.05)):
+            results += [run("uniform-taylor", model, seed, u + shift),
+                        run("power-feature-taylor", model, seed, p + shift),
+                        run("budget-curve-bn-taylor", model, seed, b + shift)]
+    results.append(run("power-feature-taylor", "vgg16_bn", 3, 0.99))  # a seed the others lack does not count
+    path = tmp_path / "default.json"
+    assert allocation.default_summary(results, path) == "uniform-taylor"
+    record = json.loads(path.read_text())
+    assert len(record["pairs"]) == 6 and ["vgg16_bn", 3] not in record["pairs"]
+    assert record["validation_pgd20"]["power-feature-taylor"] == pytest.approx(0.5967 + 0.025, abs=1e-4)
+    assert record["versus_uniform"]["power-feature-taylor"]["verdict"] == "loss"  # -2 points on every pair
+    assert record["versus_uniform"]["budget-curve-bn-taylor"]["verdict"] == "tie"
+    assert "uniform-taylor" not in record["versus_uniform"]
+    assert allocation.default_summary([], path) is None
 
 
 def test_allocation_benchmark_harp_row_learns_and_meets_the_target(tmp_path, fashion):
