@@ -55,8 +55,8 @@ EPS = 0.1
 SPLIT_SEED = 1234  # the validation/train/test draws: the same for every seed and row
 # MRS candidates for the select phase: (options of MRSPruner); criterion comes from the row
 CANDIDATES: Dict[str, Dict[str, Any]] = {
-    "power-weight": {"rule": "power", "estimator": "weight"},  # the first release's default
-    "power-feature": {"rule": "power", "estimator": "feature"},
+    "power-weight": {"rule": "power", "estimator": "weight", "tau": 1.0},  # the first release's default
+    "power-feature": {"rule": "power", "estimator": "feature", "tau": 1.0},
     "budget-curve": {"rule": "budget", "estimator": "curve"},
     "budget-curve-bn": {"rule": "budget", "estimator": "curve", "recalibrate": True},
     # the attack re-run on every pruned model instead of the dense model's X': does the cheap fixed X' suffice?

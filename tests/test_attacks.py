@@ -126,7 +126,8 @@ def test_mrs_calibration_with_the_option(loaders):
 
     _, normalised = loaders
     model = make_model("small_cnn")
-    allocator = MRSSparsityAllocator("taylor", eps=0.1, n_samples=64, normalization=NORMALIZATION, progress=False)
+    allocator = MRSSparsityAllocator("taylor", tau=1.0, eps=0.1, n_samples=64,
+                                     normalization=NORMALIZATION, progress=False)
     result = allocator.allocate(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], normalised)
     assert abs(result.achieved - 0.5) <= 0.01
     x_adv, _ = allocator.adversarial_data

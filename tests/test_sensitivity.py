@@ -44,7 +44,7 @@ def test_critical_unit_gets_highest_mrs_and_lowest_ratio(estimator, branches, ca
     model = copy.deepcopy(branches)
     # l1 channels in the probes: on this toy, removing the critical unit's lowest-Taylor channels lowers the
     # adversarial loss, so probe/curve with Taylor probes would not single it out (the default criterion)
-    allocator = MRSSparsityAllocator(estimator, "flops", n_samples=128, progress=False, criterion="l1")
+    allocator = MRSSparsityAllocator(estimator, "flops", 1.0, n_samples=128, progress=False, criterion="l1")
     result = allocator.allocate(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], calibration,
                                 calibration[0][:1])
     rows = {row.unit: row for row in result.report}

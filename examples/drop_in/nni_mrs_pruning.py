@@ -91,7 +91,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     evaluate("dense", model, test_loader, dummy_input, args)
 
     # MRSPruner's sparse_ratio is the global fraction of FLOPs to remove (L1NormPruner's: of each layer's channels);
-    # it groups dependent layers itself and never prunes the classifier's output layer.
+    # it groups dependent layers itself and never prunes the classifier's output layer. By default every unit gets
+    # the same ratio and the channels go by adversarial Taylor importance (chosen on validation, BENCHMARKS.md);
+    # add tau=1.0 to allocate the ratios by module robustness sensitivity.
     config_list = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": args.sparsity}]
     pruner = MRSPruner(model, config_list, calibration=train_loader, eps=args.eps, dummy_input=dummy_input,
                        n_samples=256, attack_kwargs={"steps": args.pgd_steps}, progress=False)

@@ -110,7 +110,7 @@ class PruningSection:
     budget: str = "flops"
     estimator: str = "feature"  # chosen on validation (BENCHMARKS.md); with rule 'budget': curve (or probe)
     criterion: str = "taylor"  # channels inside a unit; chosen on validation with the estimator
-    tau: float = 1.0
+    tau: float = 0.0  # uniform ratios: no MRS allocation beat them on validation (BENCHMARKS.md); 1.0: by MRS
     rule: str = "power"  # 'power': ratios from one MRS per unit; 'budget': loss curves traded against cost
     recalibrate: bool = False  # probe/curve estimators: re-estimate BatchNorm statistics on each pruned model
     rho: float = 0.1

@@ -35,8 +35,9 @@ def format_metric(value: Any, metric: str) -> str:
     return f"{value:,}"
 
 
-def plot_units(allocation: Mapping[str, Any], path: Path) -> Path:
-    """Bar chart: MRS per unit (left axis) and its pruning ratio (right axis), in model order."""
+def plot_units(allocation: Mapping[str, Any], path: Path, measured: bool = True) -> Path:
+    """Bar chart: MRS per unit (left axis, left out when ``measured`` is false: uniform ratios measure none) and
+    its pruning ratio (right axis), in model order."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,8 +47,9 @@ def plot_units(allocation: Mapping[str, Any], path: Path) -> Path:
     names = [u["unit"] for u in units]
     positions = range(len(names))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 4))
-    ax.bar([p - 0.2 for p in positions], [u["mrs"] for u in units], width=0.4, color="tab:red", label="MRS")
-    ax.set_ylabel("MRS (adversarial loss rise)")
+    if measured:
+        ax.bar([p - 0.2 for p in positions], [u["mrs"] for u in units], width=0.4, color="tab:red", label="MRS")
+    ax.set_ylabel("MRS (adversarial loss rise)" if measured else "MRS not measured (tau 0: uniform ratios)")
     twin = ax.twinx()
     twin.bar([p + 0.2 for p in positions], [u["ratio"] for u in units], width=0.4, color="tab:blue", label="ratio")
     twin.set_ylabel("pruned channel ratio")
@@ -76,14 +78,18 @@ def write_report(run_dir: Path, config: Config, stages: Mapping[str, Any]) -> Li
         ratio = row["pruned"] / row["dense"] if row["dense"] else float("nan")
         lines.append(f"| {row['metric']} | {format_metric(row['dense'], row['metric'])} | "
                      f"{format_metric(row['pruned'], row['metric'])} | {ratio:.2f} |")
-    lines += ["", f"Pruner `{cfg.pruner}`, estimator `{cfg.estimator}`, criterion `{cfg.criterion}`, tau {cfg.tau}; "
+    measured = not (cfg.pruner == "mrs" and cfg.rule == "power" and cfg.tau == 0)
+    allocator = (f"estimator `{cfg.estimator}`, tau {cfg.tau}" if measured
+                 else "uniform ratios (tau 0: MRS not measured)")
+    lines += ["", f"Pruner `{cfg.pruner}`, {allocator}, criterion `{cfg.criterion}`; "
               f"fine-tuning `{config.finetune.method}` for {config.finetune.epochs} epoch(s).", "",
               "| unit | layers | MRS | ratio | channels |", "|---|---:|---:|---:|---:|"]
     for unit in allocation["units"]:
-        lines.append(f"| {unit['unit']} | {len(unit['layers'])} | {unit['mrs']:.4g} | {unit['ratio']:.3f} | "
+        mrs = f"{unit['mrs']:.4g}" if measured else "—"
+        lines.append(f"| {unit['unit']} | {len(unit['layers'])} | {mrs} | {unit['ratio']:.3f} | "
                      f"{unit['channels_before']} → {unit['channels_after']} |")
     for layer, reason in allocation["skipped"].items():
         lines.append(f"| {layer} (not pruned: {reason}) | | | | |")
     lines += ["", "![MRS and ratio per unit](mrs_units.png)", ""]
     atomic_write(run_dir / "report.md", lambda f: f.write("\n".join(lines).encode()))
-    return [run_dir / "report.json", run_dir / "report.md", plot_units(allocation, run_dir / "mrs_units.png")]
+    return [run_dir / "report.json", run_dir / "report.md", plot_units(allocation, run_dir / "mrs_units.png", measured)]

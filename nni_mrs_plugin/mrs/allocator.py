@@ -33,10 +33,12 @@ class MRSSparsityAllocator:
     ``allocate(model, config_list, calibration)`` returns an :class:`~nni_mrs_plugin.allocation.Allocation`
     whose ``config_list`` has one entry per unit (``op_names``, ``sparse_ratio``, ``dependency_group_id``).
     ``config_list`` here is an NNI selection whose ``sparse_ratio`` is the *global* fraction of the budget to
-    remove; ``min_sparse_ratio``/``max_sparse_ratio`` bound each selected layer.
+    remove; ``min_sparse_ratio``/``max_sparse_ratio`` bound each selected layer. The power rule's default
+    ``tau=0`` is uniform ratios without measuring MRS, the validated default (BENCHMARKS.md); ``tau > 0`` or
+    ``rule='budget'`` allocate by sensitivity.
     """
 
-    def __init__(self, estimator: Any = None, budget: str = "flops", tau: float = 1.0, *, rule: str = "power",
+    def __init__(self, estimator: Any = None, budget: str = "flops", tau: float = 0.0, *, rule: str = "power",
                  criterion: str = "taylor", attack: Any = None, attack_kwargs: Optional[Dict[str, Any]] = None,
                  eps: Optional[float] = None, n_samples: int = 512, batch_size: int = 256, seed: int = 0,
                  r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01, progress: bool = True,

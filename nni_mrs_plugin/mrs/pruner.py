@@ -106,8 +106,11 @@ class MRSPruner(Pruner):
     the sped-up model loses. ``calibration`` is a DataLoader or an (x, y) pair; without it, ``evaluator``
     training runs for ``training_steps`` steps and its batches are the calibration data. Further keyword
     options go to :class:`MRSSparsityAllocator` (``eps``, ``n_samples``, ``rho``, ``steps``, ``seed``, ...).
-    ``rule='power'`` sets ratios from one MRS value per unit (``estimator``, default 'feature'); ``rule='budget'``
-    trades per-unit loss curves (default estimator 'curve') against what each unit's channels cost.
+    ``rule='power'`` sets ratios from one MRS value per unit (``estimator``, default 'feature') with exponent
+    ``tau``; ``rule='budget'`` trades per-unit loss curves (default estimator 'curve') against what each unit's
+    channels cost. The default ``tau=0`` gives every unit the same ratio (MRS is not measured) and adversarial
+    Taylor channels: on the allocation benchmark's validation split no MRS allocation beat that (BENCHMARKS.md),
+    so it is the default until one does; ``tau=1`` or ``rule='budget'`` allocate by robustness sensitivity.
     After ``compress()``, ``allocation`` holds the per-unit report; with ``verify`` (default) ``compress()`` has
     also removed the channels from a copy with ModelSpeedup and checked it computes what the masked model does.
     """
@@ -116,7 +119,8 @@ class MRSPruner(Pruner):
 
     def __init__(self, model: nn.Module, config_list: List[Dict[str, Any]], evaluator: Any = None, *,
                  calibration: Any = None, attack: Any = None, estimator: Any = None, criterion: str = "taylor",
-                 budget: str = "flops", tau: float = 1.0, rule: str = "power", dummy_input: Any = None, training_steps: int = 10,
+                 budget: str = "flops", tau: float = 0.0, rule: str = "power", dummy_input: Any = None,
+                 training_steps: int = 10,
                  verify: bool = True, existed_wrappers: Optional[Dict[str, Any]] = None, **allocator_options: Any):
         self.allocator = MRSSparsityAllocator(estimator, budget, tau, rule=rule, criterion=criterion, attack=attack,
                                               **allocator_options)
