@@ -69,7 +69,7 @@ MEASURE_ONLY = {"budget-curve-reattack"}
 # the learning adds
 BASELINES = ["uniform-l1", "uniform-taylor", "l1-global", "random", "harp"]
 REFERENCE = "uniform-l1"
-SHIPPED = "power-feature"  # MRSPruner's default allocation today (rule 'power', estimator 'feature')
+SHIPPED = "power-feature"  # MRSPruner's default before the default phase chose uniform ratios (tau 1, 'feature')
 T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 

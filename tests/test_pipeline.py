@@ -102,24 +102,24 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
 
 
 def test_the_report_of_the_uniform_default_shows_no_mrs_it_did_not_measure(tmp_path):
-    """tau 0 (the default) gives uniform ratios without measuring MRS: the report must not print the placeholder
-    scores as if they were sensitivities, while tau 1 prints them."""
+    """tau 0 (the default) gives uniform ratios without measuring MRS (the allocation says so): the report must
+    not print the placeholder scores as if they were sensitivities, while a measured allocation prints them."""
     from nni_mrs_plugin.job.report import write_report
 
     assert load_config().pruning.tau == 0.0  # the default decided on validation (BENCHMARKS.md)
-    allocation = {"units": [{"unit": "features.0", "layers": ["features.0"], "mrs": 0.123, "ratio": 0.5,
-                             "channels_before": 32, "channels_after": 16}],
-                  "skipped": {}, "achieved": 0.5, "budget": "flops", "target": 0.5}
     stages = {"pretrain": {"dense": {"params": 10, "flops": 100, "cpu_latency_ms": 1.0}},
               "speedup": {"pruned": {"params": 5, "flops": 50, "cpu_latency_ms": 0.5}}}
-    for tau, shown in ((0.0, False), (1.0, True)):
-        run = tmp_path / f"tau{tau}"
+    for measured in (False, True):
+        allocation = {"units": [{"unit": "features.0", "layers": ["features.0"], "mrs": 0.123, "ratio": 0.5,
+                                 "channels_before": 32, "channels_after": 16}], "measured": measured,
+                      "skipped": {}, "achieved": 0.5, "budget": "flops", "target": 0.5}
+        run = tmp_path / f"measured-{measured}"
         run.mkdir()
         (run / "allocation.json").write_text(json.dumps(allocation))
-        write_report(run, tiny(tmp_path, pruning={"tau": tau}), stages)
+        write_report(run, tiny(tmp_path, pruning={"tau": 1.0 if measured else 0.0}), stages)
         report = (run / "report.md").read_text()
-        assert ("0.123" in report) is shown
-        assert ("uniform ratios (tau 0: MRS not measured)" in report) is not shown
+        assert ("0.123" in report) is measured
+        assert ("uniform ratios (MRS not measured)" in report) is not measured
         assert (run / "mrs_units.png").stat().st_size > 1000
 
 

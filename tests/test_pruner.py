@@ -185,11 +185,12 @@ def test_allocation_table_and_json(calibration):
 
 def test_tau_zero_skips_sensitivity_but_taylor_criterion_still_gets_gradients(calibration):
     model = make_model("small_cnn")
-    pruner = MRSPruner(model, SELECT, calibration=calibration, tau=0.0, criterion="taylor", n_samples=64,
-                       progress=False)
+    pruner = MRSPruner(model, SELECT, calibration=calibration, n_samples=64, progress=False)  # default: tau 0, taylor
     _, masks = pruner.compress()
     pruner.unwrap_model()
     assert {row.mrs for row in pruner.allocation.report} == {1.0}  # not measured: cannot change uniform ratios
+    assert pruner.allocation.measured is False and pruner.allocation.as_dict()["measured"] is False
+    assert "1.0" not in pruner.allocation.table().split("removed")[0]  # placeholders are not shown as MRS
     assert abs(pruner.allocation.achieved - 0.5) <= 0.01
     l1 = MRSPruner(make_model("small_cnn"), SELECT, calibration=calibration, tau=0.0, criterion="l1", n_samples=64,
                    progress=False)

@@ -35,9 +35,9 @@ def format_metric(value: Any, metric: str) -> str:
     return f"{value:,}"
 
 
-def plot_units(allocation: Mapping[str, Any], path: Path, measured: bool = True) -> Path:
-    """Bar chart: MRS per unit (left axis, left out when ``measured`` is false: uniform ratios measure none) and
-    its pruning ratio (right axis), in model order."""
+def plot_units(allocation: Mapping[str, Any], path: Path) -> Path:
+    """Bar chart: MRS per unit (left axis; left out for uniform ratios, which measure none) and its pruning ratio
+    (right axis), in model order."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,10 +46,11 @@ def plot_units(allocation: Mapping[str, Any], path: Path, measured: bool = True)
     units = allocation["units"]
     names = [u["unit"] for u in units]
     positions = range(len(names))
+    measured = allocation.get("measured", True)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 4))
     if measured:
         ax.bar([p - 0.2 for p in positions], [u["mrs"] for u in units], width=0.4, color="tab:red", label="MRS")
-    ax.set_ylabel("MRS (adversarial loss rise)" if measured else "MRS not measured (tau 0: uniform ratios)")
+    ax.set_ylabel("MRS (adversarial loss rise)" if measured else "MRS not measured (uniform ratios)")
     twin = ax.twinx()
     twin.bar([p + 0.2 for p in positions], [u["ratio"] for u in units], width=0.4, color="tab:blue", label="ratio")
     twin.set_ylabel("pruned channel ratio")
@@ -78,9 +79,8 @@ def write_report(run_dir: Path, config: Config, stages: Mapping[str, Any]) -> Li
         ratio = row["pruned"] / row["dense"] if row["dense"] else float("nan")
         lines.append(f"| {row['metric']} | {format_metric(row['dense'], row['metric'])} | "
                      f"{format_metric(row['pruned'], row['metric'])} | {ratio:.2f} |")
-    measured = not (cfg.pruner == "mrs" and cfg.rule == "power" and cfg.tau == 0)
-    allocator = (f"estimator `{cfg.estimator}`, tau {cfg.tau}" if measured
-                 else "uniform ratios (tau 0: MRS not measured)")
+    measured = allocation.get("measured", True)  # False: uniform ratios, whose MRS are placeholders
+    allocator = f"estimator `{cfg.estimator}`, tau {cfg.tau}" if measured else "uniform ratios (MRS not measured)"
     lines += ["", f"Pruner `{cfg.pruner}`, {allocator}, criterion `{cfg.criterion}`; "
               f"fine-tuning `{config.finetune.method}` for {config.finetune.epochs} epoch(s).", "",
               "| unit | layers | MRS | ratio | channels |", "|---|---:|---:|---:|---:|"]
@@ -92,4 +92,4 @@ def write_report(run_dir: Path, config: Config, stages: Mapping[str, Any]) -> Li
         lines.append(f"| {layer} (not pruned: {reason}) | | | | |")
     lines += ["", "![MRS and ratio per unit](mrs_units.png)", ""]
     atomic_write(run_dir / "report.md", lambda f: f.write("\n".join(lines).encode()))
-    return [run_dir / "report.json", run_dir / "report.md", plot_units(allocation, run_dir / "mrs_units.png", measured)]
+    return [run_dir / "report.json", run_dir / "report.md", plot_units(allocation, run_dir / "mrs_units.png")]

@@ -48,10 +48,12 @@ class Allocation:
     rule: str = "power"
     curves: Dict[str, List[float]] = field(default_factory=dict)  # unit -> Delta L at ``ratios`` (budget rule)
     ratios: List[float] = field(default_factory=list)
+    measured: bool = True  # False: uniform ratios (tau 0), the MRS column holds placeholders, not sensitivities
 
     def as_dict(self) -> dict:
         out = {"target": self.target, "achieved": self.achieved, "budget": self.budget, "skipped": self.skipped,
-               "rule": self.rule, "units": [asdict(row) for row in self.report], "config_list": self.config_list}
+               "rule": self.rule, "units": [asdict(row) for row in self.report], "config_list": self.config_list,
+               "measured": self.measured}
         if self.curves:
             out.update(curves=self.curves, ratios=self.ratios)
         return out
@@ -61,7 +63,8 @@ class Allocation:
         rows = sorted(self.report, key=lambda row: -row.mrs)
         lines = [f"{'unit':<28} {'layers':>6} {'MRS':>10} {'ratio':>6} {'channels':>11} {'share':>6}"]
         for row in rows:
-            lines.append(f"{row.unit[:28]:<28} {len(row.layers):>6} {row.mrs:>10.4g} {row.ratio:>6.3f} "
+            mrs = f"{row.mrs:>10.4g}" if self.measured else f"{'-':>10}"
+            lines.append(f"{row.unit[:28]:<28} {len(row.layers):>6} {mrs} {row.ratio:>6.3f} "
                          f"{row.channels_before:>5}->{row.channels_after:<5} {row.budget_share:>6.3f}")
         lines.append(f"removed {self.achieved:.4f} of {self.budget} (target {self.target:.4f})")
         return "\n".join(lines)

@@ -126,7 +126,8 @@ class MRSSparsityAllocator:
         target, units, skipped, graph_module = self.units(model, config_list, dummy_input)
         if self.rule == "budget" and curves is not None:
             scores = curve_scores(curves)
-        if scores is None and self.rule == "power" and self.tau == 0:  # uniform ratios: sensitivity cannot change
+        uniform = scores is None and self.rule == "power" and self.tau == 0
+        if uniform:  # uniform ratios: sensitivity cannot change them, so none is measured
             scores = {unit.name: 1.0 for unit in units}
         if scores is None or (self.rule == "budget" and curves is None):
             x, x_adv, y = self.calibration_set(model, calibration)
@@ -140,7 +141,7 @@ class MRSSparsityAllocator:
         else:
             pruned = allocation.allocate(units, scores, cost, target, self.budget, self.tau, self.tolerance)
         result = self.report(units, scores, pruned, cost, target, skipped)
-        result.rule = self.rule
+        result.rule, result.measured = self.rule, not uniform
         if curves:
             result.curves = {name: [float(v) for v in curve] for name, curve in curves.items()}
             result.ratios = list(getattr(self.estimator, "ratios", ()))
