@@ -196,6 +196,11 @@ def interval(values: List[float]) -> Tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def verdict(low: float, high: float) -> str:
+    """A win is a 95% interval above zero, a loss one below it."""
+    return "win" if low > 0 else "loss" if high < 0 else "tie"
+
+
 def metric_values(result: dict) -> Dict[str, float]:
     out = {f"pruned_{k}": v for k, v in result["pruned"].items()}
     out.update({f"tuned_{k}": v for k, v in result["finetuned"].items()})
@@ -231,8 +236,7 @@ def summarise(results: List[dict], reference_of: Callable[[str], Optional[str]] 
                                         "verdict": "reference" if row == reference_row else "no reference"}
             if diffs and row != reference_row:
                 mean, low, high = interval(diffs)
-                verdict = "win" if low > 0 else "loss" if high < 0 else "tie"
-                entry["metrics"][metric].update(diff=mean, low=low, high=high, verdict=verdict)
+                entry["metrics"][metric].update(diff=mean, low=low, high=high, verdict=verdict(low, high))
         table.append(entry)
     return {"rows": table}
 
@@ -479,8 +483,7 @@ def default_summary(results: List[dict], path: Path) -> Optional[str]:
     for row in by_row:
         if uniform and row != uniform:
             mean, low, high = interval([by_row[row][p] - by_row[uniform][p] for p in pairs])
-            versus[row] = {"diff": mean, "low": low, "high": high,
-                           "verdict": "win" if low > 0 else "loss" if high < 0 else "tie"}
+            versus[row] = {"diff": mean, "low": low, "high": high, "verdict": verdict(low, high)}
     chosen = max(means, key=means.get)
     atomic_json(path, {"chosen": chosen, "validation_pgd20": dict(sorted(means.items(), key=lambda kv: -kv[1])),
                        "versus_uniform": versus, "pairs": [list(p) for p in pairs],
