@@ -123,10 +123,11 @@ def prune(dense: torch.nn.Module, row: str, target: float, calibration, seed: in
     return model, allocation.as_dict()
 
 
-def evaluate(model, dataset, attacks, device, samples=None, aa=None) -> Dict[str, float]:
+def evaluate(model, dataset, attacks, device, samples=None, aa=None, seconds=None) -> Dict[str, float]:
+    """Accuracy per attack; each attack's wall time is added to ``seconds`` (a dict) when one is given."""
     loader = DataLoader(dataset, batch_size=500, shuffle=False)
     result = evaluate_robustness(model, loader, attacks, eps=EPS, max_samples=samples, autoattack_samples=aa,
-                                 device=device)
+                                 device=device, seconds=seconds)
     return {name: result[name]["accuracy"] for name in attacks}
 
 
@@ -139,22 +140,30 @@ def run_row(path: Path, dense_path: Path, row: str, target: float, seed: int, da
     before = {"flops": count_flops(dense, torch.zeros(1, 1, 28, 28)), "params": count_params(dense)}
     calibration = tensors(Subset(train, range(seed * 512, seed * 512 + 512)), 512)
     harp_state = path.with_suffix(".harp.pt")  # HARPPruner's resume point, removed with the row's other leftovers
+    stages: Dict[str, Any] = {}  # where the row's time went: what a CPU budget has to pay for
+    clock = time.time()
     model, allocation = prune(dense, row, target, calibration, seed, args.device, train, args, harp_state)
     model.cpu()
     after = {"flops": count_flops(model, torch.zeros(1, 1, 28, 28)), "params": count_params(model)}
     recalibrate_batchnorm(model.to(args.device), calibration[0].to(args.device), 256)
+    stages["prune"], clock = time.time() - clock, time.time()
     judged = test if phase == "report" else val
-    pruned = evaluate(model, judged, ["clean", "pgd20"], args.device, samples=args.test_size)
+    pruned = evaluate(model, judged, ["clean", "pgd20"], args.device, samples=args.test_size,
+                      seconds=stages.setdefault("pruned", {}))
     work = path.with_suffix("")
+    clock = time.time()
     fit(model, DataLoader(train, batch_size=128, shuffle=True), None, args.finetune_epochs, trainer(args),
         lr=args.finetune_lr, checkpoint_dir=work, resume=True, seed=seed, device=args.device, progress=False)
+    stages["finetune"] = time.time() - clock  # a resumed fine-tuning counts only its last session's epochs
     attacks = ["clean", "pgd20"] + (["autoattack"] if phase == "report" and args.aa else [])
-    tuned = evaluate(model, judged, attacks, args.device, samples=args.test_size, aa=args.aa)
+    tuned = evaluate(model, judged, attacks, args.device, samples=args.test_size, aa=args.aa,
+                     seconds=stages.setdefault("finetuned", {}))
     result = {"row": row, "target": target, "seed": seed, "phase": phase,
               "flops_removed": 1 - after["flops"] / before["flops"], "params": after["params"],
               "dense_params": before["params"], "pruned": pruned, "finetuned": tuned,
               "ratios": {u["unit"]: u["ratio"] for u in allocation["units"]},
               "curves": allocation.get("curves", {}), "seconds": round(time.time() - started, 1),
+              "stage_seconds": rounded(stages),
               "device": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else platform.machine()}
     atomic_json(path, result)
     harp_state.unlink(missing_ok=True)
@@ -163,6 +172,11 @@ def run_row(path: Path, dense_path: Path, row: str, target: float, seed: int, da
     if work.is_dir():
         work.rmdir()
     return result
+
+
+def rounded(value: Any) -> Any:
+    """Seconds to 0.1 s, through nested dicts."""
+    return {k: rounded(v) for k, v in value.items()} if isinstance(value, dict) else round(value, 1)
 
 
 def trainer(args) -> AdversarialTrainer:

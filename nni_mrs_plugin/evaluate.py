@@ -82,7 +82,8 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                         alpha: Optional[float] = None, cw_c: float = 1.0, cw_steps: int = 50,
                         max_samples: Optional[int] = None, autoattack_samples: Optional[int] = None, seed: int = 0,
                         device: Optional[torch.device | str] = None, progress: bool = False,
-                        normalization: Optional[tuple] = None) -> Dict[str, Any]:
+                        normalization: Optional[tuple] = None,
+                        seconds: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
     """Accuracy of ``model`` on ``loader`` under each attack, e.g. ``result["pgd20"]["accuracy"]``.
 
     ``alpha`` (PGD step) defaults to eps/4, i.e. 2/255 at 8/255. ``max_samples`` caps the whole evaluation;
@@ -90,6 +91,8 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
     samples, and its entry then says ``"subset": true`` with the count it ran on. The global RNG is seeded with
     ``seed`` inside a forked RNG state, so results repeat and the caller's random stream is untouched.
     ``normalization=(mean, std)``: the loader normalises; attacks then run on pixels (ε in pixel units).
+    ``seconds``, a dict, receives each attack's wall time (for ``clean``, the forward passes), so a caller can see
+    where an evaluation's time went; it stays out of the result, which repeats exactly under a seed.
     """
     check_eval_attacks(attacks)
     space = PixelSpace(normalization)
@@ -106,6 +109,7 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
     model.eval()
     correct = {name: 0 for name in attacks}
     counted = {name: 0 for name in attacks}
+    spent = {name: 0.0 for name in attacks}
     built: Dict[str, tuple] = {}
     stages: Dict[str, Any] = {}
     seen = 0
@@ -120,8 +124,11 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                 if any(name != "clean" for name in attacks):
                     check_pixel_range(x, "evaluate_robustness", space)
                 x, y = x.to(device), y.to(device)
+                started = time.perf_counter()
                 with torch.no_grad():
                     logits = model(x)
+                if "clean" in spent:
+                    spent["clean"] += time.perf_counter() - started
                 _check_outputs(logits, y)
                 for name in attacks:
                     if name == "autoattack" and autoattack_samples is not None:
@@ -130,6 +137,7 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                         keep = len(y)
                     if keep == 0:
                         continue
+                    started = time.perf_counter()
                     if name == "clean":
                         predictions = logits.argmax(1)
                     else:
@@ -149,6 +157,7 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                             predictions = model(adversarial).argmax(1)
                     correct[name] += int((predictions[:keep] == y[:keep]).sum())
                     counted[name] += keep
+                    spent[name] += time.perf_counter() - started
                 seen += len(y)
     finally:
         model.train(was_training)
@@ -157,6 +166,8 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                 bar.close()
     if seen == 0:
         raise ValueError("evaluate_robustness: the loader yielded no samples")
+    if seconds is not None:
+        seconds.update(spent)
 
     result: Dict[str, Any] = {"settings": {"norm": "Linf", "eps": eps, "pgd_alpha": alpha, "seed": seed,
                                            "samples": seen, "model_mode": "eval"}}

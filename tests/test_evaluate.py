@@ -1,5 +1,6 @@
 """evaluate_robustness: every attack via torchattacks, counts and seeds, AutoAttack subset, JSON, bad input."""
 import json
+import time
 
 import pytest
 import torch
@@ -47,9 +48,14 @@ def test_all_attacks_with_counts_seeds_and_autoattack_subset(trained):
 
 def test_same_seed_same_result_and_full_autoattack_is_not_a_subset(trained):
     model, loader = trained
-    first = evaluate_robustness(model, loader, ("pgd5", "autoattack"), eps=0.3, max_samples=20, seed=3)
-    again = evaluate_robustness(model, loader, ("pgd5", "autoattack"), eps=0.3, max_samples=20, seed=3)
-    assert first == again
+    seconds, started = {}, time.perf_counter()
+    first = evaluate_robustness(model, loader, ("clean", "pgd5", "autoattack"), eps=0.3, max_samples=20, seed=3,
+                                seconds=seconds)
+    wall = time.perf_counter() - started
+    again = evaluate_robustness(model, loader, ("clean", "pgd5", "autoattack"), eps=0.3, max_samples=20, seed=3)
+    assert first == again  # the wall times go to `seconds`, not into the result
+    assert set(seconds) == {"clean", "pgd5", "autoattack"} and all(s > 0 for s in seconds.values())
+    assert sum(seconds.values()) <= wall  # each attack's own time, none counted twice
     assert first["autoattack"]["subset"] is False and first["autoattack"]["samples"] == 20
     assert first["pgd5"]["samples"] == 20
 
