@@ -174,3 +174,33 @@ def test_allocation_benchmark_harp_row_learns_and_meets_the_target(tmp_path, fas
     removed = 1 - count_flops(model, torch.zeros(1, 1, 28, 28)) / count_flops(dense, torch.zeros(1, 1, 28, 28))
     assert report["rule"] == "harp" and abs(removed - 0.9) <= 0.01
     assert (tmp_path / "harp.pt").is_file()  # the resume point, which run_row deletes once the row is written
+
+
+def test_allocation_benchmark_row_runs_end_to_end_and_says_where_its_time_went(tmp_path, fashion):
+    """One real row (prune, remove, adaptive BN, evaluate, adversarial fine-tuning, AutoAttack) on a few images:
+    the row meets its FLOPs target, records each stage's wall time, and a rerun reads the file instead of redoing it."""
+    import argparse
+
+    from nni_mrs_plugin.checkpoint import save_pruned
+    from nni_mrs_plugin.models import build_model
+
+    allocation = load_script("allocation")
+    torch.manual_seed(0)
+    dense = tmp_path / "dense.pt"
+    save_pruned(dense, build_model("vgg16_bn", in_channels=1, width=0.125).eval(), "vgg16_bn", in_channels=1,
+                width=0.125)
+    images = fashion.dataset
+    data = (torch.utils.data.Subset(images, range(1024)), None, torch.utils.data.Subset(images, range(1024, 1056)))
+    args = argparse.Namespace(device="cpu", test_size=32, finetune_epochs=1, finetune_lr=0.01, aa=8, train_steps=1,
+                              harp_epochs=1)
+    path = tmp_path / "row.json"
+    result = allocation.run_row(path, dense, "uniform-taylor", 0.75, 0, data, args, "report")
+    assert abs(result["flops_removed"] - 0.75) <= 0.01 and result["params"] < result["dense_params"]
+    assert set(result["finetuned"]) == {"clean", "pgd20", "autoattack"}
+    stages = result["stage_seconds"]
+    assert set(stages) == {"prune", "pruned", "finetune", "finetuned"}
+    assert set(stages["finetuned"]) == {"clean", "pgd20", "autoattack"} and stages["finetune"] > 0
+    assert sum(stages["pruned"].values()) + stages["prune"] + stages["finetune"] <= result["seconds"] + 0.5  # rounding
+    assert json.loads(path.read_text()) == result and not path.with_suffix("").exists()  # resume point removed
+    path.write_text(json.dumps(dict(result, marker=True)))
+    assert allocation.run_row(path, dense, "uniform-taylor", 0.75, 0, data, args, "report")["marker"] is True
