@@ -205,3 +205,22 @@ def test_allocation_benchmark_row_runs_end_to_end_and_says_where_its_time_went(t
     assert json.loads(path.read_text()) == result and not path.with_suffix("").exists()  # resume point removed
     path.write_text(json.dumps(dict(result, marker=True)))
     assert allocation.run_row(path, dense, "uniform-taylor", 0.75, 0, data, args, "report")["marker"] is True
+
+
+def test_mrs_cost_times_each_estimator_where_it_measures_and_the_default_pruner(tmp_path, capsys):
+    """Every estimator is timed on a run that measures MRS (tau 0, the default, would skip it); `default` times
+    MRSPruner's one-shot compress with its defaults, which measures no MRS."""
+    mrs_cost = load_script("mrs_cost")
+    out = tmp_path / "cost.json"
+    result = mrs_cost.main(["--model", "small_cnn", "--samples", "32", "--at-samples", "32", "--batch-size", "16",
+                            "--image-size", "28", "--estimators", "default,feature,curve", "--device", "cpu", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    estimators = result["estimators"]
+    assert estimators["feature"]["mrs_measured"] and estimators["curve"]["mrs_measured"]
+    assert estimators["default"]["mrs_measured"] is False
+    assert all(0 < e["seconds"] and 0 < e["fraction_of_epoch"] for e in estimators.values())
+    rate = result["pgd10_training_samples_per_s"]
+    assert result["pgd10_epoch_50k_seconds_from_rate"] == pytest.approx(50_000 / rate)
+    with pytest.raises(SystemExit):
+        mrs_cost.main(["--estimators", "feature,magic"])
+    assert "unknown estimator 'magic'" in capsys.readouterr().err
