@@ -100,7 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     y = torch.randint(0, 10, (len(x),), device=device)
     config = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}]
     results = {"model": args.model, "device": str(device), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(), "calibration_samples": args.samples,
+               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+               "calibration_samples": args.samples,
                "estimators": {}}
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)

@@ -213,7 +213,8 @@ def test_mrs_cost_times_each_estimator_where_it_measures_and_the_default_pruner(
     mrs_cost = load_script("mrs_cost")
     out = tmp_path / "cost.json"
     result = mrs_cost.main(["--model", "small_cnn", "--samples", "32", "--at-samples", "32", "--batch-size", "16",
-                            "--image-size", "28", "--estimators", "default,feature,curve", "--device", "cpu", "--out", str(out)])
+                            "--image-size", "28", "--estimators", "default,feature,curve", "--device", "cpu",
+                            "--out", str(out)])
     assert json.loads(out.read_text()) == result
     estimators = result["estimators"]
     assert estimators["feature"]["mrs_measured"] and estimators["curve"]["mrs_measured"]
