@@ -1,7 +1,7 @@
 """Dense against MRS-pruned models: params and FLOPs (counted), latency and throughput, speedup against FLOPs ratio.
 
-For each model and FLOPs target, MRSPruner allocates the per-layer ratios (FLOPs budget; Conv2d and Linear
-selected, as in the pipeline) and ``speedup_model`` removes the channels with NNI's ModelSpeedup, whose own
+For each model and FLOPs target, MRSPruner allocates the per-layer ratios by MRS (FLOPs budget, ``--tau 1``;
+Conv2d and Linear selected, as in the pipeline; ``--tau 0``: uniform ratios, the pruner's default) and ``speedup_model`` removes the channels with NNI's ModelSpeedup, whose own
 wall-clock time is reported. Then, for the dense and each pruned model, on every device, batch and dtype: the
 median forward latency of ``--runs`` passes after ``--warmup`` passes (``metrics.measure_latency``: CUDA
 events on GPU), throughput = batch / latency, speedup = dense latency / pruned latency, FLOPs ratio = dense /
@@ -76,6 +76,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--runs", type=_at_least(1), default=20, help="timed passes; the median is reported")
     parser.add_argument("--warmup", type=_at_least(0), default=5)
     parser.add_argument("--estimator", choices=sorted(ESTIMATORS), default="taylor", help="MRS estimator")
+    parser.add_argument("--tau", type=float, default=1.0,
+                        help="power-rule exponent: 1 allocates by MRS (the recorded tables); 0 is MRSPruner's "
+                             "default, uniform ratios without measuring MRS")
     parser.add_argument("--samples", type=_at_least(1), default=128, help="MRS calibration samples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="speedup.json")
@@ -150,8 +153,8 @@ def prune(model: nn.Module, target: float, shape: tuple, device: str, args: argp
     y = torch.randint(0, 10, (args.samples,), generator=generator).to(device)
     dummy = x[:1]
     config_list = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": target}]
-    pruner = MRSPruner(model, config_list, calibration=(x, y), estimator=args.estimator, budget="flops",
-                       dummy_input=dummy, n_samples=args.samples, seed=args.seed, progress=False)
+    pruner = MRSPruner(model, config_list, calibration=(x, y), estimator=args.estimator, tau=args.tau,
+                       budget="flops", dummy_input=dummy, n_samples=args.samples, seed=args.seed, progress=False)
     _, masks = pruner.compress()
     pruner.unwrap_model()
     if device == "cuda":

@@ -31,6 +31,7 @@ def test_speedup_benchmark_small_cnn(tmp_path, capsys):
     assert dense["latency_ms"] > 0 and pruned["latency_ms"] > 0 and pruned["speedup_seconds"] > 0
     assert pruned["efficiency"] == pytest.approx(pruned["speedup"] / pruned["flops_ratio"])
     assert result["machine"]["torch"] and "--targets 0.5" in result["command"]
+    assert result["settings"]["tau"] == 1.0  # allocated by MRS, as the recorded tables
     assert "| small_cnn | 0.5 |" in capsys.readouterr().out
 
     with pytest.raises(SystemExit):
