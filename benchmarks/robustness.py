@@ -5,8 +5,9 @@ training rows (pruning as the only defence): clean, PGD-20 and AutoAttack accura
     python benchmarks/robustness.py --output runs/robustness-full --set data.train_subset=null \\
         --set data.test_subset=null --set pretrain.epochs=10 --set finetune.epochs=5   # full Fashion-MNIST, GPU
 
-Methods (registry names): ``mrs`` (MRPF), ``l1`` (uniform ratios, = MRS with tau 0), ``l1-global`` (one L1
-ranking across layers), ``taylor`` (NNI TaylorPruner, uniform ratios, adversarial gradients) and ``random``.
+Methods (registry names): ``mrs`` (MRPF: allocation by MRS, ``pruning.tau`` 1 unless ``--set`` gives it), ``l1``
+(uniform ratios, = MRS with tau 0 and l1 channels), ``l1-global`` (one L1 ranking across layers), ``taylor``
+(NNI TaylorPruner, uniform ratios, adversarial gradients) and ``random``.
 Natural rows (``--natural``) pre-train and fine-tune without attacks. Every run is a resumable run folder
 (``nni_mrs_plugin.job.compare``): rerun the same command to finish an interrupted benchmark. Verdicts compare MRS
 with each baseline per (target, metric): a win or loss when the means differ by more than the larger of
@@ -63,9 +64,13 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="runs/robustness")
     args = parser.parse_args(argv)
 
-    variants = {name: {"pruning.pruner": name} for name in args.methods}
+    # ``mrs`` is MRPF: allocation by MRS (tau 1), since the job's default tau 0 is uniform ratios; --set pruning.tau
+    # still chooses
+    mrs = {} if "pruning.tau" in dict(args.overrides) else {"pruning.tau": 1.0}
+    variants = {name: {"pruning.pruner": name, **(mrs if name == "mrs" else {})} for name in args.methods}
     variants.update({f"{name}-natural": {"pruning.pruner": name, "pretrain.method": "natural",
-                                         "finetune.method": "natural"} for name in args.natural})
+                                         "finetune.method": "natural", **(mrs if name == "mrs" else {})}
+                     for name in args.natural})
     started = time.time()
     try:
         config = load_config(args.config, {**dict(args.overrides), "progress": False})

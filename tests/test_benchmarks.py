@@ -67,6 +67,8 @@ def test_robustness_benchmark_runs_and_resumes(tmp_path, capsys):
     rows = json.loads((tmp_path / "out" / "compare.json").read_text())["rows"]
     assert {r["variant"] for r in rows} == {"dense", "dense (mrs-natural)", "mrs", "random", "mrs-natural"}
     assert "| mrs-natural | 0.5 |" in capsys.readouterr().out
+    for run in ("mrs-0.5", "mrs-natural-0.5"):  # MRPF allocates by MRS, whatever the job's default tau
+        assert json.loads((tmp_path / "out" / "seed0" / run / "allocation.json").read_text())["measured"] is True
     model = tmp_path / "out" / "seed0" / "mrs-natural-0.5" / "pruned.pt"
     stamp = model.stat().st_mtime_ns
     assert robustness.main(argv) == 0  # resumes: nothing retrains
