@@ -21,6 +21,7 @@ Then ``summary.json``/``summary.md`` (paired per-seed differences to uniform-l1 
 
     python benchmarks/allocation.py --output runs/allocation                 # the CPU benchmark (resumable)
     python benchmarks/allocation.py --output runs/allocation-full --train-size 0 --device cuda   # full data
+    bash benchmarks/results/allocation-cpu/run.sh    # the recorded CPU run: 2 processes, resumes from git
 
 Every finished piece (dense model, row) is a file in ``--output``; rerunning the same command skips them, and an
 interrupted fine-tuning resumes from its last epoch. ``--summary-only`` rebuilds tables and plots.
