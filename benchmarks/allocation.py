@@ -154,7 +154,8 @@ def run_row(path: Path, dense_path: Path, row: str, target: float, seed: int, da
     work = path.with_suffix("")
     clock = time.time()
     fit(model, DataLoader(train, batch_size=128, shuffle=True), None, args.finetune_epochs, trainer(args),
-        lr=args.finetune_lr, checkpoint_dir=work, resume=True, seed=seed, device=args.device, progress=False)
+        lr=args.finetune_lr, checkpoint_dir=work, resume=True, seed=seed, device=args.device, progress=False,
+        on_epoch=epoch_line(f"  fine-tuning {row}", args.finetune_epochs))
     stages["finetune"] = time.time() - clock  # a resumed fine-tuning counts only its last session's epochs
     attacks = ["clean", "pgd20"] + (["autoattack"] if phase == "report" and args.aa else [])
     tuned = evaluate(model, judged, attacks, args.device, samples=args.test_size, aa=args.aa,
@@ -173,6 +174,15 @@ def run_row(path: Path, dense_path: Path, row: str, target: float, seed: int, da
     if work.is_dir():
         work.rmdir()
     return result
+
+
+def epoch_line(label: str, epochs: int) -> Callable[[Dict[str, Any]], None]:
+    """A progress line per epoch of a fit that runs for minutes without a bar (bars garble the parallel logs)."""
+    def line(row: Dict[str, Any]) -> None:
+        robust = f", validation clean {row['clean_acc']:.3f} PGD {row['pgd_acc']:.3f}" if "pgd_acc" in row else ""
+        print(f"{label}: epoch {row['epoch']}/{epochs} in {row['seconds']:.0f} s, loss {row['train_loss']:.3f}{robust}",
+              flush=True)
+    return line
 
 
 def rounded(value: Any) -> Any:
@@ -194,7 +204,8 @@ def dense_model(out: Path, model_name: str, width: float, seed: int, data, args)
     model = build_model(model_name, in_channels=1, width=width)
     fit(model, DataLoader(train, batch_size=128, shuffle=True), DataLoader(val, batch_size=500),
         args.pretrain_epochs, trainer(args), lr=args.pretrain_lr, checkpoint_dir=out / "pretrain", resume=True,
-        seed=seed, device=args.device, val_samples=1000, progress=False)
+        seed=seed, device=args.device, val_samples=1000, progress=False,
+        on_epoch=epoch_line(f"[dense] {model_name} seed {seed}", args.pretrain_epochs))
     save_pruned(path, model.cpu(), model_name, in_channels=1, width=width)
     return path
 

@@ -179,7 +179,7 @@ def test_allocation_benchmark_harp_row_learns_and_meets_the_target(tmp_path, fas
     assert (tmp_path / "harp.pt").is_file()  # the resume point, which run_row deletes once the row is written
 
 
-def test_allocation_benchmark_row_runs_end_to_end_and_says_where_its_time_went(tmp_path, fashion):
+def test_allocation_benchmark_row_runs_end_to_end_and_says_where_its_time_went(tmp_path, fashion, capsys):
     """One real row (prune, remove, adaptive BN, evaluate, adversarial fine-tuning, AutoAttack) on a few images:
     the row meets its FLOPs target, records each stage's wall time, and a rerun reads the file instead of redoing it."""
     import argparse
@@ -205,6 +205,7 @@ def test_allocation_benchmark_row_runs_end_to_end_and_says_where_its_time_went(t
     assert set(stages["finetuned"]) == {"clean", "pgd20", "autoattack"} and stages["finetune"] > 0
     timed = sum(stages["pruned"].values()) + stages["prune"] + stages["finetune"]
     assert timed <= result["seconds"] + 0.5  # each stage once; 0.5 s for rounding
+    assert "fine-tuning uniform-taylor: epoch 1/1 in " in capsys.readouterr().out  # a line per epoch
     assert json.loads(path.read_text()) == result and not path.with_suffix("").exists()  # resume point removed
     path.write_text(json.dumps(dict(result, marker=True)))
     assert allocation.run_row(path, dense, "uniform-taylor", 0.75, 0, data, args, "report")["marker"] is True
