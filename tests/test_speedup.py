@@ -120,6 +120,16 @@ def test_untraceable_model_is_a_clear_error():
         trace(model, torch.rand(1, 1, 8, 8))  # the submodule's name in the model, not only the top class
 
 
+def test_a_dummy_input_the_model_cannot_take_is_named_as_the_cause():
+    """A wrong dummy input fails the trace too; the error must name the input, not blame the tracer."""
+    from nni_mrs_plugin.models import build_model
+
+    with pytest.raises(TraceError, match=r"SmallCNN at its forward \(SmallCNN\.forward, cnn\.py:\d+: .* fails on the "
+                                         r"dummy input of shape \(1, 1, 32, 32\) even without NNI's tracer \(RuntimeError: .*shapes cannot be multiplied.*pass a "
+                                         r"dummy_input shaped like one batch"):
+        trace(build_model("small_cnn", in_channels=1).train(), torch.rand(1, 1, 32, 32))  # it takes 28 x 28
+
+
 def test_the_failure_site_is_found_in_a_folder_named_torch(tmp_path):
     """User code under a folder named ``torch`` or ``nni`` (the GPU image's virtual environment is /opt/torch/.venv,
     so torchvision's models live there) is still the user's code: the error names its line."""

@@ -13,14 +13,13 @@ helper in ``nni.compression.utils`` also works with this plugin installed, but i
 from __future__ import annotations
 
 import copy
-import linecache
 import logging
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import nn
 
+from .diagnose import explain
 from .graph import new_users
 from .hidden import ELEMENTWISE_CALLS, ELEMENTWISE_MODULES, linear_pairs, slice_linear_pairs
 from .masks import keep_whole_updater, pruned_layers
@@ -65,69 +64,10 @@ def trace(model: nn.Module, dummy_input: Any) -> torch.fx.GraphModule:
             graph_module = concrete_trace(model, args)
             ShapeProp(graph_module).propagate(*args)
     except Exception as err:  # the tracer raises anything from AssertionError to TypeError
-        where, construct = _failure_site(model, err)
-        raise TraceError(f"NNI cannot trace {type(model).__name__}{where} ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else 'no detail'}): {_trace_advice(err, construct)}; "
-                         f"or prune a traceable submodule instead (pass it as the model, with a dummy input of its "
-                         f"own)") from err
+        raise TraceError(explain(model, args, err)) from err
     finally:
         model.train(was_training)
     return graph_module
-
-
-# the tracer's proxy methods that a Python construct calls on a traced tensor
-_CONSTRUCTS = {"__bool__": "a condition (if, while, and/or, assert) on a traced value",
-               "__iter__": "iterating over or unpacking a tensor", "__len__": "len() of a tensor",
-               "__index__": "a tensor used as a Python int", "__int__": "a tensor turned into a Python number",
-               "__float__": "a tensor turned into a Python number", "__array__": "a tensor turned into numpy",
-               "numpy": "a tensor turned into numpy", "item": "a tensor turned into a Python number (.item())"}
-
-
-def _failure_site(model: nn.Module, err: Exception) -> Tuple[str, str]:
-    """Where in the model's own code the trace failed, as " at name (Class.forward, file:line: `code`)", and the
-    construct there, read off the traceback: the innermost frame of a submodule's code outside torch and NNI,
-    and the innermost tracer proxy method (``__bool__``, ``__iter__``...) the error passed through."""
-    names = {id(module): name for name, module in model.named_modules()}
-    where, construct, tb = "", "", err.__traceback__
-    while tb is not None:
-        frame, path = tb.tb_frame, Path(tb.tb_frame.f_code.co_filename)
-        owner = frame.f_locals.get("self")
-        if owner is not None and id(owner) in names and not _library_code(path):
-            code = linecache.getline(str(path), tb.tb_lineno).strip()
-            function = "forward" if frame.f_code.co_name == "new_func" else frame.f_code.co_name  # NNI's rewrite
-            where = (f" at {names[id(owner)] or 'its forward'} ({type(owner).__name__}.{function}, "
-                     f"{path.name}:{tb.tb_lineno}: `{code}`)")
-        if "concrete_trace_utils" in path.parts and frame.f_code.co_name in _CONSTRUCTS:
-            construct = _CONSTRUCTS[frame.f_code.co_name]
-        tb = tb.tb_next
-    return where, construct
-
-
-def _library_code(path: Path) -> bool:
-    """A file of torch's or NNI's own packages, by their install folders: a folder named ``torch`` elsewhere (a
-    virtual environment in /opt/torch, say) holds the user's code and torchvision's models."""
-    import nni
-
-    return any(path.is_relative_to(Path(module.__file__).parent) for module in (torch, nni))
-
-
-def _trace_advice(err: Exception, construct: str = "") -> str:
-    """What in forward() the tracer's error points at: it records one graph for every input."""
-    text, tb = str(err), err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if (isinstance(err, (IndexError, KeyError, AssertionError, AttributeError)) and tb is not None
-            and "concrete_trace_utils" in Path(tb.tb_frame.f_code.co_filename).parts):
-        return (f"NNI's tracer failed in its own code on {construct or 'that line'}, which is not wrong in itself "
-                f"(a tracer bug; nni_mrs_plugin.nni.compat.applied_fixes() lists the repairs active here)")
-    if construct.startswith("a condition") or "__bool__" in text or ("ConcreteProxy" in text and "bool" in text):
-        return ("forward() branches on a tensor's value (an `if`/`while` on a tensor, or `.item()` in a condition), "
-                "which one graph cannot hold: compute both branches and pick with torch.where")
-    if "numpy" in construct or "__array" in text or "numpy" in text.lower():
-        return "forward() turns a tensor into numpy: rewrite that part with torch ops"
-    if construct:
-        return f"the tracer cannot follow {construct} there: rewrite that line with torch ops"
-    return "forward() does something the tracer cannot follow (Python I/O, a C extension): rewrite it with torch ops"
 
 
 def group_dependencies(model: nn.Module, config_list: List[Dict[str, Any]], dummy_input: Any,
