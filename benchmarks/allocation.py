@@ -372,7 +372,8 @@ def main(argv=None) -> int:
                         help="dense: only train the dense models (e.g. one process per model and seed); default: "
                              "decide MRSPruner's default on validation over every seed (after select)")
     parser.add_argument("--shard", default="0/1", metavar="I/N",
-                        help="report rows I, I+N, I+2N, ... of each model, seed and target (parallel processes)")
+                        help="rows I, I+N, I+2N, ... of each model (and seed and target) of the select, default "
+                             "and report phases, for parallel processes; then one unsharded run writes the choices")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--summary-only", action="store_true")
     args = parser.parse_args(argv)
@@ -398,7 +399,7 @@ def main(argv=None) -> int:
     plan: List[Tuple[str, str, int, float, str]] = []  # (phase, model, seed, target, row)
     if "select" in args.phases:
         plan += [("select", m, args.seeds[0], args.select_target, row) for m in args.models
-                 for row in [f"{c}-l1" for c in args.candidates] + [REFERENCE]]
+                 for row in select_rows(args.candidates, shard, shards)]
     selected_path = out / "selected.json"
 
     def report_rows() -> List[str]:
@@ -419,7 +420,7 @@ def main(argv=None) -> int:
             dense = dense_model(folder(model, seed), model, widths[model], seed, data, args)
             run_row(folder(model, seed) / "select" / f"t{target}" / f"{row}.json", dense, row, target, seed, data,
                     args, "select")
-        if "select" in args.phases:
+        if "select" in args.phases and shards == 1:  # a shard has part of the rows: the unsharded run chooses
             chosen = select_summary(collect(out, "select"), selected_path, args.select)
             # then the criterion, on validation too: uniform and the chosen allocations with each other criterion
             extra = [(m, f"{c}-{k}") for m in args.models for k in args.select_criteria if k != "l1"
@@ -481,6 +482,12 @@ def select_summary(results: List[dict], path: Path, keep: int) -> List[str]:
     print(f"selected on validation: {chosen}" + (f", criterion {record['criterion']}" if "criterion" in record
                                                    else ""), flush=True)
     return chosen
+
+
+def select_rows(candidates: List[str], shard: int = 0, shards: int = 1) -> List[str]:
+    """The select phase's rows of one model (every shard-th of them): each candidate with l1 channels, and the
+    reference."""
+    return ([f"{c}-l1" for c in candidates] + [REFERENCE])[shard::shards]
 
 
 def default_rows(selected: dict) -> List[str]:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run benchmarks/allocation.py as parallel processes on one machine (one GPU shared, one CPU thread each): small
 # models leave a GPU launch-bound, so several processes fill it. Stages wait for each other: dense models
-# (one process per model and seed), the select phase (one per model, then one to write selected.json), the report
-# (one per model, seed and target); the default phase (one per model and seed, then one to write default.json).
+# (one process per model and seed), the select phase (SHARDS per model, then one to write selected.json), the
+# report (SHARDS per model, seed and target); the default phase (one per model and seed, then one to write
+# default.json).
 # Resumable like the script itself: rerun to finish.
 #   [SHARDS=N] [JOBS=N] bash benchmarks/allocation_parallel.sh OUTPUT STAGE... -- [allocation.py options]
 # JOBS caps the processes running at once (default: no cap); on the 2-core CPU, JOBS=2.
@@ -26,8 +27,11 @@ for stage in "${stages[@]}"; do
       for m in vgg16_bn resnet18; do for s in 0 1 2; do
         run "dense-$m-$s" --models "$m" --widths 0.125 --seeds "$s" --phases dense
       done; done; wait ;;
-    select)
-      for m in vgg16_bn resnet18; do run "select-$m" --models "$m" --widths 0.125 --seeds 0 --phases select; done
+    select)  # SHARDS processes per model, the longer model first
+      n=${SHARDS:-1}
+      for m in resnet18 vgg16_bn; do for i in $(seq 0 $((n - 1))); do
+        run "select-$m-$i" --models "$m" --widths 0.125 --seeds 0 --phases select --shard "$i/$n"
+      done; done
       wait
       python benchmarks/allocation.py --output "$out" "${opts[@]}" --seeds 0 --phases select >"$out/logs/select.log" 2>&1 ;;
     default)  # after select: MRSPruner's default decided on validation, every seed

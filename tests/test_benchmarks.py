@@ -129,6 +129,14 @@ def test_allocation_benchmark_separates_allocation_from_criterion(tmp_path):
     assert "criterion" not in json.loads((allocation.select_summary(select[:3], path, 1) and path).read_text())
 
 
+def test_allocation_benchmark_select_shards_partition_the_rows():
+    allocation = load_script("allocation")
+    every = allocation.select_rows(list(allocation.CANDIDATES))
+    assert every[-1] == "uniform-l1" and len(every) == len(allocation.CANDIDATES) + 1
+    shards = [allocation.select_rows(list(allocation.CANDIDATES), i, 2) for i in range(2)]
+    assert sorted(shards[0] + shards[1]) == sorted(every) and not set(shards[0]) & set(shards[1])
+
+
 def test_allocation_benchmark_decides_the_default_on_validation_with_uniform_as_a_candidate(tmp_path):
     """The default phase runs uniform ratios, the shipped allocation and the selected ones with the chosen
     criterion; the best mean over the (model, seed) pairs all candidates share wins, uniform ratios included."""
