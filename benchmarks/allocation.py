@@ -288,6 +288,28 @@ def markdown(summary: Dict[str, Any], phase: str) -> str:
     return f"### {phase}\n\n" + "\n".join(lines) + "\n"
 
 
+def time_table(results: List[dict]) -> str:
+    """Mean seconds per stage of the rows that recorded them (``stage_seconds``), per model: what a CPU budget
+    pays for, and which part of it the issue's floors (AutoAttack on 500, PGD-20 on 2,000) fix."""
+    by_model: Dict[str, List[List[float]]] = {}
+    for r in results:
+        stages = r.get("stage_seconds")
+        if not stages:
+            continue
+        tuned = stages.get("finetuned", {})
+        by_model.setdefault(r["model"], []).append(
+            [stages["prune"], sum(stages["pruned"].values()), stages["finetune"],
+             sum(v for k, v in tuned.items() if k != "autoattack"), tuned.get("autoattack", 0.0), r["seconds"]])
+    if not by_model:
+        return ""
+    lines = ["| model | rows | prune, removal, adaptive BN | evaluation after pruning | fine-tuning | evaluation after "
+             "fine-tuning | AutoAttack | row |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for model, rows in sorted(by_model.items()):
+        means = [sum(column) / len(rows) for column in zip(*rows)]
+        lines.append(f"| {model} | {len(rows)} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+    return "Mean seconds per row and stage:\n\n" + "\n".join(lines) + "\n"
+
+
 def plots(results: List[dict], out: Path) -> List[Path]:
     import matplotlib
 
@@ -551,6 +573,7 @@ def write_summary(out: Path, args, started: float) -> None:
         summary[phase]["seconds"] = sum(r["seconds"] for r in results)
         text.append(markdown(summary[phase], phase))
         text.append(f"Row time (prune + evaluate + fine-tune + evaluate), summed: {summary[phase]['seconds']:.0f} s\n")
+        text.append(time_table(results))
         if phase == "report":
             summary["report_same_criterion"] = summarise(results, same_criterion)
             text.append("Allocation alone: each row against the uniform row with its own channel criterion\n")

@@ -129,6 +129,17 @@ def test_allocation_benchmark_separates_allocation_from_criterion(tmp_path):
     assert "criterion" not in json.loads((allocation.select_summary(select[:3], path, 1) and path).read_text())
 
 
+def test_allocation_benchmark_time_table_means_each_stage_per_model():
+    allocation = load_script("allocation")
+    rows = [{"model": "vgg16_bn", "seconds": s, "stage_seconds": {
+        "prune": 2.0, "pruned": {"clean": 1.0, "pgd20": 9.0}, "finetune": f,
+        "finetuned": {"clean": 1.0, "pgd20": 9.0, "autoattack": a}}} for s, f, a in ((100.0, 40.0, 48.0),
+                                                                                      (140.0, 60.0, 68.0))]
+    table = allocation.time_table(rows + [{"model": "resnet18", "seconds": 5.0}])  # an old row without stages
+    assert "| vgg16_bn | 2 | 2.0 | 10.0 | 50.0 | 10.0 | 58.0 | 120.0 |" in table and "resnet18" not in table
+    assert allocation.time_table([{"model": "resnet18", "seconds": 5.0}]) == ""
+
+
 def test_allocation_benchmark_select_shards_partition_the_rows():
     allocation = load_script("allocation")
     every = allocation.select_rows(list(allocation.CANDIDATES))
