@@ -14,17 +14,17 @@ allocation warms up CUDA and NNI's tracer first, so the first estimator timed is
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import time
+from typing import Optional, Sequence
 
 import torch
 import torchattacks
 
-import copy
-from typing import Optional, Sequence
-
 from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
 from nni_mrs_plugin.mrs.pruner import MRSPruner
+from nni_mrs_plugin.mrs.sensitivity import ESTIMATORS
 from nni_mrs_plugin.checkpoint import atomic_json
 from nni_mrs_plugin.models import build_model
 
@@ -88,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    known = {"default", "feature", "weight", "probe", "curve", "taylor"}
+    known = {"default", *ESTIMATORS}
     bad = [name for name in args.estimators.split(",") if name not in known]
     if bad:
         parser.error(f"unknown estimator {bad[0]!r} in --estimators; choose from {', '.join(sorted(known))}")

@@ -64,13 +64,13 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="runs/robustness")
     args = parser.parse_args(argv)
 
-    # ``mrs`` is MRPF: allocation by MRS (tau 1), since the job's default tau 0 is uniform ratios; --set pruning.tau
-    # still chooses
-    mrs = {} if "pruning.tau" in dict(args.overrides) else {"pruning.tau": 1.0}
-    variants = {name: {"pruning.pruner": name, **(mrs if name == "mrs" else {})} for name in args.methods}
+    variants = {name: {"pruning.pruner": name} for name in args.methods}
     variants.update({f"{name}-natural": {"pruning.pruner": name, "pretrain.method": "natural",
-                                         "finetune.method": "natural", **(mrs if name == "mrs" else {})}
-                     for name in args.natural})
+                                         "finetune.method": "natural"} for name in args.natural})
+    if "pruning.tau" not in dict(args.overrides):  # ``mrs`` is MRPF: ratios by MRS, not the job's uniform default
+        for variant in variants.values():
+            if variant["pruning.pruner"] == "mrs":
+                variant["pruning.tau"] = 1.0
     started = time.time()
     try:
         config = load_config(args.config, {**dict(args.overrides), "progress": False})
