@@ -1,12 +1,13 @@
 """Dense against MRS-pruned models: params and FLOPs (counted), latency and throughput, speedup against FLOPs ratio.
 
-For each model and FLOPs target, MRSPruner allocates the per-layer ratios by MRS (FLOPs budget, ``--tau 1``;
-Conv2d and Linear selected, as in the pipeline; ``--tau 0``: uniform ratios, the pruner's default) and
-``speedup_model`` removes the channels with NNI's ModelSpeedup, whose own wall-clock time is reported. Then,
-for the dense and each pruned model, on every device, batch and dtype: the median forward latency of ``--runs``
-passes after ``--warmup`` passes (``metrics.measure_latency``: CUDA events on GPU), throughput = batch / latency, speedup = dense latency / pruned latency, FLOPs ratio = dense /
-pruned FLOPs (counted at batch 1 by ``torch.utils.flop_counter``), and efficiency = speedup / FLOPs ratio
-(goal on CUDA at batch 256: >= 0.7). Full measurement (writes speedup.json, prints a Markdown table):
+For each model and FLOPs target, MRSPruner allocates the per-layer ratios by MRS (FLOPs budget, ``--tau 1``; Conv2d
+and Linear selected, as in the pipeline; ``--tau 0``: uniform ratios, the pruner's default) and ``speedup_model``
+removes the channels with NNI's ModelSpeedup, whose own wall-clock time is reported. Then, for the dense and each
+pruned model, on every device, batch and dtype: the median forward latency of ``--runs`` passes after ``--warmup``
+passes (``metrics.measure_latency``: CUDA events on GPU), throughput = batch / latency, speedup = dense latency /
+pruned latency, FLOPs ratio = dense / pruned FLOPs (counted at batch 1 by ``torch.utils.flop_counter``), and
+efficiency = speedup / FLOPs ratio (goal on CUDA at batch 256: >= 0.7). Full measurement (writes speedup.json,
+prints a Markdown table):
 
     python benchmarks/speedup.py --models resnet18 vgg16_bn mobilenet_v2 --targets 0.5 0.75 0.9 \
         --devices cpu cuda --batches 1 256 --dtypes fp32 bf16 --runs 20 --warmup 5 --out speedup.json
