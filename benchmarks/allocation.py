@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from nni_mrs_plugin.checkpoint import atomic_json, load_pruned, save_pruned
+from nni_mrs_plugin.checkpoint import atomic_json, atomic_write, load_pruned, save_pruned
 from nni_mrs_plugin.data import load_dataset
 from nni_mrs_plugin.evaluate import count_flops, count_params, evaluate_robustness
 from nni_mrs_plugin.models import build_model
@@ -308,6 +308,45 @@ def time_table(results: List[dict]) -> str:
         means = [sum(column) / len(rows) for column in zip(*rows)]
         lines.append(f"| {model} | {len(rows)} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
     return "Mean seconds per row and stage:\n\n" + "\n".join(lines) + "\n"
+
+
+def wall_time(log: Path) -> Optional[Dict[str, Any]]:
+    """The run's wall time from its ``wall.log`` (``start``/``resume`` open an interval; ``pause``, ``stop`` and
+    ``end`` close it): the sum of the closed intervals, so pauses and the gaps between sessions are not counted.
+    A ``start`` while an interval is open (the machine was lost before ``stop`` was written) leaves that interval's
+    end unknown: it is reported, not guessed."""
+    if not log.is_file():
+        return None
+    from datetime import datetime
+
+    seconds, intervals, unclosed, opened, word = 0.0, 0, [], None, ""
+    for line in log.read_text().splitlines():
+        word, _, rest = line.partition(" ")
+        if word not in ("start", "resume", "pause", "stop", "end"):
+            continue
+        try:
+            when = datetime.strptime(rest.split()[0], "%Y-%m-%dT%H:%M:%SZ")
+        except (IndexError, ValueError):
+            raise ValueError(f"{log}: cannot read the time in {line!r} (expected e.g. 'pause 2026-11-23T17:27:46Z')")
+        if word in ("start", "resume"):
+            if opened is not None:
+                unclosed.append(opened.isoformat() + "Z")
+            opened = when
+        elif opened is not None:
+            seconds, intervals, opened = seconds + (when - opened).total_seconds(), intervals + 1, None
+    return {"seconds": seconds, "intervals": intervals, "unclosed": unclosed, "finished": word == "end",
+            "running_since": opened.isoformat() + "Z" if opened is not None else None}
+
+
+def wall_line(wall: Dict[str, Any]) -> str:
+    hours, rest = divmod(round(wall["seconds"]), 3600)
+    text = (f"Wall time (wall.log, pauses excluded): {hours} h {rest // 60} min {rest % 60} s in {wall['intervals']} "
+            f"interval(s)" + ("; the run has finished" if wall["finished"] else "; not finished"))
+    if wall["running_since"]:
+        text += f", running since {wall['running_since']} (not counted)"
+    if wall["unclosed"]:
+        text += f"; interval(s) with no recorded end, not counted, from {', '.join(wall['unclosed'])}"
+    return text + "\n"
 
 
 def plots(results: List[dict], out: Path) -> List[Path]:
@@ -587,11 +626,15 @@ def write_summary(out: Path, args, started: float) -> None:
         dense[str(path.parent.parent.relative_to(out))] = [
             {k: row.get(k) for k in ("epoch", "clean_acc", "pgd_acc", "seconds")} for row in history]
     summary["dense"] = dense
+    wall = wall_time(out / "wall.log")
+    if wall is not None:
+        summary["wall"] = wall
+        text.append(wall_line(wall))
     for name in ("selected", "default"):
         if (out / f"{name}.json").is_file():
             summary[name] = json.loads((out / f"{name}.json").read_text())
     atomic_json(out / "summary.json", summary)
-    (out / "summary.md").write_text("\n".join(text))
+    atomic_write(out / "summary.md", lambda f: f.write("\n".join(text).encode()))
     print("\n".join(text))
 
 

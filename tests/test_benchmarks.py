@@ -140,6 +140,27 @@ def test_allocation_benchmark_time_table_means_each_stage_per_model():
     assert allocation.time_table([{"model": "resnet18", "seconds": 5.0}]) == ""
 
 
+def test_allocation_benchmark_wall_time_sums_running_intervals_only(tmp_path):
+    allocation = load_script("allocation")
+    log = tmp_path / "wall.log"
+    assert allocation.wall_time(log) is None
+    log.write_text("start 2026-11-23T10:00:00Z code abc\n"
+                   "pause 2026-11-23T10:10:00Z (tests)\nresume 2026-11-23T10:40:00Z\n"
+                   "start 2026-11-23T11:00:00Z code abc\n"  # the machine was lost: the 10:40 interval has no end
+                   "stop 2026-11-23T11:30:00Z (end of session)\n"
+                   "start 2026-11-24T09:00:00Z code def\nend 2026-11-24T10:00:01Z rc 0\n")
+    wall = allocation.wall_time(log)
+    assert wall["seconds"] == 600 + 1800 + 3601 and wall["intervals"] == 3 and wall["finished"]
+    assert wall["unclosed"] == ["2026-11-23T10:40:00Z"] and wall["running_since"] is None
+    line = allocation.wall_line(wall)
+    assert "1 h 40 min 1 s in 3 interval" in line and "no recorded end" in line and "10:40:00" in line
+    log.write_text("start 2026-11-23T10:00:00Z code abc\n")
+    assert allocation.wall_time(log)["running_since"] == "2026-11-23T10:00:00Z"
+    log.write_text("pause yesterday\n")
+    with pytest.raises(ValueError, match="pause yesterday"):
+        allocation.wall_time(log)
+
+
 def test_allocation_benchmark_select_shards_partition_the_rows():
     allocation = load_script("allocation")
     every = allocation.select_rows(list(allocation.CANDIDATES))
