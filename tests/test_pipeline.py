@@ -48,14 +48,26 @@ def test_shipped_configs_load():
     ({"pruning": {"pruner": "nope"}}, "pruning.pruner: must be one of"),
     ({"eval": {"attacks": ["pgd0"]}}, "eval.attacks: unknown attack 'pgd0'"),
     ({"model": {"name": "resnet50"}}, "model.name: must be one of"),
-    ({"pruning": {"rule": "budget"}}, "pruning.rule: rule='budget' trades per-unit loss curves against cost: it needs "
-                                      "estimator='curve'"),
+    ({"pruning": {"rule": "budget", "estimator": "feature"}},
+     "pruning.rule: rule='budget' trades per-unit loss curves against cost: it needs estimator='curve'"),
     ({"pruning": {"rule": "knapsack", "estimator": "curve"}}, "unknown allocation rule 'knapsack'"),
 ])
 def test_config_errors_name_the_key(data, message):
     with pytest.raises(ConfigError) as info:
         load_config(data)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_config_estimator_null_is_the_rules_own_as_in_python():
+    shipped = load_config()  # the shipped config names no estimator: --set pruning.rule=budget alone works
+    assert shipped.pruning.estimator is None and shipped.pruning.estimator_name() == "feature"
+    budget = load_config(None, {"pruning.rule": "budget"})
+    assert budget.pruning.estimator_name() == "curve"
+    probe = load_config(None, {"pruning.rule": "budget", "pruning.estimator": "probe"})
+    assert probe.pruning.estimator_name() == "probe"
+    # a run folder made when the default was spelled out (estimator: feature) resumes under null
+    named = load_config(None, {"pruning.estimator": "feature"})
+    assert named.fingerprint_dict() == shipped.fingerprint_dict() != budget.fingerprint_dict()
 
 
 def test_cli_config_error_is_one_line(tmp_path):
@@ -132,6 +144,7 @@ def test_new_keys_at_their_default_keep_old_run_folders_resumable(tmp_path):
     old = config.to_dict()
     for section, key in ADDED_KEYS:
         old[section].pop(key)
+    old["pruning"]["estimator"] = "feature"  # the default was spelled out before null meant the rule's own
     what = {k: v for k, v in old.items() if k not in ("progress", "output")}
     assert Pipeline(config).fingerprint == hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
     changed = tiny(tmp_path / "other", pretrain={"epochs": 0}, pruning={"rule": "budget", "estimator": "curve"})

@@ -108,7 +108,7 @@ class PruningSection:
     pruner: str = "mrs"  # or any registry name: l1, l2, fpgm, taylor, ... (uniform ratios, same budget)
     target: float = 0.5  # fraction of the budget the sped-up model loses
     budget: str = "flops"
-    estimator: str = "feature"  # chosen on validation (BENCHMARKS.md); with rule 'budget': curve (or probe)
+    estimator: Optional[str] = None  # null: the rule's own (power: feature, chosen on validation; budget: curve)
     criterion: str = "taylor"  # channels inside a unit; chosen on validation with the estimator
     tau: float = 0.0  # uniform ratios: no MRS allocation beat them on validation (BENCHMARKS.md); 1.0: by MRS
     rule: str = "power"  # 'power': ratios from one MRS per unit; 'budget': loss curves traded against cost
@@ -122,6 +122,12 @@ class PruningSection:
     op_types: List[str] = field(default_factory=lambda: ["Conv2d", "Linear"])
     exclude: List[str] = field(default_factory=list)
 
+    def estimator_name(self) -> str:
+        """``estimator``, or the rule's own when it is null, as ``MRSPruner`` resolves ``estimator=None``."""
+        from ..mrs.allocator import default_estimator
+
+        return self.estimator or default_estimator(self.rule)
+
     def check(self, key: str) -> None:
         from ..mrs.allocator import MRSSparsityAllocator
         from ..mrs.sensitivity import ESTIMATORS
@@ -134,10 +140,10 @@ class PruningSection:
         _require(self.epochs >= 1, f"{key}.epochs", "must be >= 1", self.epochs)
         _require(0 < self.r_max, f"{key}.r_max", "must be in (0, 1)", self.r_max)
         _require(bool(self.op_types), f"{key}.op_types", "must name at least one layer type", self.op_types)
-        options = {name: getattr(self, name) for name in getattr(ESTIMATORS.get(self.estimator), "options", ())}
+        options = {name: getattr(self, name) for name in getattr(ESTIMATORS.get(self.estimator_name()), "options", ())}
         _constructor_checks(key, self, lambda: ESTIMATORS["weight"](rho=self.rho, steps=self.steps))  # its keys
         _constructor_checks(key, self, lambda: MRSSparsityAllocator(
-            self.estimator, self.budget, self.tau, rule=self.rule, criterion=self.criterion, eps=self.eps,
+            self.estimator_name(), self.budget, self.tau, rule=self.rule, criterion=self.criterion, eps=self.eps,
             r_max=self.r_max, progress=False, **options))
 
 
@@ -192,6 +198,7 @@ class Config:
         """``to_dict`` without the keys added after the first release while they hold their default: a run folder
         made before a key existed still resumes under the same results."""
         out = self.to_dict()
+        out["pruning"]["estimator"] = self.pruning.estimator_name()  # null resumes folders that named the same one
         for (section, name), default in ADDED_KEYS.items():
             if out.get(section, {}).get(name, default) == default:
                 out.get(section, {}).pop(name, None)

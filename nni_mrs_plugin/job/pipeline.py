@@ -222,10 +222,10 @@ class Pipeline:
         from ..mrs.sensitivity import ESTIMATORS
 
         cfg = self.config.pruning
-        offered = {"calibration": self.loaders[0], "estimator": cfg.estimator, "criterion": cfg.criterion,
+        offered = {"calibration": self.loaders[0], "estimator": cfg.estimator_name(), "criterion": cfg.criterion,
                    "tau": cfg.tau, "rule": cfg.rule, "eps": self.eps(cfg.eps), "n_samples": cfg.samples,
                    "progress": self.config.progress, "normalization": _normalization(self.config),
-                   "estimator_options": {name: getattr(cfg, name) for name in ESTIMATORS[cfg.estimator].options},
+                   "estimator_options": {name: getattr(cfg, name) for name in ESTIMATORS[cfg.estimator_name()].options},
                    # pruners that train to choose (harp): the fine-tuning objective, resumable in the run folder
                    "train_data": self.loaders[0], "trainer": self.trainer(self.config.finetune),
                    "epochs": cfg.epochs, "checkpoint": self.dir / "prune-harp.pt"}

@@ -80,7 +80,9 @@ def write_report(run_dir: Path, config: Config, stages: Mapping[str, Any]) -> Li
         lines.append(f"| {row['metric']} | {format_metric(row['dense'], row['metric'])} | "
                      f"{format_metric(row['pruned'], row['metric'])} | {ratio:.2f} |")
     measured = allocation.get("measured", True)  # False: uniform ratios, whose MRS are placeholders
-    allocator = f"estimator `{cfg.estimator}`, tau {cfg.tau}" if measured else "uniform ratios (MRS not measured)"
+    tau = f", tau {cfg.tau}" if cfg.rule == "power" else ""  # the budget rule has no tau
+    allocator = (f"rule `{cfg.rule}`, estimator `{cfg.estimator_name()}`{tau}" if measured
+                 else "uniform ratios (MRS not measured)")
     lines += ["", f"Pruner `{cfg.pruner}`, {allocator}, criterion `{cfg.criterion}`; "
               f"fine-tuning `{config.finetune.method}` for {config.finetune.epochs} epoch(s).", "",
               "| unit | layers | MRS | ratio | channels |", "|---|---:|---:|---:|---:|"]

@@ -20,7 +20,13 @@ from .cost import BUDGETS, CostModel
 from .sensitivity import CRITERIA, ESTIMATORS, Estimator, build_estimator, curve_scores
 from .units import Unit
 
-__all__ = ["MRSSparsityAllocator"]
+__all__ = ["MRSSparsityAllocator", "default_estimator"]
+
+
+def default_estimator(rule: str) -> str:
+    """The estimator a rule reads when none is named: ``budget`` needs loss curves; for ``power``, ``feature`` was
+    chosen on the allocation benchmark's validation split (BENCHMARKS.md)."""
+    return "curve" if rule == "budget" else "feature"
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -48,7 +54,7 @@ class MRSSparsityAllocator:
         if rule not in allocation.RULES:
             raise ValueError(f"unknown allocation rule {rule!r}; choose one of {', '.join(allocation.RULES)}")
         if estimator is None:
-            estimator = "curve" if rule == "budget" else "feature"  # chosen on validation (BENCHMARKS.md)
+            estimator = default_estimator(rule)
         if criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
         if not isinstance(estimator, Estimator) and estimator not in ESTIMATORS:
