@@ -36,6 +36,15 @@ def test_missing_data_exits_2_with_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("nni-mrs: Fashion-MNIST not found")
 
 
+def test_version_names_the_package_and_what_it_runs_on():
+    import nni_mrs_plugin
+
+    result = run_python(["-m", "nni_mrs_plugin", "--version"])
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip()
+    assert line.startswith(f"nni-mrs {nni_mrs_plugin.__version__} (nni 3.0") and "torch 2." in line and "\n" not in line
+
+
 def test_bad_override_syntax_is_rejected():
     result = run_python(["-m", "nni_mrs_plugin", "run", "--set", "pruning.target"])
     assert result.returncode == 2

@@ -40,10 +40,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
+def _versions() -> str:
+    """This package's version and those of what it runs on, for bug reports (read from metadata: torch not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"nni-mrs {__version__} (" + ", ".join(f"{n} {of(n)}" for n in ("nni", "torch", "torchattacks")) + \
+        f", Python {sys.version.split()[0]})"
+
+
 def _parser() -> argparse.ArgumentParser:
     from .pipeline import STAGES
 
-    parser = _Parser(prog="nni-mrs", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="nni-mrs", description=__doc__.splitlines()[0].replace("``", ""))
+    parser.add_argument("--version", action="version", version=_versions())
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="the MRPF job for a config: prune, remove channels, fine-tune, evaluate, report")
     run.add_argument("config", nargs="?", default=None, help="YAML config (default: the shipped Fashion-MNIST one)")
