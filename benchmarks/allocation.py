@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
@@ -399,7 +400,92 @@ def plots(results: List[dict], out: Path) -> List[Path]:
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path)
+        path = curve_plot(mine, out, plt)
+        if path is not None:
+            written.append(path)
     return written
+
+
+def rank_correlation(xs: List[float], ys: List[float]) -> float:
+    """Spearman's rho (average ranks for ties): does the order right after pruning survive fine-tuning?"""
+    def ranks(values: List[float]) -> "np.ndarray":
+        values = np.asarray(values, dtype=float)
+        order = values.argsort(kind="stable")
+        r = np.empty(len(values))
+        r[order] = np.arange(len(values), dtype=float)
+        for v in np.unique(values):  # ties share their mean rank
+            r[values == v] = r[values == v].mean()
+        return r
+
+    a, b = ranks(xs), ranks(ys)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def carry_over(results: List[dict]) -> str:
+    """Per model and target, the mean over seeds of Spearman's rho between the rows' PGD-20 right after pruning and
+    after fine-tuning: near 1, fine-tuning keeps the order the allocation made; near 0, it erases it."""
+    groups: Dict[Tuple[str, float], List[float]] = {}
+    for key in sorted({(r["model"], r["target"], r["seed"]) for r in results}):
+        rows = [r for r in results if (r["model"], r["target"], r["seed"]) == key]
+        if len(rows) >= 3:
+            rho = rank_correlation([r["pruned"]["pgd20"] for r in rows], [r["finetuned"]["pgd20"] for r in rows])
+            if math.isfinite(rho):
+                groups.setdefault(key[:2], []).append(rho)
+    if not groups:
+        return ""
+    lines = ["| model | target | seeds | rows per seed | Spearman's rho, mean (range) |", "|---|---|---:|---:|---|"]
+    for (model, target), rhos in sorted(groups.items()):
+        per_seed = len([r for r in results if r["model"] == model and r["target"] == target]) / len(rhos)
+        lines.append(f"| {model} | {target} | {len(rhos)} | {per_seed:.0f} | {sum(rhos) / len(rhos):+.2f} "
+                     f"({min(rhos):+.2f} to {max(rhos):+.2f}) |")
+    return ("Does fine-tuning keep the order right after pruning? PGD-20 right after pruning against after "
+            "fine-tuning, rank correlation over the rows of each seed:\n\n" + "\n".join(lines) + "\n")
+
+
+def curve_plot(results: List[dict], out: Path, plt) -> Optional[Path]:
+    """What the budget rule saw and what it was judged on. Left: each unit's measured loss-rise curve (the first
+    seed's budget-rule row, l1 channels preferred), the rule's ratio at the select target marked on each curve and
+    uniform ratios as a dashed line. Right: every row's PGD-20 right after pruning (what the curves predict)
+    against after fine-tuning (what the report judges), one colour per target."""
+    seed = min(r["seed"] for r in results)
+    measured = sorted((r for r in results if r.get("curves") and r["seed"] == seed),
+                      key=lambda r: (abs(r["target"] - 0.9), not r["row"].endswith("-l1"), r["row"]))
+    if not measured:
+        return None
+    shown = measured[0]
+    grid = [round(0.1 * (i + 1), 1) for i in range(len(next(iter(shown["curves"].values()))))]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = plt.cm.viridis([i / max(1, len(shown["curves"]) - 1) for i in range(len(shown["curves"]))])
+    for colour, (unit, curve) in zip(colours, shown["curves"].items()):
+        axes[0].plot(grid, curve, color=colour, label=unit, linewidth=1)
+        chosen = shown["ratios"].get(unit)
+        if chosen is not None:
+            axes[0].plot([chosen], [float(np.interp(chosen, grid, curve))], "o", color=colour, markersize=5)
+    uniform = [r for r in results if r["row"] == "uniform-l1" and r["seed"] == seed and r["target"] == shown["target"]]
+    if uniform:
+        mean = sum(uniform[0]["ratios"].values()) / len(uniform[0]["ratios"])
+        axes[0].axvline(mean, color="grey", linestyle="--", linewidth=1, label=f"uniform ({mean:.2f})")
+    axes[0].set_xlabel("fraction of the unit's channels removed (r)")
+    axes[0].set_yscale("symlog", linthresh=0.05)  # a few collapsing units would flatten every other curve
+    axes[0].set_ylabel("adversarial loss rise ΔL_u(r) (symlog)")
+    axes[0].set_title(f"{shown['model']}: curves of {shown['row']}, seed {seed}; dots: its ratios at {shown['target']}",
+                      fontsize=9)
+    axes[0].legend(fontsize=5, ncol=2)
+    for target in sorted({r["target"] for r in results}):
+        mine = [r for r in results if r["target"] == target]
+        axes[1].scatter([100 * r["pruned"]["pgd20"] for r in mine], [100 * r["finetuned"]["pgd20"] for r in mine],
+                        s=12, label=f"{target} of FLOPs")
+    axes[1].set_xlabel("PGD-20 right after pruning (%)")
+    axes[1].set_ylabel("PGD-20 after fine-tuning (%)")
+    axes[1].set_title(f"{shown['model']}: every row, every seed", fontsize=9)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    path = out / f"{shown['model']}-curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 # -- driver ---------------------------------------------------------------------------------------------------
@@ -617,6 +703,7 @@ def write_summary(out: Path, args, started: float) -> None:
             summary["report_same_criterion"] = summarise(results, same_criterion)
             text.append("Allocation alone: each row against the uniform row with its own channel criterion\n")
             text.append(markdown(summary["report_same_criterion"], "report, same criterion"))
+            text.append(carry_over(results))
             plot_dir = out / "plots"
             plot_dir.mkdir(exist_ok=True)
             summary["plots"] = [str(p) for p in plots(results, plot_dir)]

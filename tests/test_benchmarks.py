@@ -161,6 +161,34 @@ def test_allocation_benchmark_wall_time_sums_running_intervals_only(tmp_path):
         allocation.wall_time(log)
 
 
+def test_allocation_benchmark_says_whether_fine_tuning_keeps_the_order_after_pruning(tmp_path):
+    allocation = load_script("allocation")
+    assert allocation.rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert allocation.rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert allocation.rank_correlation([1, 1, 2], [5, 6, 7]) == pytest.approx(0.866, abs=1e-3)  # ties: mean ranks
+
+    def row(name, seed, pruned, tuned, curves=None):
+        return {"model": "vgg16_bn", "target": 0.9, "seed": seed, "row": name, "pruned": {"pgd20": pruned},
+                "finetuned": {"pgd20": tuned}, "ratios": {"a": 0.3, "b": 0.8}, "curves": curves or {},
+                "flops_removed": 0.9}
+
+    results = ([row(f"r{i}", 0, p, t) for i, (p, t) in enumerate(((0.1, 0.5), (0.2, 0.6), (0.3, 0.7)))]
+               + [row(f"r{i}", 1, p, t) for i, (p, t) in enumerate(((0.1, 0.7), (0.2, 0.6), (0.3, 0.5)))])
+    table = allocation.carry_over(results)
+    assert "| vgg16_bn | 0.9 | 2 | 3 | +0.00 (-1.00 to +1.00) |" in table
+    assert allocation.carry_over(results[:2]) == ""  # two rows a seed: no order to speak of
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert allocation.curve_plot(results, tmp_path, plt) is None  # no row measured curves
+    curves = {"a": [0.0] * 8 + [0.5], "b": [0.01 * i for i in range(9)]}
+    results += [row("budget-curve-bn-l1", 0, 0.2, 0.6, curves), row("uniform-l1", 0, 0.1, 0.5)]
+    path = allocation.curve_plot(results, tmp_path, plt)
+    assert path == tmp_path / "vgg16_bn-curves.png" and path.stat().st_size > 10_000
+
+
 def test_allocation_benchmark_select_shards_partition_the_rows():
     allocation = load_script("allocation")
     every = allocation.select_rows(list(allocation.CANDIDATES))
