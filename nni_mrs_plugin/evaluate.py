@@ -129,7 +129,7 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                     logits = model(x)
                 if "clean" in spent:
                     spent["clean"] += time.perf_counter() - started
-                _check_outputs(logits, y)
+                check_outputs(logits, y)
                 for name in attacks:
                     if name == "autoattack" and autoattack_samples is not None:
                         keep = max(0, min(len(y), autoattack_samples - counted[name]))
@@ -189,15 +189,16 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
     return result
 
 
-def _check_outputs(logits: Any, y: torch.Tensor) -> None:
-    """One-line errors for a model that does not return logits, and for labels it cannot predict."""
+def check_outputs(logits: Any, y: torch.Tensor, who: str = "evaluate_robustness") -> None:
+    """One-line errors for a model that does not return logits, and for labels it cannot predict (which would
+    otherwise fail deep inside an attack's loss)."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"evaluate_robustness: the model must return a (batch, classes) logits tensor, got {got}; "
+        raise ValueError(f"{who}: the model must return a (batch, classes) logits tensor, got {got}; "
                          f"wrap it in a module whose forward returns the logits")
     low, high = int(y.min()), int(y.max())
     if low < 0 or high >= logits.shape[1]:
-        raise ValueError(f"evaluate_robustness: labels must be in [0, {logits.shape[1] - 1}] for a model with "
+        raise ValueError(f"{who}: labels must be in [0, {logits.shape[1] - 1}] for a model with "
                          f"{logits.shape[1]} outputs, got labels {low}..{high}")
 
 

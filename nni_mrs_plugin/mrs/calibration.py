@@ -9,6 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..attacks import PixelSpace
+from ..evaluate import check_outputs
 
 __all__ = ["collect_samples", "adversarial_examples", "mean_loss"]
 
@@ -45,7 +46,10 @@ def collect_samples(calibration: Any, n_samples: int, seed: int = 0) -> Tuple[to
         x, y = torch.cat(xs)[:n_samples], torch.cat(ys)[:n_samples]
     if len(x) == 0:
         raise ValueError("calibration data is empty: 0 samples")
-    return x.detach(), y.detach()
+    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        shape = f" of shape {tuple(y.shape)} (one label per sample)" if y.dim() != 1 else ""
+        raise ValueError(f"calibration labels must be class indices (a 1-D integer tensor), got {y.dtype}{shape}")
+    return x.detach(), y.detach().long()
 
 
 def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Any, batch_size: int = 256,
@@ -55,6 +59,12 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, att
     space = space or PixelSpace(None)
     was_training = model.training
     model.eval()
+    try:
+        with torch.no_grad():
+            check_outputs(model(x[:1]), y, "calibration")
+    except ValueError:
+        model.train(was_training)
+        raise
     device = x.device
     devices = [device] if device.type == "cuda" else []
     out = []
