@@ -196,6 +196,8 @@ def check_outputs(logits: Any, y: torch.Tensor, who: str = "evaluate_robustness"
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"{who}: the model must return a (batch, classes) logits tensor, got {got}; "
                          f"wrap it in a module whose forward returns the logits")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise ValueError(f"{who}: labels must be integer class indices, got {y.dtype}")
     low, high = int(y.min()), int(y.max())
     if low < 0 or high >= logits.shape[1]:
         raise ValueError(f"{who}: labels must be in [0, {logits.shape[1] - 1}] for a model with "

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from nni_mrs_plugin.job.cli import main
 
@@ -182,6 +183,11 @@ def _api_cases():
         ("trainer-method", lambda: AdversarialTrainer("madry"), "unknown method 'madry'"),
         ("trainer-eps", lambda: AdversarialTrainer("pgd", eps=-1), "eps"),
         ("fit-epochs", lambda: fit(small(), [], epochs=0), "epochs must be an integer >= 1"),
+        ("fit-labels-out-of-range", lambda: fit(small(), DataLoader(TensorDataset(x, y + 10), batch_size=4), epochs=1,
+                                                progress=False),
+         "labels must be in [0, 9] for a model with 10 outputs, got labels 1"),
+        ("training-step-float-labels", lambda: AdversarialTrainer("pgd", eps=0.1, steps=1).training_step(
+            (x, y.float()), small()), "labels must be integer class indices, got torch.float32"),
         ("fit-resume", lambda: fit(small(), [], epochs=1, resume=True), "resume=True needs checkpoint_dir"),
         ("attack-name", lambda: build_attack(small(), "deepfool9", 0.1), "deepfool9"),
         ("pruner-name", lambda: get_pruner("nope"), "nope"),

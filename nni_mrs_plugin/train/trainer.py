@@ -33,7 +33,7 @@ from torch import nn
 
 from ..attacks import (PixelSpace, accepted_kwargs, check_alpha, check_eps, check_pixel_range, default_alpha,
                        resolve_attack)
-from .loop import train_epoch
+from .loop import check_labels, train_epoch
 
 __all__ = ["AdversarialTrainer", "METHODS", "trades_loss", "mart_loss"]
 
@@ -129,7 +129,7 @@ class AdversarialTrainer:
         self.space = PixelSpace(normalization)  # where attacks run when the loader normalises
         self.normalization = normalization
         self.adversarial_batches = 0  # how many batches got adversarial examples (NNI tests read it)
-        self._range_checked = False  # training_step checks its first batch is in [0, 1] (once: a GPU read syncs)
+        self._range_checked = False  # training_step checks its first batch's pixels and labels (once: a GPU read syncs)
         self._cached: Optional[tuple] = None
 
     def _check_attack_kwargs(self) -> None:
@@ -197,11 +197,14 @@ class AdversarialTrainer:
     def training_step(self, batch: Any, model: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         """NNI ``training_step(batch, model)``: the adversarial loss of one ``(inputs, labels)`` batch."""
         x, y = batch[0], batch[1]
+        who = f"AdversarialTrainer({self.method!r}).training_step"
         if self.attack_class is not None and not self._range_checked:
-            check_pixel_range(x, f"AdversarialTrainer({self.method!r}).training_step", self.space)
-            self._range_checked = True
+            check_pixel_range(x, who, self.space)
         device = next(model.parameters()).device
         x, y = self.prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        if not self._range_checked:  # the first batch only: a GPU read syncs
+            check_labels(model, x, y, who)
+            self._range_checked = True
         return self.loss(model, x, y)
 
     def training_func(self, loader: Iterable, epochs: int = 1, progress: bool = False,
