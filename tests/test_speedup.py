@@ -1,5 +1,6 @@
 """Real structured removal: NNI L1NormPruner at 50% channel sparsity + ModelSpeedup on the four models."""
 import copy
+import re
 
 import numpy as np
 
@@ -128,6 +129,17 @@ def test_a_dummy_input_the_model_cannot_take_is_named_as_the_cause():
                                          r"dummy input of shape \(1, 1, 32, 32\) even without NNI's tracer \(RuntimeError: .*shapes cannot be multiplied.*pass a "
                                          r"dummy_input shaped like one batch"):
         trace(build_model("small_cnn", in_channels=1).train(), torch.rand(1, 1, 32, 32))  # it takes 28 x 28
+
+
+@pytest.mark.parametrize("wrap, inner", [(lambda m: torch.compile(m, backend="eager"), "model._orig_mod"),
+                                         (torch.nn.DataParallel, "model.module")])
+def test_a_wrapped_model_is_named_with_the_module_to_pass(wrap, inner):
+    """torch.compile's OptimizedModule and DataParallel hide the model from NNI's tracer: say what to pass."""
+    from nni_mrs_plugin.models import build_model
+
+    with pytest.raises(TraceError, match=rf"a wrapper around the model: pass {re.escape(inner)}.* wrap it again after "
+                                         r"ModelSpeedup"):
+        trace(wrap(build_model("small_cnn", in_channels=1)), torch.rand(2, 1, 28, 28))
 
 
 def test_the_failure_site_is_found_in_a_folder_named_torch(tmp_path):

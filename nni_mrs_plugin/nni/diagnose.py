@@ -13,6 +13,10 @@ from torch import nn
 
 def explain(model: nn.Module, args: Tuple[Any, ...], err: Exception) -> str:
     """The message of the ``TraceError`` for ``err``, raised while tracing ``model`` on ``args``."""
+    inner = wrapped(model)
+    if inner is not None:
+        return (f"NNI cannot trace through {type(model).__name__}, a wrapper around the model: pass {inner} instead, "
+                f"and wrap it again after ModelSpeedup has removed the channels")
     eager = eager_failure(model, args)
     if eager is not None:
         where, _ = failure_site(model, eager)
@@ -22,6 +26,16 @@ def explain(model: nn.Module, args: Tuple[Any, ...], err: Exception) -> str:
     where, construct = failure_site(model, err)
     return (f"NNI cannot trace {type(model).__name__}{where} ({first_line(err)}): {trace_advice(err, construct)}; "
             f"or prune a traceable submodule instead (pass it as the model, with a dummy input of its own)")
+
+
+def wrapped(model: nn.Module) -> Optional[str]:
+    """The expression for the module inside a wrapper the tracer cannot see through (``torch.compile``'s
+    OptimizedModule, DataParallel, DistributedDataParallel), or None."""
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return "model.module"
+    if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):  # torch.compile
+        return "model._orig_mod (the module torch.compile was given)"
+    return None
 
 
 def eager_failure(model: nn.Module, args: Tuple[Any, ...]) -> Optional[Exception]:
