@@ -155,6 +155,7 @@ def _api_cases():
     from nni_mrs_plugin.attacks import build_attack
     from nni_mrs_plugin.checkpoint import load_pruned
     from nni_mrs_plugin.evaluate import evaluate_robustness
+    from nni_mrs_plugin.harp.pruner import HARPPruner
     from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
     from nni_mrs_plugin.mrs.pruner import MRSPruner
     from nni_mrs_plugin.nni.registry import get_pruner
@@ -202,6 +203,12 @@ def _api_cases():
         ("pruner-target", lambda: MRSPruner(small(), [{"op_types": ["Conv2d"], "sparse_ratio": 1.5}],
                                             calibration=(x, y)), "got 1.5"),
         ("pruner-no-data", lambda: MRSPruner(small(), select), "needs calibration data"),
+        ("harp-normalised-inputs", lambda: HARPPruner(small(), select, train_data=(x * 4 - 2, y), trainer="pgd", eps=0.1,
+                                                      attack_steps=1, steps=1, progress=False).compress(),
+         "HARPPruner: inputs range over"),
+        ("harp-labels-out-of-range", lambda: HARPPruner(small(), select, train_data=(x, y + 10), trainer="pgd",
+                                                        eps=0.1, attack_steps=1, steps=1, progress=False).compress(),
+         "HARPPruner: labels must be in [0, 9]"),
         ("pruner-float-labels", lambda: MRSPruner(small(), select, calibration=(x, y.float()), tau=1.0,
                                                   progress=False).compress(), "got torch.float32"),
         ("pruner-labels-out-of-range", lambda: MRSPruner(small(), select, calibration=(x, y + 10), tau=1.0,

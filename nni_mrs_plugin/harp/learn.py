@@ -17,10 +17,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..attacks import check_pixel_range
 from ..checkpoint import atomic_save
 from ..mrs.allocation import Allocation, allocate, build_allocation, refine
 from ..mrs.cost import CostModel
 from ..mrs.importance import channel_importance
+from ..train.loop import check_labels
 from .gates import ChannelGates, resource_loss
 
 __all__ = ["learn_allocation"]
@@ -77,11 +79,16 @@ def learn_allocation(model: nn.Module, units, skipped: Dict[str, str], cost: Cos
     gates.attach(model)
     model.eval()  # see gates.py: BatchNorm's running statistics stay as they were
     try:
-        batches = _batches(data)
+        batches, checked = _batches(data), False
         with tqdm(total=steps, initial=state["step"], desc="HARP", disable=not progress, leave=False) as bar:
             while state["step"] < steps:
                 x, y = next(batches)
                 x, y = x.to(device), y.to(device)
+                if not checked:  # once (a GPU read syncs): normalised inputs would make every attack wrong
+                    if trainer.attack_class is not None:
+                        check_pixel_range(x, "HARPPruner", trainer.space)
+                    check_labels(model, x, y, "HARPPruner")
+                    checked = True
                 adversarial = trainer.loss(model, x, y)
                 penalty = resource_loss(gates, cost, target, budget)
                 loss = adversarial + state["gamma"] * penalty
