@@ -189,6 +189,19 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
     return result
 
 
+def check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor, who: str) -> None:
+    """``check_outputs`` on a batch before attacking or training on it: labels the model cannot predict would fail
+    inside the attack's loss, on CUDA as a device-side assert that breaks the process's CUDA context. One forward
+    of two samples in eval mode, without gradients: no statistics or random state touched."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            check_outputs(model(x[:2]), y, who)
+    finally:
+        model.train(was_training)
+
+
 def check_outputs(logits: Any, y: torch.Tensor, who: str = "evaluate_robustness") -> None:
     """One-line errors for a model that does not return logits, and for labels it cannot predict (which would
     otherwise fail deep inside an attack's loss)."""

@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from ..attacks import check_pixel_range
 from ..checkpoint import atomic_save
+from ..evaluate import check_labels
 from ..mrs.allocation import Allocation, allocate, build_allocation, refine
 from ..mrs.cost import CostModel
 from ..mrs.importance import channel_importance
-from ..train.loop import check_labels
 from .gates import ChannelGates, resource_loss
 
 __all__ = ["learn_allocation"]

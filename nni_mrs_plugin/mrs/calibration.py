@@ -9,7 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..attacks import PixelSpace
-from ..evaluate import check_outputs
+from ..evaluate import check_labels
 
 __all__ = ["collect_samples", "adversarial_examples", "mean_loss"]
 
@@ -57,14 +57,9 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, att
     """X' for the whole calibration set, in eval mode, reproducible for a seed (the global RNG is untouched).
     With ``space`` (a normalising loader) the attack runs on pixels and X' is normalised like x."""
     space = space or PixelSpace(None)
+    check_labels(model, x, y, "calibration")
     was_training = model.training
     model.eval()
-    try:
-        with torch.no_grad():
-            check_outputs(model(x[:1]), y, "calibration")
-    except ValueError:
-        model.train(was_training)
-        raise
     device = x.device
     devices = [device] if device.type == "cuda" else []
     out = []

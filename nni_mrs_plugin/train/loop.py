@@ -15,10 +15,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..attacks import outside_pixel_range, pixel_range_error
-from ..evaluate import check_outputs
+from ..evaluate import check_labels
 
-__all__ = ["train_natural", "train_epoch", "cosine_sgd", "cross_entropy_loss", "check_labels", "NonFiniteLossError",
-           "EpochStats"]
+__all__ = ["train_natural", "train_epoch", "cosine_sgd", "cross_entropy_loss", "NonFiniteLossError", "EpochStats"]
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -48,19 +47,6 @@ def cosine_sgd(model: nn.Module, lr: float, total_steps: int, momentum: float = 
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     return optimizer, schedule
-
-
-def check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor, who: str) -> None:
-    """One line for labels the model cannot predict (float labels, or outside its classes), checked on a batch
-    before training: otherwise torch fails inside the attack's loss, and on CUDA as a device-side assert that
-    breaks the process's CUDA context. One forward of two samples in eval mode (no statistics or RNG touched)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            check_outputs(model(x[:2]), y, who)
-    finally:
-        model.train(was_training)
 
 
 def _is_distributed() -> bool:

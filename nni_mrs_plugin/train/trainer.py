@@ -33,7 +33,8 @@ from torch import nn
 
 from ..attacks import (PixelSpace, accepted_kwargs, check_alpha, check_eps, check_pixel_range, default_alpha,
                        resolve_attack)
-from .loop import check_labels, train_epoch
+from ..evaluate import check_labels
+from .loop import train_epoch
 
 __all__ = ["AdversarialTrainer", "METHODS", "trades_loss", "mart_loss"]
 
