@@ -61,6 +61,11 @@ def outside_pixel_range(low: float, high: float) -> bool:
 
 def pixel_range_error(low: float, high: float, where: str) -> ValueError:
     """The one-line error for inputs outside [0, 1]: torchattacks would clamp them to [0, 1] and ignore ε."""
+    if low >= -1e-4 and high > 2:  # non-negative and well past 1: raw 0-255 values, not a normalising loader
+        return ValueError(
+            f"{where}: inputs range over [{low:.3g}, {high:.3g}], but attacks work on pixels in [0, 1] and ε is in "
+            f"pixel units (torchattacks clamps to [0, 1], so every attack would be wrong): these look like raw 0-255 "
+            f"values. Scale them to [0, 1] (transforms.ToTensor() does; or divide by 255)")
     return ValueError(
         f"{where}: inputs range over [{low:.3g}, {high:.3g}], but attacks work on pixels in [0, 1] and ε is in pixel "
         f"units (torchattacks clamps to [0, 1], so every attack would be wrong): the data loader normalises. Pass "

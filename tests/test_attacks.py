@@ -36,6 +36,13 @@ def test_check_pixel_range_names_the_range_and_the_fix(loaders):
     assert_one_line_range_error(info)
 
 
+def test_raw_0_255_pixels_are_told_to_scale_not_to_denormalise(loaders):
+    pixels, _ = loaders
+    with pytest.raises(ValueError, match=r"^here: inputs range over \[0, 2\d\d\].*raw 0-255 values\. Scale them to "
+                                         r"\[0, 1\] \(transforms\.ToTensor\(\) does; or divide by 255\)$"):
+        check_pixel_range(next(iter(pixels))[0] * 255, "here")
+
+
 def test_evaluation_refuses_normalised_inputs_but_clean_accuracy_does_not_care(loaders):
     pixels, normalised = loaders
     model = make_model("small_cnn")
