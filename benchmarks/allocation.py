@@ -17,7 +17,9 @@ Phases:
   report   every seed and target on the test images, read once: the selected MRS variants x {l1, taylor},
            uniform ratios x {l1, taylor}, global L1, random channels, and HARP (rates and channels learned
            for ``--harp-epochs`` under the fine-tuning objective, starting from uniform-L1 gates).
-Then ``summary.json``/``summary.md`` (paired per-seed differences to uniform-l1 with 95% t-intervals) and plots.
+Then ``summary.json``/``summary.md`` (paired per-seed differences to uniform-l1 with 95% t-intervals, seconds per
+stage, whether fine-tuning keeps the order pruning made, and the wall time from ``wall.log`` when the run keeps one)
+and plots (accuracy against FLOPs removed, per-unit ratios, the measured per-unit loss-rise curves).
 
     python benchmarks/allocation.py --output runs/allocation                 # the CPU benchmark (resumable)
     python benchmarks/allocation.py --output runs/allocation-full --train-size 0 --device cuda   # full data
