@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import secrets
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, Union
@@ -89,9 +91,19 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> Path:
 
 
 def save_pruned(path: Union[str, Path], model: nn.Module, name: str, **model_kwargs: Any) -> Path:
-    """Write ``{"architecture": ..., "state_dict": ...}`` atomically."""
-    return atomic_save({"architecture": architecture(model, name, **model_kwargs),
-                        "state_dict": model.state_dict()}, path)
+    """Write ``{"architecture": ..., "state_dict": ...}`` atomically, after checking that ``load_pruned`` will be
+    able to rebuild it (a checkpoint found unloadable later would lose the model)."""
+    arch = architecture(model, name, **model_kwargs)
+    state = model.state_dict()
+    advice = "save_pruned is for build_model's models; save others with torch.save(model.state_dict(), path)"
+    try:
+        keys = set(rebuild(arch).state_dict())
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"save_pruned: cannot rebuild {type(model).__name__} as {name!r} ({err}); {advice}") from None
+    if keys != set(state):
+        raise ValueError(f"save_pruned: build_model({name!r}) makes a model with other layers than this "
+                         f"{type(model).__name__} (e.g. {sorted(keys ^ set(state))[:3]}); {advice}")
+    return atomic_save({"architecture": arch, "state_dict": state}, path)
 
 
 def load_pruned(path: Union[str, Path], map_location: Any = "cpu") -> nn.Module:
@@ -103,7 +115,10 @@ def load_pruned(path: Union[str, Path], map_location: Any = "cpu") -> nn.Module:
     except FileNotFoundError:
         raise ValueError(f"checkpoint {str(path)!r} does not exist") from None
     except Exception as err:  # unpickling, a zip error, a missing key: never torch's advice to unpickle more
-        raise ValueError(f"{path} is not a model saved by nni-mrs' save_pruned "
-                         f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else 'no detail'})"
+        if isinstance(err, pickle.UnpicklingError):  # torch's message advises unpickling the file's code: do not echo it
+            detail = "it holds pickled Python objects, e.g. a whole model from torch.save(model); only tensors are read"
+        else:
+            detail = re.sub(r"\x1b\[[0-9;]*m", "", str(err).splitlines()[0][:120]) if str(err) else "no detail"
+        raise ValueError(f"{path} is not a model saved by nni-mrs' save_pruned ({type(err).__name__}: {detail})"
                          ) from None
     return model

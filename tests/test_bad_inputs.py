@@ -153,7 +153,8 @@ class DictModel(nn.Module):
 def _api_cases():
     from nni_mrs_plugin import build_model, load_dataset
     from nni_mrs_plugin.attacks import build_attack
-    from nni_mrs_plugin.checkpoint import load_pruned
+    from nni_mrs_plugin.checkpoint import load_pruned, save_pruned
+    from nni_mrs_plugin.nni.speedup import remove_channels
     from nni_mrs_plugin.evaluate import evaluate_robustness
     from nni_mrs_plugin.harp.pruner import HARPPruner
     from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
@@ -176,6 +177,14 @@ def _api_cases():
         ("eval-empty", lambda: evaluate_robustness(linear, [], ["clean"]), "no samples"),
         ("load-not-checkpoint", lambda: load_pruned(Path(__file__)), "test_bad_inputs.py is not a model saved"),
         ("load-missing", lambda: load_pruned("/nonexistent/model.pt"), "does not exist"),
+        ("load-whole-pickled-model", lambda: load_pruned(_pickled_model()), "a whole model from torch.save(model)"),
+        ("save-unknown-name", lambda: save_pruned("/nonexistent/x.pt", small(), "my_cnn"), "unknown model 'my_cnn'"),
+        ("save-other-architecture", lambda: save_pruned("/nonexistent/x.pt", small(), "resnet18"),
+         "cannot rebuild SmallCNN as 'resnet18'"),
+        ("model-misspelt-argument", lambda: build_model("resnet18", num_class=10),
+         "unexpected argument 'num_class'; it takes num_classes, in_channels, mean, std, width"),
+        ("remove-unknown-layer", lambda: remove_channels(small(), [{"op_names": ["classifier.9"], "sparse_ratio": 0.5}],
+                                                         torch.rand(2, 1, 28, 28)), "op_names ['classifier.9'] are not"),
         ("model-name", lambda: build_model("resnet50"), "unknown model 'resnet50'"),
         ("model-width", lambda: build_model("vgg16_bn", width=0), "width must be a number > 0"),
         ("model-classes", lambda: build_model("small_cnn", num_classes=0), "got 0"),
@@ -221,6 +230,16 @@ def _api_cases():
                                                  calibration=(x, y), progress=False, n_samples=8).compress(),
          "cannot remove 0.9000"),
     ]
+
+
+def _pickled_model():
+    """A whole model pickled by torch.save: torch's own error advises unpickling it, which must not be echoed."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(nn.Linear(2, 2), buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def _granularity():

@@ -6,6 +6,7 @@ perturbations to [0, 1]: normalisation outside the model would make epsilon mean
 """
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from typing import Callable, Dict
 
@@ -35,4 +36,12 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
-    return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    try:
+        return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except TypeError as err:  # a misspelt keyword: name what the model takes
+        if "unexpected keyword argument" not in str(err):
+            raise
+        takes = [n for n, p in inspect.signature(factory).parameters.items() if p.kind is p.KEYWORD_ONLY
+                 or p.kind is p.POSITIONAL_OR_KEYWORD]
+        raise ValueError(f"build_model({name!r}): unexpected argument {str(err).split('argument ')[-1]}; it takes "
+                         f"{', '.join(takes)}") from None

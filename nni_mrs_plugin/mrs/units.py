@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..nni.graph import new_users
-from ..nni.speedup import ZERO_KEEPING_CALLS, ZERO_KEEPING_MODULES, group_dependencies, trace
+from ..nni.speedup import ZERO_KEEPING_CALLS, ZERO_KEEPING_MODULES, check_op_names, group_dependencies, trace
 
 __all__ = ["Unit", "Selection", "PRUNABLE_TYPES", "parse_config_list", "normalize_config", "find_units", "output_layers",
            "unfollowable"]
@@ -133,10 +133,7 @@ def parse_config_list(model: nn.Module, config_list: Sequence[Dict[str, Any]]) -
         high = None if high is None else _check_ratio(high, "max_sparse_ratio")
         if low is not None and high is not None and low > high:
             raise ValueError(f"config_list[{index}]: min_sparse_ratio {low} > max_sparse_ratio {high}")
-        unknown = [name for name in config.get("op_names") or [] if name not in modules]
-        if unknown:
-            raise ValueError(f"config_list[{index}]: op_names {unknown} are not layers of {type(model).__name__} "
-                             f"(names come from model.named_modules(), e.g. {list(modules)[1:4]})")
+        check_op_names(model, config, index)
         selected, _, _ = select_modules_by_config(model, config)
         for name in selected:
             settings[name] = (low, high)

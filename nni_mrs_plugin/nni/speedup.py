@@ -26,7 +26,7 @@ from .masks import keep_whole_updater, pruned_layers
 
 __all__ = [
     "TraceError", "trace", "group_dependencies", "compute_masks", "mask_like_removal", "speedup_model",
-    "remove_channels", "output_channel_keep", "recalibrate_batchnorm",
+    "remove_channels", "output_channel_keep", "recalibrate_batchnorm", "check_op_names",
 ]
 
 Masks = Dict[str, Dict[str, torch.Tensor]]
@@ -68,6 +68,16 @@ def trace(model: nn.Module, dummy_input: Any) -> torch.fx.GraphModule:
     finally:
         model.train(was_training)
     return graph_module
+
+
+def check_op_names(model: nn.Module, config: Any, index: int) -> None:
+    """One line for ``op_names`` that are not modules of ``model`` (NNI raises a bare KeyError deep inside)."""
+    modules = dict(model.named_modules())
+    names = config.get("op_names") or [] if isinstance(config, dict) else []
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        raise ValueError(f"config_list[{index}]: op_names {unknown} are not layers of {type(model).__name__} "
+                         f"(names come from model.named_modules(), e.g. {list(modules)[1:4]})")
 
 
 def group_dependencies(model: nn.Module, config_list: List[Dict[str, Any]], dummy_input: Any,
@@ -230,6 +240,8 @@ def remove_channels(model: nn.Module, config_list: List[Dict[str, Any]], dummy_i
 
     Returns the (smaller) model and the masks that were applied.
     """
+    for index, config in enumerate(config_list):
+        check_op_names(model, config, index)
     grouped = group_dependencies(model, config_list, dummy_input)
     if not grouped:
         raise ValueError(f"config_list {config_list} selects no layer of {type(model).__name__}")
