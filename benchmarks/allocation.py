@@ -50,6 +50,7 @@ from nni_mrs_plugin.data import load_dataset
 from nni_mrs_plugin.evaluate import count_flops, count_params, evaluate_robustness
 from nni_mrs_plugin.models import build_model
 from nni_mrs_plugin.mrs.baselines import baseline_masks
+from nni_mrs_plugin.mrs.curves import DEFAULT_RATIOS
 from nni_mrs_plugin.nni.registry import get_pruner
 from nni_mrs_plugin.nni.speedup import recalibrate_batchnorm, speedup_model
 from nni_mrs_plugin.train.fit import fit
@@ -457,7 +458,7 @@ def curve_plot(results: List[dict], out: Path, plt) -> Optional[Path]:
     if not measured:
         return None
     shown = measured[0]
-    grid = [round(0.1 * (i + 1), 1) for i in range(len(next(iter(shown["curves"].values()))))]
+    grid = list(DEFAULT_RATIOS)  # the benchmark's rows measure the allocator's default grid
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = plt.cm.viridis([i / max(1, len(shown["curves"]) - 1) for i in range(len(shown["curves"]))])
     for colour, (unit, curve) in zip(colours, shown["curves"].items()):
