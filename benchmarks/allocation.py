@@ -429,20 +429,20 @@ def rank_correlation(xs: List[float], ys: List[float]) -> float:
 def carry_over(results: List[dict]) -> str:
     """Per model and target, the mean over seeds of Spearman's rho between the rows' PGD-20 right after pruning and
     after fine-tuning: near 1, fine-tuning keeps the order the allocation made; near 0, it erases it."""
-    groups: Dict[Tuple[str, float], List[float]] = {}
+    groups: Dict[Tuple[str, float], List[Tuple[float, int]]] = {}  # (rho, rows) per seed
     for key in sorted({(r["model"], r["target"], r["seed"]) for r in results}):
         rows = [r for r in results if (r["model"], r["target"], r["seed"]) == key]
         if len(rows) >= 3:
             rho = rank_correlation([r["pruned"]["pgd20"] for r in rows], [r["finetuned"]["pgd20"] for r in rows])
             if math.isfinite(rho):
-                groups.setdefault(key[:2], []).append(rho)
+                groups.setdefault(key[:2], []).append((rho, len(rows)))
     if not groups:
         return ""
-    lines = ["| model | target | seeds | rows per seed | Spearman's rho, mean (range) |", "|---|---|---:|---:|---|"]
-    for (model, target), rhos in sorted(groups.items()):
-        per_seed = len([r for r in results if r["model"] == model and r["target"] == target]) / len(rhos)
-        lines.append(f"| {model} | {target} | {len(rhos)} | {per_seed:.0f} | {sum(rhos) / len(rhos):+.2f} "
-                     f"({min(rhos):+.2f} to {max(rhos):+.2f}) |")
+    lines = ["| model | target | seeds | rows per seed | Spearman's rho, mean (range) |", "|---|---|---:|---|---|"]
+    for (model, target), seeds in sorted(groups.items()):
+        rhos, counts = [rho for rho, _ in seeds], sorted({n for _, n in seeds})
+        lines.append(f"| {model} | {target} | {len(rhos)} | {'/'.join(map(str, counts))} | "
+                     f"{sum(rhos) / len(rhos):+.2f} ({min(rhos):+.2f} to {max(rhos):+.2f}) |")
     return ("Does fine-tuning keep the order right after pruning? PGD-20 right after pruning against after "
             "fine-tuning, rank correlation over the rows of each seed:\n\n" + "\n".join(lines) + "\n")
 
