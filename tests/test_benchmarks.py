@@ -191,6 +191,43 @@ def test_allocation_benchmark_says_whether_fine_tuning_keeps_the_order_after_pru
     assert path == tmp_path / "vgg16_bn-curves.png" and path.stat().st_size > 10_000
 
 
+def test_joint_removal_of_one_unit_is_its_curve_and_the_table_ranks_rows(fashion, calibration, monkeypatch):
+    """allocation_joint.py compares the budget rule's sum of single-unit curves with removing every unit at once;
+    that comparison holds only if its removal of one unit alone is exactly what the curves measured."""
+    from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
+    from nni_mrs_plugin.mrs.calibration import mean_loss
+    from nni_mrs_plugin.mrs.curves import prune_count
+    from conftest import make_model
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports allocation.py, as when run from benchmarks/
+    joint = load_script("allocation_joint")
+    model = make_model("small_cnn").eval()
+    ratios = (0.25, 0.5, 0.75)
+    allocator = MRSSparsityAllocator(rule="budget", criterion="l1", n_samples=64, seed=3, progress=False,
+                                     ratios=ratios, recalibrate=True)
+    result = allocator.allocate(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], calibration)
+    x, x_adv, y = allocator.calibration_set(model, calibration)
+    _, units, _, _ = allocator.units(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], x[:1])
+    base = float(mean_loss(model, x_adv, y))
+    for unit in units:
+        for i, ratio in enumerate(ratios):
+            alone = joint.joint_rise(model, {unit: prune_count(unit, ratio)}, x, x_adv, y, base)
+            assert alone == pytest.approx(result.curves[unit.name][i], abs=1e-5), (unit.name, ratio)
+    joint.joint_rise(model, {u: prune_count(u, 0.75) for u in units}, x, x_adv, y, base)
+    assert float(mean_loss(model, x_adv, y)) == base  # the model is restored
+
+    def entry(row, seed, predicted, joint_rise, acc):
+        return {"model": "m", "target": 0.9, "seed": seed, "row": row, "predicted": predicted, "joint": joint_rise,
+                "pruned_pgd20": acc}
+
+    rows = joint.ROWS[:3]
+    entries = [entry(r, s, p, j, a) for s in (0, 1) for r, p, j, a in zip(rows, (0.1, 0.2, 0.3), (3, 2, 1),
+                                                                               (0.01, 0.02, 0.03))]
+    text = joint.table(entries)
+    assert "| m | 0.9 | uniform-l1 | 2 | 0.100 | 3.000 | 1.00 |" in text
+    assert "| m | 2 | -1.00 | +1.00 | -1.00 |" in text  # the prediction orders them backwards, the joint rise right
+
+
 def test_allocation_benchmark_select_shards_partition_the_rows():
     allocation = load_script("allocation")
     every = allocation.select_rows(list(allocation.CANDIDATES))

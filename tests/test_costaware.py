@@ -10,7 +10,7 @@ from torch import nn
 from nni_mrs_plugin.evaluate import count_flops
 from nni_mrs_plugin.mrs import allocation as power_rule
 from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
-from nni_mrs_plugin.mrs.costaware import allocate_by_curves, convex_curve
+from nni_mrs_plugin.mrs.costaware import allocate_by_curves, convex_curve, predicted_rise
 from nni_mrs_plugin.mrs.cost import CostModel
 from nni_mrs_plugin.mrs.curves import loss_curves
 from nni_mrs_plugin.mrs.pruner import MRSPruner
@@ -129,6 +129,17 @@ def test_convex_curve_is_monotone_convex_and_through_the_origin():
     slopes = [(y1 - y0) / (x1 - x0) for (x0, y0), (x1, y1) in zip(hull, hull[1:])]
     assert all(s >= 0 for s in slopes) and slopes == sorted(slopes), hull
     assert convex_curve([(0.5, -1.0)]) == [(0.0, 0.0), (0.5, 0.0)]
+
+
+def test_predicted_rise_is_the_objective_the_budget_rule_minimises():
+    ratios = (0.25, 0.5, 0.75)
+    curves = {"a": [0.1, 0.2, 0.9], "b": [-0.1, 0.4, 0.3]}
+    assert predicted_rise(curves, ratios, {"a": 0.5, "b": 0.0}) == pytest.approx(0.2)
+    # b is floored and made monotone (0, 0, 0.4, 0.4), then convex: the chord from (0.25, 0) to (0.75, 0.4)
+    assert predicted_rise(curves, ratios, {"a": 0.75, "b": 0.5}) == pytest.approx(0.9 + 0.2)
+    assert predicted_rise(curves, ratios, {"a": 0.25}) == pytest.approx(0.1)  # a unit left out adds nothing
+    with pytest.raises(ValueError, match=r"no sensitivity curve for units \['c'\]"):
+        predicted_rise(curves, ratios, {"c": 0.5})
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -18,7 +18,7 @@ from .cost import CostModel
 from .curves import check_ratios
 from .units import Unit
 
-__all__ = ["convex_curve", "allocate_by_curves"]
+__all__ = ["convex_curve", "predicted_rise", "allocate_by_curves"]
 
 
 def convex_curve(points: Sequence[Tuple[float, float]]) -> List[Tuple[float, float]]:
@@ -47,6 +47,17 @@ def _interpolate(hull: Sequence[Tuple[float, float]], ratio: float) -> float:
             return y0 + (y1 - y0) * (ratio - x0) / max(x1 - x0, 1e-12)
     (x0, y0), (x1, y1) = hull[-2], hull[-1]  # beyond the grid: the last slope
     return y1 + (y1 - y0) / max(x1 - x0, 1e-12) * (ratio - x1)
+
+
+def predicted_rise(curves: Mapping[str, Sequence[float]], ratios: Sequence[float],
+                   chosen: Mapping[str, float]) -> float:
+    """The objective the ``budget`` rule minimises, sum_u Delta L_u(r_u), at any per-unit ratios ``chosen`` (the
+    convex curves, as the rule sees them): lets a benchmark ask whether it predicts what the pruned model does."""
+    ratios = check_ratios(ratios)
+    missing = sorted(set(chosen) - set(curves))
+    if missing:
+        raise ValueError(f"no sensitivity curve for units {missing}")
+    return sum(_interpolate(convex_curve(list(zip(ratios, curves[name]))), float(r)) for name, r in chosen.items())
 
 
 def _candidates(unit: Unit, steps: int) -> List[int]:
