@@ -143,7 +143,7 @@ def test_predicted_rise_is_the_objective_the_budget_rule_minimises():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"rule": "greedy"}, "unknown allocation rule 'greedy'; choose one of power, budget"),
+    ({"rule": "greedy"}, "unknown allocation rule 'greedy'; choose one of power, budget, joint"),
     ({"rule": "budget", "estimator": "weight"}, "needs estimator='curve'"),
     ({"rule": "budget", "ratios": [0.5, 1.2]}, "curve ratios must be a non-empty list of numbers in (0, 1)"),
 ])
