@@ -42,10 +42,14 @@ class JointLoss:
         self.x, self.x_adv, self.y, self.batch_size = x, x_adv, y, batch_size
         self.criterion, self.grads, self.recalibrate = criterion, grads, recalibrate
         self.calls = 0
-        modules = dict(model.named_modules())
-        # masks depend on one unit's count only: rank each unit's channels once, on the unpruned weights
-        self._rank: Callable[[str, int], Dict] = lambda name, count: unit_keep_masks(
-            modules, self.units[name], count, criterion, grads)
+        self._modules = dict(model.named_modules())
+        self._masks: Dict[Tuple[str, int], Dict] = {}  # a unit's masks depend on its own count only
+
+    def _unit_masks(self, name: str, count: int) -> Dict[str, Dict[str, torch.Tensor]]:
+        if (name, count) not in self._masks:  # ranked on the unpruned weights: every call restores them
+            self._masks[(name, count)] = unit_keep_masks(self._modules, self.units[name], count, self.criterion,
+                                                         self.grads)
+        return self._masks[(name, count)]
 
     @torch.no_grad()
     def __call__(self, counts: Mapping[str, int]) -> float:
@@ -55,7 +59,7 @@ class JointLoss:
         masks: Dict[str, Dict[str, torch.Tensor]] = {}
         for name, count in counts.items():
             if count > 0:
-                masks.update(self._rank(name, count))
+                masks.update(self._unit_masks(name, count))
         try:
             model.eval()
             if masks:
