@@ -64,6 +64,8 @@ CANDIDATES: Dict[str, Dict[str, Any]] = {
     "power-feature": {"rule": "power", "estimator": "feature", "tau": 1.0},
     "budget-curve": {"rule": "budget", "estimator": "curve"},
     "budget-curve-bn": {"rule": "budget", "estimator": "curve", "recalibrate": True},
+    # the budget rule's trade measured on the model pruned everywhere so far (NetAdapt's greedy), not summed curves
+    "joint-bn": {"rule": "joint", "recalibrate": True},
     # the attack re-run on every pruned model instead of the dense model's X': does the cheap fixed X' suffice?
     "budget-curve-reattack": {"rule": "budget", "estimator": "curve", "reattack": True},
 }

@@ -2,10 +2,10 @@
 
 The ``budget`` rule minimises sum_u Delta L_u(r_u): each unit's loss rise measured with every other unit intact.
 For every report row of an allocation run (``benchmarks/allocation.py``) whose channels are ranked by L1 inside
-each unit (``uniform-l1``, ``power-feature-l1``, ``budget-curve-bn-l1``, ``l1-global``), this script removes all
-of the row's channels at once from the dense model, the way the curves remove one unit's (removal-equivalent
-masking, then adaptive BN on the same 512 clean samples), and measures the rise of the adversarial loss on the same
-X'. Next to it: the sum the rule predicts from that seed's budget-row curves, and the row's test PGD-20 right
+each unit (``uniform-l1``, ``power-feature-l1``, ``budget-curve-bn-l1``, ``joint-bn-l1``, ``l1-global``), this
+script removes all of the row's channels at once from the dense model, the way the curves remove one unit's
+(removal-equivalent masking, then adaptive BN on the same 512 clean samples), and measures the rise of the
+adversarial loss on the same X'. Next to it: the sum the rule predicts from that seed's budget-row curves, and the row's test PGD-20 right
 after pruning. Forward passes and one calibration attack per (model, seed): minutes on one CPU thread.
 
     python benchmarks/allocation_joint.py --output benchmarks/results/allocation-cpu   # writes joint.json, joint.md
@@ -33,7 +33,7 @@ from nni_mrs_plugin.mrs.curves import DEFAULT_RATIOS, prune_count
 from nni_mrs_plugin.mrs.importance import unit_keep_masks
 from nni_mrs_plugin.nni.speedup import mask_like_removal, recalibrate_batchnorm
 
-ROWS = ("uniform-l1", "power-feature-l1", "budget-curve-bn-l1", "l1-global")
+ROWS = ("uniform-l1", "power-feature-l1", "budget-curve-bn-l1", "joint-bn-l1", "l1-global")
 CURVES = "budget-curve-bn-l1"  # the row whose measured curves (adaptive BN in every probe) make the prediction
 
 

@@ -19,20 +19,23 @@ from nni_mrs_plugin.nni.speedup import speedup_model
 GRID = (0.25, 0.5, 0.75)
 
 
+@pytest.mark.parametrize("rule, options", [("budget", {"ratios": GRID}), ("joint", {"criterion": "l1", "rounds": 4})])
 @pytest.mark.parametrize("name", sorted(MODEL_SHAPES))
-def test_budget_rule_meets_the_budget_after_real_removal(name):
+def test_cost_aware_rules_meet_the_budget_after_real_removal(name, rule, options):
+    """Both cost-aware rules (``budget`` here, ``joint`` in mrs/joint.py) on the four shipped architectures."""
     model = make_model(name)
     x = dummy_input(name, batch=8)
     y = torch.arange(8) % 10
     before = count_flops(copy.deepcopy(model), x[:1])
     pruner = MRSPruner(model, [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.6}], calibration=(x, y),
-                       rule="budget", n_samples=8, ratios=GRID, progress=False)
+                       rule=rule, n_samples=8, progress=False, **options)
     _, masks = pruner.compress()
     pruner.unwrap_model()
     speedup_model(model, masks, x[:1])
     removed = 1 - count_flops(model, x[:1]) / before
-    assert pruner.allocation.rule == "budget" and set(pruner.allocation.curves) == {
-        row.unit for row in pruner.allocation.report}
+    assert pruner.allocation.rule == rule and pruner.allocation.measured
+    if rule == "budget":
+        assert set(pruner.allocation.curves) == {row.unit for row in pruner.allocation.report}
     assert abs(removed - 0.6) <= 0.01, (removed, pruner.allocation.table())
 
 
@@ -61,8 +64,8 @@ def _units_and_cost():
 
 def test_budget_prunes_the_expensive_unit_where_power_prunes_the_cheap_critical_one():
     """Per unit of ratio the cheap unit is more sensitive (curve r) than the expensive one (0.8 r); per unit of FLOPs
-    saved it is ~80 times more. The power rule only sees the ratios and cuts the cheap unit by a third for 1% of the FLOPs; the budget rule takes
-    the FLOPs where they cost least loss."""
+    saved it is ~80 times more. The power rule only sees the ratios and cuts the cheap unit by a third for 1% of
+    the FLOPs; the budget rule takes the FLOPs where they cost least loss."""
     _, units, cost, _ = _units_and_cost()
     ratios = (0.1, 0.3, 0.5, 0.7, 0.9)
     curves = {"cheap": [1.0 * r for r in ratios], "expensive": [0.8 * r for r in ratios]}
@@ -143,7 +146,7 @@ def test_predicted_rise_is_the_objective_the_budget_rule_minimises():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"rule": "greedy"}, "unknown allocation rule 'greedy'; choose one of power, budget"),
+    ({"rule": "greedy"}, "unknown allocation rule 'greedy'; choose one of power, budget, joint"),
     ({"rule": "budget", "estimator": "weight"}, "needs estimator='curve'"),
     ({"rule": "budget", "ratios": [0.5, 1.2]}, "curve ratios must be a non-empty list of numbers in (0, 1)"),
 ])

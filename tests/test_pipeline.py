@@ -51,6 +51,8 @@ def test_shipped_configs_load():
     ({"pruning": {"rule": "budget", "estimator": "feature"}},
      "pruning.rule: rule='budget' trades per-unit loss curves against cost: it needs estimator='curve'"),
     ({"pruning": {"rule": "knapsack", "estimator": "curve"}}, "unknown allocation rule 'knapsack'"),
+    ({"pruning": {"rule": "joint", "rounds": 0}}, "pruning.rounds: rounds must be a positive integer, got 0"),
+    ({"pruning": {"rule": "joint", "estimator": "curve"}}, "pruning.rule: rule='joint' measures the jointly pruned"),
 ])
 def test_config_errors_name_the_key(data, message):
     with pytest.raises(ConfigError) as info:
@@ -65,6 +67,7 @@ def test_config_estimator_null_is_the_rules_own_as_in_python():
     assert budget.pruning.estimator_name() == "curve"
     probe = load_config(None, {"pruning.rule": "budget", "pruning.estimator": "probe"})
     assert probe.pruning.estimator_name() == "probe"
+    assert load_config(None, {"pruning.rule": "joint"}).pruning.estimator_name() == "probe"
     # a run folder made when the default was spelled out (estimator: feature) resumes under null
     named = load_config(None, {"pruning.estimator": "feature"})
     assert named.fingerprint_dict() == shipped.fingerprint_dict() != budget.fingerprint_dict()
@@ -159,6 +162,15 @@ def test_budget_rule_runs_from_the_config(tmp_path):
     assert abs(removed - 0.6) <= 0.01
     allocation = json.loads((tmp_path / "run" / "allocation.json").read_text())
     assert allocation["rule"] == "budget" and len(allocation["ratios"]) == 9 and allocation["curves"]
+
+
+def test_joint_rule_runs_from_the_config(tmp_path):
+    config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"rule": "joint", "rounds": 3, "recalibrate": True,
+                                                             "target": 0.6})
+    state = Pipeline(config).run(until="speedup")["stages"]
+    removed = 1 - state["speedup"]["pruned"]["flops"] / state["pretrain"]["dense"]["flops"]
+    assert abs(removed - 0.6) <= 0.01
+    assert json.loads((tmp_path / "run" / "allocation.json").read_text())["rule"] == "joint"
 
 
 def test_pipeline_stops_and_resumes_between_stages(tmp_path):

@@ -99,8 +99,8 @@ class TrainingSection:
 
 
 # (section, key) -> default, for keys added after run folders existed; see Config.fingerprint_dict
-ADDED_KEYS: Dict[Tuple[str, str], Any] = {("pruning", "rule"): "power", ("pruning", "recalibrate"): False,
-                                          ("data", "normalization"): None, ("pruning", "epochs"): 1}
+ADDED_KEYS: Dict[Tuple[str, str], Any] = {("pruning", "rule"): "power", ("pruning", "recalibrate"): False, ("pruning",
+                                          "rounds"): 10, ("data", "normalization"): None, ("pruning", "epochs"): 1}
 
 
 @dataclass
@@ -111,8 +111,9 @@ class PruningSection:
     estimator: Optional[str] = None  # null: the rule's own (power: feature, chosen on validation; budget: curve)
     criterion: str = "taylor"  # channels inside a unit; chosen on validation with the estimator
     tau: float = 0.0  # uniform ratios: no MRS allocation beat them on validation (BENCHMARKS.md); 1.0: by MRS
-    rule: str = "power"  # 'power': ratios from one MRS per unit; 'budget': loss curves traded against cost
+    rule: str = "power"  # 'power': one MRS per unit; 'budget': loss curves vs cost; 'joint': measured step by step
     recalibrate: bool = False  # probe/curve estimators: re-estimate BatchNorm statistics on each pruned model
+    rounds: int = 10  # rule 'joint': measured steps to the target
     rho: float = 0.1
     steps: int = 5
     samples: int = 512
@@ -144,7 +145,7 @@ class PruningSection:
         _constructor_checks(key, self, lambda: ESTIMATORS["weight"](rho=self.rho, steps=self.steps))  # its keys
         _constructor_checks(key, self, lambda: MRSSparsityAllocator(
             self.estimator_name(), self.budget, self.tau, rule=self.rule, criterion=self.criterion, eps=self.eps,
-            r_max=self.r_max, progress=False, **options))
+            r_max=self.r_max, progress=False, rounds=self.rounds, **options))
 
 
 @dataclass

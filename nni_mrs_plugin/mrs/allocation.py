@@ -19,7 +19,8 @@ from .units import Unit, find_units, parse_config_list
 __all__ = ["UnitReport", "Allocation", "allocate", "refine", "check_target", "check_reachable", "weights_from_scores",
            "budget_units", "build_allocation", "check_selection_reachable", "RULES"]
 
-RULES = ("power", "budget")  # the allocation rules: sensitivity -> ratios (power), curves + cost -> counts (budget)
+RULES = ("power", "budget", "joint")  # sensitivity -> ratios (power); curves + cost -> counts (budget);
+# the loss of the model pruned so far + cost -> counts, step by step (joint)
 
 
 @dataclass

@@ -3,8 +3,9 @@
 selection (NNI config_list) -> units (dependency groups) -> calibration X' (torchattacks) -> MRS per unit
 -> ratios meeting the global budget on the predicted sped-up model -> config_list any NNI pruner accepts.
 
-Two rules turn sensitivity into ratios: ``power`` (r_u proportional to (mean m / m_u) ** tau, ``allocation``)
-and ``budget`` (per-unit loss curves traded against what each unit's channels cost, ``costaware``).
+Three rules turn sensitivity into ratios: ``power`` (r_u proportional to (mean m / m_u) ** tau, ``allocation``),
+``budget`` (per-unit loss curves traded against what each unit's channels cost, ``costaware``) and ``joint``
+(the same trade, each step measured on the model pruned everywhere so far, ``joint``).
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from . import allocation, costaware
+from . import allocation, costaware, joint
 from ..attacks import PixelSpace, build_attack, check_eps, check_pixel_range, default_eps
 from .calibration import adversarial_examples, collect_samples
 from .cost import BUDGETS, CostModel
+from .importance import weight_gradients
 from .sensitivity import CRITERIA, ESTIMATORS, Estimator, build_estimator, curve_scores
 from .units import Unit
 
@@ -24,9 +26,10 @@ __all__ = ["MRSSparsityAllocator", "default_estimator"]
 
 
 def default_estimator(rule: str) -> str:
-    """The estimator a rule reads when none is named: ``budget`` needs loss curves; for ``power``, ``feature`` was
-    chosen on the allocation benchmark's validation split (BENCHMARKS.md)."""
-    return "curve" if rule == "budget" else "feature"
+    """The estimator a rule reads when none is named: ``budget`` needs loss curves, ``joint`` the probe's removal
+    (its criterion and adaptive BN); for ``power``, ``feature`` was chosen on the allocation benchmark's validation
+    split (BENCHMARKS.md)."""
+    return {"budget": "curve", "joint": "probe"}.get(rule, "feature")
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -48,7 +51,7 @@ class MRSSparsityAllocator:
                  criterion: str = "taylor", attack: Any = None, attack_kwargs: Optional[Dict[str, Any]] = None,
                  eps: Optional[float] = None, n_samples: int = 512, batch_size: int = 256, seed: int = 0,
                  r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01, progress: bool = True,
-                 normalization: Optional[tuple] = None, **estimator_options: Any):
+                 normalization: Optional[tuple] = None, rounds: int = 10, **estimator_options: Any):
         if budget not in BUDGETS:
             raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
         if rule not in allocation.RULES:
@@ -68,11 +71,17 @@ class MRSSparsityAllocator:
         allocation.weights_from_scores({}, tau)  # validates tau
         if estimator in ("probe", "curve"):
             estimator_options.setdefault("criterion", criterion)
+        if rule == "joint":
+            if estimator != "probe" and getattr(estimator, "name", None) != "probe":
+                raise ValueError(f"rule='joint' measures the jointly pruned model with the probe's removal: it needs "
+                                 f"estimator='probe' (or None), got {getattr(estimator, 'name', estimator)!r}")
+            if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+                raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
         self.estimator = build_estimator(estimator, batch_size=batch_size, progress=progress, **estimator_options)
         if rule == "budget" and not hasattr(self.estimator, "curves"):
             raise ValueError(f"rule='budget' trades per-unit loss curves against cost: it needs estimator='curve' "
                              f"(or 'probe'), got {self.estimator.name!r}")
-        self.budget, self.tau, self.criterion, self.rule = budget, tau, criterion, rule
+        self.budget, self.tau, self.criterion, self.rule, self.rounds = budget, tau, criterion, rule, rounds
         self.attack, self.attack_kwargs, self.eps = attack, dict(attack_kwargs or {}), eps
         self.n_samples, self.batch_size, self.seed = n_samples, batch_size, seed
         self.r_min, self.r_max, self.tolerance, self.progress = r_min, r_max, tolerance, progress
@@ -130,6 +139,8 @@ class MRSSparsityAllocator:
         self.dummy_input = dummy_input  # what the units and costs were measured on (the pruner's dry run reuses it)
         self.adversarial_data = None
         target, units, skipped, graph_module = self.units(model, config_list, dummy_input)
+        if self.rule == "joint":
+            return self._allocate_jointly(model, units, skipped, graph_module, target, calibration, dummy_input)
         if self.rule == "budget" and curves is not None:
             scores = curve_scores(curves)
         uniform = scores is None and self.rule == "power" and self.tau == 0
@@ -151,6 +162,27 @@ class MRSSparsityAllocator:
         if curves:
             result.curves = {name: [float(v) for v in curve] for name, curve in curves.items()}
             result.ratios = list(getattr(self.estimator, "ratios", ()))
+        return result
+
+    def _allocate_jointly(self, model, units, skipped, graph_module, target, calibration, dummy_input):
+        """The ``joint`` rule: the probe's removal (criterion, adaptive BN) measured on the model pruned everywhere
+        so far, step by step; the scores reported are each unit's last measured loss rise per budget saved."""
+        x, x_adv, y = self.calibration_set(model, calibration)
+        self.adversarial_data = (x_adv, y)
+        probe = self.estimator
+        probe.gradients = {}
+        if probe.criterion == "taylor":  # ranked on adversarial gradients of the unpruned model, as the pruner does
+            probe.gradients = weight_gradients(model, [layer for unit in units for layer in unit.layers], x_adv, y,
+                                               self.batch_size)
+        loss = joint.JointLoss(model, units, x, x_adv, y, probe.criterion, graph_module, probe.gradients,
+                               probe.recalibrate, self.batch_size)
+        cost = CostModel(model, graph_module, units, dummy_input)
+        with torch.random.fork_rng(devices=[x_adv.device] if x_adv.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            pruned, rates = joint.allocate_jointly(units, loss, cost, target, self.budget, self.tolerance,
+                                                   self.rounds, self.progress)
+        result = self.report(units, rates, pruned, cost, target, skipped)
+        result.rule, result.measured = self.rule, True
         return result
 
     def report(self, units: Sequence[Unit], scores: Mapping[str, float], pruned: Mapping[str, int],
