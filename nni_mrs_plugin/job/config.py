@@ -99,8 +99,8 @@ class TrainingSection:
 
 
 # (section, key) -> default, for keys added after run folders existed; see Config.fingerprint_dict
-ADDED_KEYS: Dict[Tuple[str, str], Any] = {("pruning", "rule"): "power", ("pruning", "recalibrate"): False, ("pruning",
-                                          "rounds"): 10, ("data", "normalization"): None, ("pruning", "epochs"): 1}
+ADDED_KEYS: Dict[Tuple[str, str], Any] = {("pruning", "rule"): "power", ("pruning", "recalibrate"): False,
+    ("pruning", "rounds"): 10, ("data", "normalization"): None, ("pruning", "epochs"): 1}
 
 
 @dataclass

@@ -224,8 +224,8 @@ class Pipeline:
         cfg = self.config.pruning
         offered = {"calibration": self.loaders[0], "estimator": cfg.estimator_name(), "criterion": cfg.criterion,
                    "tau": cfg.tau, "rule": cfg.rule, "rounds": cfg.rounds, "eps": self.eps(cfg.eps),
-                   "n_samples": cfg.samples,
-                   "progress": self.config.progress, "normalization": _normalization(self.config),
+                   "n_samples": cfg.samples, "progress": self.config.progress,
+                   "normalization": _normalization(self.config),
                    "estimator_options": {name: getattr(cfg, name) for name in ESTIMATORS[cfg.estimator_name()].options},
                    # pruners that train to choose (harp): the fine-tuning objective, resumable in the run folder
                    "train_data": self.loaders[0], "trainer": self.trainer(self.config.finetune),
