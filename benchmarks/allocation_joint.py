@@ -30,28 +30,18 @@ from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
 from nni_mrs_plugin.mrs.calibration import mean_loss
 from nni_mrs_plugin.mrs.costaware import predicted_rise
 from nni_mrs_plugin.mrs.curves import DEFAULT_RATIOS, prune_count
-from nni_mrs_plugin.mrs.importance import unit_keep_masks
-from nni_mrs_plugin.nni.speedup import mask_like_removal, recalibrate_batchnorm
+from nni_mrs_plugin.mrs.joint import JointLoss
+from nni_mrs_plugin.nni.speedup import trace
 
 ROWS = ("uniform-l1", "power-feature-l1", "budget-curve-bn-l1", "joint-bn-l1", "l1-global")
 CURVES = "budget-curve-bn-l1"  # the row whose measured curves (adaptive BN in every probe) make the prediction
 
 
-@torch.no_grad()
 def joint_rise(model: torch.nn.Module, counts: Dict, x, x_adv, y, base: float) -> float:
-    """Loss rise on X' with ``counts[unit]`` channels per block of every unit removed at once; model restored."""
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    modules = dict(model.named_modules())
-    masks: Dict[str, Dict[str, torch.Tensor]] = {}
-    for unit, count in counts.items():
-        masks.update(unit_keep_masks(modules, unit, count, "l1"))
-    try:
-        mask_like_removal(model, masks, x[:1])
-        recalibrate_batchnorm(model, x)
-        model.eval()
-        return float(mean_loss(model, x_adv, y)) - base
-    finally:
-        model.load_state_dict(state)
+    """Loss rise on X' with ``counts[unit]`` channels per block of every unit removed at once (L1 channels, adaptive
+    BN on ``x``): the ``joint`` rule's own measurement, ``JointLoss``; the model is restored."""
+    measure = JointLoss(model, list(counts), x, x_adv, y, "l1", trace(model, x[:1]), recalibrate=True)
+    return measure({unit.name: count for unit, count in counts.items()}) - base
 
 
 def measure(out: Path, model_name: str, seed: int, results: List[dict], train) -> List[dict]:
