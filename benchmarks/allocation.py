@@ -26,7 +26,10 @@ and plots (accuracy against FLOPs removed, per-unit ratios, the measured per-uni
     bash benchmarks/results/allocation-cpu/run.sh    # the recorded CPU run: 2 processes, resumes from git
 
 Every finished piece (dense model, row) is a file in ``--output``; rerunning the same command skips them, and an
-interrupted fine-tuning resumes from its last epoch. ``--summary-only`` rebuilds tables and plots.
+interrupted fine-tuning resumes from its last epoch. ``--summary-only`` rebuilds tables and plots. The folder's
+``settings.json`` keeps the recipe (``RECIPE``) its rows were measured with; another recipe is refused.
+``--finetune-method fast`` fine-tunes with FGSM + random start instead of PGD (the 3-hour CPU configuration,
+``benchmarks/results/allocation-cpu-w0.0625-fast/run.sh``).
 """
 from __future__ import annotations
 
@@ -196,8 +199,33 @@ def rounded(value: Any) -> Any:
     return {k: rounded(v) for k, v in value.items()} if isinstance(value, dict) else round(value, 1)
 
 
-def trainer(args) -> AdversarialTrainer:
+def trainer(args, dense: bool = False) -> AdversarialTrainer:
+    """PGD-AT for the dense fits; the fine-tuning (and HARP's learning) objective is ``--finetune-method``:
+    'fast' (FGSM with random start, Wong et al. 2020) makes each step 2 passes instead of PGD's steps + 1."""
+    if not dense and getattr(args, "finetune_method", "pgd") == "fast":
+        return AdversarialTrainer("fast", eps=EPS)
     return AdversarialTrainer("pgd", eps=EPS, steps=args.train_steps)
+
+
+# what a row's numbers depend on besides its name, model, seed and target: rows measured under other settings
+# must not be mixed into one folder's tables
+RECIPE = ("train_size", "val_size", "test_size", "aa", "train_steps", "pretrain_epochs", "pretrain_lr",
+          "finetune_epochs", "finetune_lr", "finetune_method", "harp_epochs", "select")
+
+
+def check_settings(out: Path, args) -> Optional[str]:
+    """None, after recording the recipe in ``settings.json`` the first time; else the one-line reason why this
+    invocation's settings differ from those the folder's rows were measured with."""
+    path = out / "settings.json"
+    mine = {k: getattr(args, k) for k in RECIPE}
+    if not path.is_file():
+        atomic_json(path, mine)
+        return None
+    theirs = dict({"finetune_method": "pgd"}, **json.loads(path.read_text()))  # folders older than the option
+    differ = [f"--{k.replace('_', '-')} {mine[k]} (the folder's: {theirs.get(k)})" for k in RECIPE
+              if mine[k] != theirs.get(k)]
+    return (f"{out} holds rows measured with other settings: {', '.join(differ)}; use another --output or the "
+            f"folder's settings ({path})") if differ else None
 
 
 def dense_model(out: Path, model_name: str, width: float, seed: int, data, args) -> Path:
@@ -209,8 +237,8 @@ def dense_model(out: Path, model_name: str, width: float, seed: int, data, args)
     torch.manual_seed(seed)
     model = build_model(model_name, in_channels=1, width=width)
     fit(model, DataLoader(train, batch_size=128, shuffle=True), DataLoader(val, batch_size=500),
-        args.pretrain_epochs, trainer(args), lr=args.pretrain_lr, checkpoint_dir=out / "pretrain", resume=True,
-        seed=seed, device=args.device, val_samples=1000, progress=False,
+        args.pretrain_epochs, trainer(args, dense=True), lr=args.pretrain_lr, checkpoint_dir=out / "pretrain",
+        resume=True, seed=seed, device=args.device, val_samples=1000, progress=False,
         on_epoch=epoch_line(f"[dense] {model_name} seed {seed}", args.pretrain_epochs))
     save_pruned(path, model.cpu(), model_name, in_channels=1, width=width)
     return path
@@ -494,7 +522,7 @@ def curve_plot(results: List[dict], out: Path, plt) -> Optional[Path]:
 
 
 # -- driver ---------------------------------------------------------------------------------------------------
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="runs/allocation")
     parser.add_argument("--models", nargs="+", default=["vgg16_bn", "resnet18"])
@@ -512,6 +540,9 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain-lr", type=float, default=0.05)
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--finetune-lr", type=float, default=0.01)
+    parser.add_argument("--finetune-method", default="pgd", choices=["pgd", "fast"],
+                        help="adversarial fine-tuning (and HARP's objective): PGD with --train-steps, or fast "
+                             "(FGSM with random start, about a third of PGD-5's cost); dense fits stay PGD")
     parser.add_argument("--harp-epochs", type=int, default=1, help="passes over the training set for the harp row")
     parser.add_argument("--select", type=int, default=2, help="MRS candidates kept for the report")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES),
@@ -528,6 +559,11 @@ def main(argv=None) -> int:
                              "and report phases, for parallel processes; then one unsharded run writes the choices")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--summary-only", action="store_true")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if len(args.widths) != len(args.models):
         parser.error(f"--widths needs one value per model ({len(args.models)}), got {args.widths}")
@@ -538,6 +574,10 @@ def main(argv=None) -> int:
         parser.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    if not args.summary_only:
+        problem = check_settings(out, args)
+        if problem:
+            parser.error(problem)
     started = time.time()
     data = splits(args.train_size, args.val_size, args.test_size)
     widths = dict(zip(args.models, args.widths))

@@ -236,6 +236,35 @@ def test_allocation_benchmark_select_shards_partition_the_rows():
     assert sorted(shards[0] + shards[1]) == sorted(every) and not set(shards[0]) & set(shards[1])
 
 
+def test_allocation_benchmark_fast_fine_tuning_and_a_folder_keeps_one_recipe(tmp_path, capsys):
+    """--finetune-method fast fine-tunes (and trains HARP) with FGSM + random start while dense fits stay PGD; a
+    folder remembers the recipe its rows were measured with and refuses another in one line, before any work."""
+    import argparse
+
+    allocation = load_script("allocation")
+    args = argparse.Namespace(train_steps=5, finetune_method="fast")
+    assert allocation.trainer(args).method == "fast"
+    assert allocation.trainer(args, dense=True).method == "pgd" and allocation.trainer(args, dense=True).steps == 5
+    assert allocation.trainer(argparse.Namespace(train_steps=3)).steps == 3  # rows of older callers: PGD
+    out = tmp_path / "run"
+    common = ["--output", str(out), "--phases", "dense", "--seeds", "0", "--models", "vgg16_bn", "--widths", "0.0625"]
+    parse = allocation.build_parser().parse_args
+    legacy = {k: v for k, v in vars(parse(common)).items() if k in allocation.RECIPE}
+    del legacy["finetune_method"]  # a folder from before the option: its rows were fine-tuned with PGD
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps(legacy))
+    assert allocation.check_settings(out, parse(common)) is None
+    with pytest.raises(SystemExit) as stop:
+        allocation.main(common + ["--finetune-method", "fast", "--aa", "100"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert "--finetune-method fast (the folder's: pgd)" in error and "--aa 100 (the folder's: 500)" in error
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert allocation.check_settings(fresh, parse(["--finetune-method", "fast"])) is None
+    assert json.loads((fresh / "settings.json").read_text())["finetune_method"] == "fast"
+
+
 def test_allocation_benchmark_decides_the_default_on_validation_with_uniform_as_a_candidate(tmp_path):
     """The default phase runs uniform ratios, the shipped allocation and the selected ones with the chosen
     criterion; the best mean over the (model, seed) pairs all candidates share wins, uniform ratios included."""
