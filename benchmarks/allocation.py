@@ -21,7 +21,8 @@ Then ``summary.json``/``summary.md`` (paired per-seed differences to uniform-l1 
 stage, whether fine-tuning keeps the order pruning made, and the wall time from ``wall.log`` when the run keeps one)
 and plots (accuracy against FLOPs removed, per-unit ratios, the measured per-unit loss-rise curves).
 
-    python benchmarks/allocation.py --output runs/allocation                 # the CPU benchmark (resumable)
+    python benchmarks/allocation.py --output runs/allocation    # width 0.125, PGD-5: over 6 h on 2 CPU cores
+    bash benchmarks/results/allocation-cpu-w0.0625-fast/run.sh       # the whole CPU benchmark in 2 h 15 min (2 cores)
     python benchmarks/allocation.py --output runs/allocation-full --train-size 0 --device cuda   # full data
     bash benchmarks/results/allocation-cpu/run.sh    # the recorded CPU run: 2 processes, resumes from git
 
