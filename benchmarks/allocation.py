@@ -24,7 +24,7 @@ and plots (accuracy against FLOPs removed, per-unit ratios, the measured per-uni
     python benchmarks/allocation.py --output runs/allocation    # width 0.125, PGD-5: over 6 h on 2 CPU cores
     bash benchmarks/results/allocation-cpu-w0.0625-fast/run.sh       # the whole CPU benchmark in 2 h 15 min (2 cores)
     python benchmarks/allocation.py --output runs/allocation-full --train-size 0 --device cuda   # full data
-    bash benchmarks/results/allocation-cpu/run.sh    # the recorded CPU run: 2 processes, resumes from git
+    bash benchmarks/results/allocation-cpu/run.sh    # the recorded CPU run: 2 processes, resumes from its run folder
 
 Every finished piece (dense model, row) is a file in ``--output``; rerunning the same command skips them, and an
 interrupted fine-tuning resumes from its last epoch. ``--summary-only`` rebuilds tables and plots. The folder's

@@ -8,7 +8,7 @@ script removes all of the row's channels at once from the dense model, the way t
 adversarial loss on the same X'. Next to it: the sum the rule predicts from that seed's budget-row curves, and the row's test PGD-20 right
 after pruning. Forward passes and one calibration attack per (model, seed): minutes on one CPU thread.
 
-    python benchmarks/allocation_joint.py --output benchmarks/results/allocation-cpu   # writes joint.json, joint.md
+    python benchmarks/allocation_joint.py --output runs/benchmarks/allocation-cpu   # writes joint.json, joint.md
 
 ``l1-global`` ranks channels across layers; the channels it takes inside a unit are re-derived here as that unit's
 lowest-L1 ones at the row's ratio, which is what a per-layer L1 ranking of that count removes.
