@@ -27,8 +27,10 @@ _EXPORTS = {
     # measurement
     "count_params": "evaluate", "count_flops": "evaluate", "measure_latency": "evaluate", "accuracy": "evaluate",
     # module robustness sensitivity -> allocation -> pruning
-    "MRSPruner": "mrs.pruner", "verify_removal": "mrs.pruner", "MRSSparsityAllocator": "mrs.allocator", "Allocation": "mrs.allocation",
-    "UnitReport": "mrs.allocation", "CostModel": "mrs.cost", "Unit": "mrs.units", "ESTIMATORS": "mrs.sensitivity",
+    "MRSPruner": "mrs.pruner", "verify_removal": "budget.pruner", "MRSSparsityAllocator": "mrs.allocator",
+    "Allocation": "budget.report", "UnitReport": "budget.report", "BudgetPruner": "budget.pruner",
+    "BudgetProblem": "budget.problem", "UniformPruner": "mrs.baselines", "CostModel": "budget.cost",
+    "Unit": "budget.units", "ESTIMATORS": "mrs.sensitivity",
     "WeightMRS": "mrs.sensitivity", "ProbeMRS": "mrs.sensitivity", "TaylorMRS": "mrs.sensitivity",
     "get_pruner": "nni.registry", "register_pruner": "nni.registry", "available_pruners": "nni.registry",
     "pruner_spec": "nni.registry", "PrunerSpec": "nni.registry", "unregister_pruner": "nni.registry",

@@ -10,7 +10,8 @@ from conftest import MODEL_SHAPES, dummy_input, make_model
 
 from nni_mrs_plugin.mrs import allocation
 from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
-from nni_mrs_plugin.mrs.cost import CostModel
+from nni_mrs_plugin.budget.cost import CostModel
+from nni_mrs_plugin.budget.problem import BudgetProblem
 from nni_mrs_plugin.evaluate import count_flops, count_params
 from nni_mrs_plugin.nni.speedup import compute_masks, speedup_model
 
@@ -33,8 +34,8 @@ def test_budget_met_after_speedup(name, budget):
     scores = _random_scores(units)
     dense = count_flops(model, x) if budget == "flops" else count_params(model)
     for target in (0.5, 0.75, 0.9):
-        pruned = allocation.allocate(units, scores, cost, target, budget, tau=1.0)
-        result = allocator.report(units, scores, pruned, cost, target, {})
+        pruned = allocation.allocate(BudgetProblem(units, cost, target, budget), scores, tau=1.0)
+        result = BudgetProblem(units, cost, target, budget).allocation(pruned, scores)
         ratios = {row.unit: row.ratio for row in result.report}
         assert len(set(round(r, 3) for r in ratios.values())) > 1, "MRS should give non-uniform ratios"
         small = copy.deepcopy(model)
@@ -68,7 +69,7 @@ def test_cost_model_counts_next_layer_inputs(name):
     rng = random.Random(1)
     pruned = {u.name: rng.randint(0, u.max_pruned_per_block()) for u in units}
     kept = {u.name: u.kept(pruned[u.name]) for u in units}
-    result = allocator.report(units, {u.name: 1.0 for u in units}, pruned, cost, 0.5, {})
+    result = BudgetProblem(units, cost, 0.5).allocation(pruned)
     # an output-only count (each layer's dense FLOPs times its kept output fraction) misses the shrunken inputs
     # of the following layers: the exact count below must be smaller than it
     fraction = {layer: kept[u.name] / u.channels for u in units for layer in u.layers}
@@ -92,9 +93,9 @@ def test_tau_zero_is_nni_uniform_l1():
     speedup_model(uniform, copy.deepcopy(nni_masks), x)
     target = 1 - count_flops(uniform, x) / count_flops(model, x)
     cost = CostModel(model, graph_module, units, x)
-    pruned = allocation.allocate(units, _random_scores(units), cost, target, "flops", tau=0.0)
+    pruned = allocation.allocate(BudgetProblem(units, cost, target), _random_scores(units), tau=0.0)
     assert {u.name: pruned[u.name] for u in units} == {u.name: u.channels // 2 for u in units}
-    result = allocator.report(units, _random_scores(units), pruned, cost, target, {})
+    result = BudgetProblem(units, cost, target).allocation(pruned, _random_scores(units))
     masks = compute_masks(model, result.config_list)
     assert masks.keys() == nni_masks.keys()
     assert all(torch.equal(masks[k]["weight"], nni_masks[k]["weight"]) for k in masks)
@@ -107,7 +108,7 @@ def test_unreachable_target_names_the_maximum():
     _, units, _, graph_module = allocator.units(model, SELECT, x)
     cost = CostModel(model, graph_module, units, x)
     with pytest.raises(ValueError, match=r"cannot remove 0\.9000 .* most reachable is 0\.\d{4}"):
-        allocation.allocate(units, _random_scores(units), cost, 0.9, "flops")
+        allocation.allocate(BudgetProblem(units, cost, 0.9), _random_scores(units))
 
 
 def test_a_failed_compress_gives_the_model_back_unwrapped():

@@ -9,8 +9,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nni_mrs_plugin"
 
 # lowest first: a part may import itself and the parts before it, never one after it
 LAYERS = ["nni.fixes", "nni.compat", "nni.registry", "device", "models", "data", "attacks", "checkpoint",
-          "nni.diagnose", "nni.graph", "nni.hidden", "nni.masks", "nni.speedup", "evaluate", "mrs", "train", "harp",
-          "job"]
+          "nni.diagnose", "nni.graph", "nni.hidden", "nni.masks", "nni.speedup", "evaluate", "budget", "mrs", "train",
+          "harp", "job"]
 FACADES = {"nni_mrs_plugin", "nni_mrs_plugin.__main__"}  # the public API: loads anything, by name, on first use
 MAX_LINES = 300
 

@@ -11,7 +11,8 @@ from nni_mrs_plugin.evaluate import count_flops
 from nni_mrs_plugin.mrs import allocation as power_rule
 from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
 from nni_mrs_plugin.mrs.costaware import allocate_by_curves, convex_curve, predicted_rise
-from nni_mrs_plugin.mrs.cost import CostModel
+from nni_mrs_plugin.budget.cost import CostModel
+from nni_mrs_plugin.budget.problem import BudgetProblem
 from nni_mrs_plugin.mrs.curves import loss_curves
 from nni_mrs_plugin.mrs.pruner import MRSPruner
 from nni_mrs_plugin.nni.speedup import speedup_model
@@ -69,9 +70,9 @@ def test_budget_prunes_the_expensive_unit_where_power_prunes_the_cheap_critical_
     _, units, cost, _ = _units_and_cost()
     ratios = (0.1, 0.3, 0.5, 0.7, 0.9)
     curves = {"cheap": [1.0 * r for r in ratios], "expensive": [0.8 * r for r in ratios]}
-    budget = allocate_by_curves(units, curves, ratios, cost, 0.5)
+    budget = allocate_by_curves(BudgetProblem(units, cost, 0.5), curves, ratios)
     scores = {name: sum(curve) / len(curve) for name, curve in curves.items()}
-    power = power_rule.allocate(units, scores, cost, 0.5)
+    power = power_rule.allocate(BudgetProblem(units, cost, 0.5), scores)
     by = {unit.name: unit for unit in units}
     for pruned in (budget, power):
         kept = {name: by[name].kept(count) for name, count in pruned.items()}
@@ -106,7 +107,7 @@ def test_measured_curves_find_the_redundant_expensive_unit():
     assert max(abs(v) for v in curves["expensive"][:3]) < 1e-5 and abs(curves["expensive"][3]) > 1e-4, curves
     assert curves["cheap"][2] > 1e-3, curves  # the live unit costs loss once pruned hard
     target = cost.removed_fraction({"cheap": 8, "expensive": 16})  # what removing the dead channels saves
-    pruned = allocate_by_curves(units, curves, ratios, cost, target - 0.005)
+    pruned = allocate_by_curves(BudgetProblem(units, cost, target - 0.005), curves, ratios)
     assert pruned["cheap"] == 0 and pruned["expensive"] >= 44, pruned
 
 
@@ -158,7 +159,7 @@ def test_rule_options_fail_with_one_clear_line(kwargs, message):
 def test_curves_must_match_the_grid():
     _, units, cost, _ = _units_and_cost()
     with pytest.raises(ValueError, match="one value per ratio"):
-        allocate_by_curves(units, {"cheap": [0.1], "expensive": [0.1, 0.2]}, (0.25, 0.5), cost, 0.5)
+        allocate_by_curves(BudgetProblem(units, cost, 0.5), {"cheap": [0.1], "expensive": [0.1, 0.2]}, (0.25, 0.5))
 
 
 def test_reattacked_curves_differ_from_fixed_ones_and_restore_the_model(calibration):

@@ -11,7 +11,7 @@ from nni_mrs_plugin import get_pruner
 from nni_mrs_plugin.evaluate import count_flops
 from nni_mrs_plugin.harp import HARPPruner
 from nni_mrs_plugin.harp.gates import ChannelGates
-from nni_mrs_plugin.mrs.units import Unit
+from nni_mrs_plugin.budget.units import Unit
 from nni_mrs_plugin.nni.speedup import speedup_model
 from nni_mrs_plugin.train.trainer import AdversarialTrainer
 

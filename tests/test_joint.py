@@ -8,7 +8,8 @@ from torch import nn
 
 from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
 from nni_mrs_plugin.mrs.costaware import allocate_by_curves
-from nni_mrs_plugin.mrs.cost import CostModel
+from nni_mrs_plugin.budget.cost import CostModel
+from nni_mrs_plugin.budget.problem import BudgetProblem
 from nni_mrs_plugin.mrs.curves import loss_curves, prune_count
 from nni_mrs_plugin.mrs.joint import JointLoss, allocate_jointly
 
@@ -43,8 +44,8 @@ def test_joint_rule_sees_what_single_unit_curves_cannot():
 
     ratios = (0.1, 0.3, 0.5, 0.7, 0.9)
     curves = {name: [loss({name: prune_count(by[name], ratio)}) for ratio in ratios] for name in by}
-    budget = allocate_by_curves(units, curves, ratios, cost, 0.5)
-    joint, rates = allocate_jointly(units, loss, cost, 0.5, steps=10)
+    budget = allocate_by_curves(BudgetProblem(units, cost, 0.5), curves, ratios)
+    joint, rates = allocate_jointly(BudgetProblem(units, cost, 0.5), loss, steps=10)
     for pruned in (budget, joint):
         assert abs(cost.removed_fraction({n: by[n].kept(c) for n, c in pruned.items()}) - 0.5) <= 0.01, pruned
     assert min(budget["a"], budget["b"]) >= 8, budget  # both twins cut by a quarter or more
@@ -98,4 +99,5 @@ def test_allocate_jointly_checks_its_steps():
     allocator = MRSSparsityAllocator("curve", n_samples=8, progress=False)
     _, units, _, graph = allocator.units(model, [{"op_names": ["a", "b", "c"], "sparse_ratio": 0.5}], dummy)
     with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
-        allocate_jointly(units, lambda counts: 0.0, CostModel(model, graph, units, dummy), 0.5, steps=0)
+        allocate_jointly(BudgetProblem(units, CostModel(model, graph, units, dummy), 0.5), lambda counts: 0.0,
+                         steps=0)

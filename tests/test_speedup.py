@@ -311,7 +311,7 @@ class _Flows(nn.Module):
 
 
 def test_groups_whose_channels_removal_cannot_follow_are_named():
-    from nni_mrs_plugin.mrs.units import unfollowable
+    from nni_mrs_plugin.budget.units import unfollowable
 
     graph = trace(_Flows().eval(), torch.rand(2, 3, 8, 8))
     assert unfollowable(graph, ["a"]) == "" and unfollowable(graph, ["a2"]) == ""
@@ -395,7 +395,7 @@ def test_mobilevit_prunes_within_budget_and_removal_equals_masking(name, side, d
 def test_a_removal_that_differs_from_masking_stops_compress():
     """Issue 12 §2: the dry run ``compress()`` ends with. Masks on ``c`` (whose channels go through a channel
     shuffle) cannot be removed as they are masked: a one-line error, not a wrong model or NNI's exception later."""
-    from nni_mrs_plugin.mrs.pruner import verify_removal
+    from nni_mrs_plugin.budget.pruner import verify_removal
 
     model, x = _Flows().eval(), torch.rand(2, 3, 8, 8)
     keep = torch.ones(8, 3, 3, 3)

@@ -20,8 +20,8 @@ from typing import Dict, List, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..mrs.cost import CostModel
-from ..mrs.units import Unit
+from ..budget.cost import CostModel
+from ..budget.units import Unit
 
 __all__ = ["ChannelGates", "resource_loss"]
 

@@ -14,24 +14,24 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..attacks import check_pixel_range
 from ..checkpoint import atomic_save
 from ..evaluate import check_labels
-from ..mrs.allocation import Allocation, allocate, build_allocation, refine
-from ..mrs.cost import CostModel
+from ..budget.problem import BudgetProblem
+from ..budget.report import Allocation
 from ..mrs.importance import channel_importance
 from .gates import ChannelGates, resource_loss
 
 __all__ = ["learn_allocation"]
 
 
-def _start(model: nn.Module, units, cost: CostModel, target: float, budget: str, tolerance: float) -> ChannelGates:
+def _start(problem: BudgetProblem) -> ChannelGates:
     """Gates at uniform ratios that meet the budget, channels ranked by L1 norm: the uniform-L1 pruned model, with
     the next channel of each block 0.3 open (at a whole count the rate's gradient would read a closed channel)."""
-    uniform = allocate(units, {u.name: 1.0 for u in units}, cost, target, budget, tau=0.0, tolerance=tolerance)
+    model, units = problem.model, problem.units
+    uniform = problem.scale({u.name: 1.0 for u in units})
     modules = dict(model.named_modules())
     keep = {u.name: min((u.per_block - uniform[u.name] + 0.3) / u.per_block, 1.0) for u in units}
     scores = {u.name: torch.stack([channel_importance(modules[layer].weight, "l1") for layer in u.layers]).mean(0)
@@ -49,12 +49,12 @@ def _batches(data: Iterable) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
             raise ValueError("HARP's train_data yielded no batches")
 
 
-def learn_allocation(model: nn.Module, units, skipped: Dict[str, str], cost: CostModel, target: float,
-                     data: Iterable, trainer: Any, steps: int, *, budget: str = "flops", gamma: float = 1.0,
-                     stages: int = 4, lr: float = 0.01, tolerance: float = 0.01, seed: int = 0, progress: bool = True,
+def learn_allocation(problem: BudgetProblem, data: Iterable, trainer: Any, steps: int, *, gamma: float = 1.0,
+                     stages: int = 4, lr: float = 0.01, seed: int = 0, progress: bool = True,
                      checkpoint: Optional[Path] = None) -> Tuple[Allocation, Dict[str, torch.Tensor], dict]:
     """(allocation, |score| per unit channel, history) after ``steps`` optimiser steps of HARP on ``data``."""
-    gates = _start(model, units, cost, target, budget, tolerance)
+    model, units, cost, target, budget = problem.model, problem.units, problem.cost, problem.target, problem.budget
+    gates = _start(problem)
     optimizer = torch.optim.Adam(gates.parameters(), lr=lr)
     stage_length = max(1, math.ceil(steps / stages))
     state = {"step": 0, "gamma": float(gamma), "frozen": False, "history": []}
@@ -122,13 +122,7 @@ def learn_allocation(model: nn.Module, units, skipped: Dict[str, str], cost: Cos
         torch.random.set_rng_state(generator_state)
 
     rates = gates.rates()
-
-    def removed(pruned: Dict[str, int]) -> float:
-        return cost.removed_fraction({u.name: u.kept(pruned[u.name]) for u in units}, budget)
-
     # rounding can miss the budget: single channels go first where the learned rate is lowest
-    pruned = refine(units, {name: 1.0 - rate + 1e-6 for name, rate in rates.items()}, gates.pruned_counts(),
-                    removed, target, tolerance)
-    allocation = build_allocation(units, rates, pruned, cost, target, budget, skipped)
-    allocation.rule = "harp"
+    pruned = problem.refine(gates.pruned_counts(), {name: 1.0 - rate + 1e-6 for name, rate in rates.items()})
+    allocation = problem.allocation(pruned, rates, rule="harp")
     return allocation, gates.channel_scores(), {"history": state["history"], "rates": rates}

@@ -1,9 +1,9 @@
 """``HARPPruner``: per-unit pruning rates and the channels they keep, *learned* under the adversarial objective (HARP,
-Zhao & Wressnegger, ICLR 2023), as an NNI 3.0 ``Pruner`` of the same shape as ``MRSPruner``.
+Zhao & Wressnegger, ICLR 2023), as a ``BudgetPruner`` like ``MRSPruner``.
 
-NNI's collect -> metrics -> sparsity pipeline: ``_collect_data`` trains the gates (``learn.py``) on the same units
-(dependency groups) and exact cost model as MRS, ``_calculate_metrics`` ranks channels by the learned |scores|, and
-``_generate_sparsity`` is NNI's ``generate_sparsity`` on the learned counts. ``compress()`` returns
+``allocate`` trains the gates (``learn.py``) on the problem's units (dependency groups) and exact cost model,
+``channel_data`` ranks each unit's channels by the learned |scores|, and ``_generate_sparsity`` is NNI's
+``generate_sparsity`` on the learned counts. ``compress()`` returns
 ``(model, masks)``; ``unwrap_model()`` then ``ModelSpeedup`` removes the channels.
 """
 from __future__ import annotations
@@ -13,16 +13,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import torch
-from nni.compression.base.compressor import Pruner
-from nni.compression.pruning.tools import active_sparse_targets_filter, generate_sparsity, norm_metrics
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..attacks import default_eps
-from ..mrs.allocation import Allocation, budget_units
-from ..mrs.cost import BUDGETS, CostModel
-from ..mrs.pruner import apply_allocation, compress_or_unwrap, unwrapped
-from ..mrs.units import normalize_config, parse_config_list
+from ..budget.problem import BudgetProblem
+from ..budget.pruner import BudgetPruner, check_arguments
+from ..budget.report import Allocation
 from ..train.trainer import AdversarialTrainer
 from .learn import learn_allocation
 
@@ -35,7 +32,7 @@ def _positive(value: Any, name: str, integer: bool = False) -> None:
         raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
 
 
-class HARPPruner(Pruner):
+class HARPPruner(BudgetPruner):
     """Learn how many channels each unit keeps (a rate) and which (scores) by training under the adversarial loss
     plus a resource loss on the exact FLOPs/params/channels of the sped-up model, then prune to them.
 
@@ -46,11 +43,9 @@ class HARPPruner(Pruner):
     'mart', 'fast', 'natural') built with ``eps`` and ``attack_steps``. ``gamma`` is the resource term's initial
     weight and step of HARP's schedule over ``stages``; ``lr`` is Adam's on rates and scores. ``checkpoint`` (a
     file) makes a killed run resume at its last stage. After ``compress()``, ``allocation`` holds the report
-    (its ``mrs`` column is each unit's learned keep rate) and ``history`` the schedule. With ``verify`` (default)
+    (its ``score`` column is each unit's learned keep rate) and ``history`` the schedule. With ``verify`` (default)
     ``compress()`` has removed the channels from a copy and checked it computes what the masked model does.
     """
-
-    allocates = True  # takes the global target and allocates per-unit ratios itself
 
     def __init__(self, model: nn.Module, config_list: List[Dict[str, Any]], evaluator: Any = None, *,
                  train_data: Any = None, trainer: Union[str, AdversarialTrainer] = "pgd", epochs: int = 1,
@@ -59,9 +54,7 @@ class HARPPruner(Pruner):
                  r_max: float = 0.9, tolerance: float = 0.01, seed: int = 0, progress: bool = True,
                  checkpoint: Union[str, Path, None] = None, verify: bool = True,
                  existed_wrappers: Optional[Dict[str, Any]] = None):
-        if budget not in BUDGETS:
-            raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
-        selection = parse_config_list(model, config_list)  # target in (0, 1), known layers: one-line errors
+        check_arguments(model, config_list, budget, 0.0, r_max, tolerance)
         if train_data is None:
             raise ValueError("HARPPruner learns its rates by training: pass train_data=DataLoader of (inputs, labels) "
                              "or an (x, y) pair")
@@ -71,10 +64,6 @@ class HARPPruner(Pruner):
         for value, name in ((gamma, "gamma"), (lr, "lr")):
             _positive(value, name)
         _positive(stages, "stages", integer=True)
-        if not 0.0 < r_max < 1.0:
-            raise ValueError(f"r_max must be in (0, 1), got {r_max}")
-        if not 0.0 < tolerance < 0.5:
-            raise ValueError(f"tolerance must be in (0, 0.5), got {tolerance}")
         self.train_data = self._loader(train_data)
         if isinstance(trainer, str):
             first = next(iter(self.train_data))[0]
@@ -82,14 +71,12 @@ class HARPPruner(Pruner):
                                          steps=attack_steps)
         elif not isinstance(trainer, AdversarialTrainer):
             raise ValueError(f"trainer must be an AdversarialTrainer or a method name, got {type(trainer).__name__}")
-        super().__init__(model, [normalize_config(config) for config in config_list], evaluator, existed_wrappers)
-        self.trainer, self.goal = trainer, selection.target
+        super().__init__(model, config_list, evaluator, dummy_input=dummy_input, budget=budget, r_max=r_max,
+                         tolerance=tolerance, verify=verify, existed_wrappers=existed_wrappers)
+        self.trainer = trainer
         self.steps = steps if steps is not None else epochs * len(self.train_data)
-        self.options = dict(budget=budget, gamma=float(gamma), stages=stages, lr=float(lr), tolerance=tolerance,
-                            seed=seed, progress=progress, checkpoint=Path(checkpoint) if checkpoint else None)
-        self.dummy_input, self.r_max = dummy_input, r_max
-        self.verify, self.measured_input = verify, None  # compress() dry-runs the removal on measured_input
-        self.allocation: Optional[Allocation] = None
+        self.options = dict(gamma=float(gamma), stages=stages, lr=float(lr), seed=seed, progress=progress,
+                            checkpoint=Path(checkpoint) if checkpoint else None)
         self.history: dict = {}
         self._scores: Dict[str, torch.Tensor] = {}
 
@@ -102,12 +89,16 @@ class HARPPruner(Pruner):
                              f"got {type(data).__name__}")
         return data
 
-    # -- NNI's pipeline -----------------------------------------------------------------------------------
-    def _collect_data(self) -> Dict[str, Dict[str, torch.Tensor]]:
-        if self.allocation is None:
-            with unwrapped(self) as model:
-                self._learn(model)
-        data = active_sparse_targets_filter(self._target_spaces)
+    # -- the budget pruner's parts -------------------------------------------------------------------------
+    def allocate(self, problem: BudgetProblem) -> Allocation:
+        allocation, self._scores, self.history = learn_allocation(problem, self.train_data, self.trainer, self.steps,
+                                                                  **self.options)
+        return allocation
+
+    def default_dummy_input(self) -> Any:
+        return next(iter(self.train_data))[0][:1]
+
+    def channel_data(self, data: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
         for unit in self.allocation.config_list:  # each layer's channels ranked by its unit's learned |score|
             scores = self._scores[unit["dependency_group_id"]]
             for layer in unit["op_names"]:
@@ -115,34 +106,8 @@ class HARPPruner(Pruner):
                 data[layer]["weight"] = scores.to(weight).view(-1, *[1] * (weight.dim() - 1)).expand_as(weight)
         return data
 
-    def _learn(self, model: nn.Module) -> None:
-        dummy = self.dummy_input
-        if dummy is None and self.evaluator is not None:
-            dummy = self.evaluator.get_dummy_input()
-        if dummy is None:
-            dummy = next(iter(self.train_data))[0][:1]
-        if isinstance(dummy, torch.Tensor):
-            dummy = dummy.to(next(model.parameters()).device)
-        self.measured_input = dummy
-        target, units, skipped, graph_module = budget_units(model, self.config_list, dummy, 0.0, self.r_max)
-        cost = CostModel(model, graph_module, units, dummy)
-        self.allocation, self._scores, self.history = learn_allocation(
-            model, units, skipped, cost, target, self.train_data, self.trainer, self.steps, **self.options)
-
-    def _calculate_metrics(self, data: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
-        return norm_metrics(p=1, data=data, target_spaces=self._target_spaces)
-
-    def _generate_sparsity(self, metrics: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
-        apply_allocation(self._target_spaces, self.allocation)
-        return generate_sparsity(metrics, self._target_spaces)
-
     def _single_compress(self, max_steps: Optional[int], max_epochs: Optional[int]) -> None:
         if max_steps is not None or max_epochs is not None:
             raise ValueError("HARPPruner trains for its own steps/epochs options: call compress() without "
                              "max_steps/max_epochs")
         self.update_masks(self.generate_masks())
-
-    def compress(self, max_steps: Optional[int] = None, max_epochs: Optional[int] = None):
-        """Returns ``(model, masks)``; the report is in ``self.allocation``. On an error (an unreachable target,
-        say) the model is unwrapped first, so it is the user's model again, not one NNI refuses to wrap twice."""
-        return compress_or_unwrap(self, super().compress, max_steps, max_epochs)

@@ -211,11 +211,11 @@ class Pipeline:
 
     def _check_target(self) -> None:
         from ..models import build_model
-        from ..mrs.allocation import check_selection_reachable
+        from ..budget.problem import BudgetProblem
 
         cfg = self.config.pruning
         model = build_model(self.config.model.name, **self.model_kwargs)
-        check_selection_reachable(model, self._config_list(), self.dummy, cfg.budget, cfg.r_max)
+        BudgetProblem.build(model, self._config_list(), self.dummy, cfg.budget, 0.0, cfg.r_max).check_reachable()
 
     def _pruner_options(self, spec, model: nn.Module, dummy: torch.Tensor) -> Dict[str, Any]:
         """The keywords ``spec`` asks for, from the config: the job offers the same options to every pruner."""

@@ -14,13 +14,15 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from . import allocation, costaware, joint
 from ..attacks import PixelSpace, build_attack, check_eps, check_pixel_range, default_eps
+from ..budget.cost import BUDGETS
+from ..budget.problem import BudgetProblem, check_bounds, check_tolerance
+from ..budget.report import Allocation
+from ..budget.units import Unit
+from . import allocation, costaware, joint
 from .calibration import adversarial_examples, collect_samples
-from .cost import BUDGETS, CostModel
 from .importance import weight_gradients
 from .sensitivity import CRITERIA, ESTIMATORS, Estimator, build_estimator, curve_scores
-from .units import Unit
 
 __all__ = ["MRSSparsityAllocator", "default_estimator"]
 
@@ -39,7 +41,7 @@ def _device_of(model: nn.Module) -> torch.device:
 class MRSSparsityAllocator:
     """Per-unit pruning ratios from module robustness sensitivity, meeting a global budget after speedup.
 
-    ``allocate(model, config_list, calibration)`` returns an :class:`~nni_mrs_plugin.allocation.Allocation`
+    ``allocate(model, config_list, calibration)`` returns an :class:`~nni_mrs_plugin.budget.report.Allocation`
     whose ``config_list`` has one entry per unit (``op_names``, ``sparse_ratio``, ``dependency_group_id``).
     ``config_list`` here is an NNI selection whose ``sparse_ratio`` is the *global* fraction of the budget to
     remove; ``min_sparse_ratio``/``max_sparse_ratio`` bound each selected layer. The power rule's default
@@ -62,12 +64,10 @@ class MRSSparsityAllocator:
             raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
         if not isinstance(estimator, Estimator) and estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-        if not 0.0 <= r_min <= r_max < 1.0:
-            raise ValueError(f"need 0 <= r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
+        check_bounds(r_min, r_max)
         if eps is not None:
             check_eps(eps, positive=True)
-        if not 0.0 < tolerance < 0.5:
-            raise ValueError(f"tolerance must be in (0, 0.5), got {tolerance}")
+        check_tolerance(tolerance)
         allocation.weights_from_scores({}, tau)  # validates tau
         if estimator in ("probe", "curve"):
             estimator_options.setdefault("criterion", criterion)
@@ -93,9 +93,15 @@ class MRSSparsityAllocator:
         self.dummy_input: Any = None  # the dummy input of the last allocate
 
     # -- the steps, usable one by one ---------------------------------------------------------------------
+    def problem(self, model: nn.Module, config_list: Sequence[Dict[str, Any]], dummy_input: Any) -> BudgetProblem:
+        """The budget problem this selection poses, with this allocator's budget, bounds and tolerance."""
+        return BudgetProblem.build(model, config_list, dummy_input, self.budget, self.r_min, self.r_max,
+                                   self.tolerance)
+
     def units(self, model: nn.Module, config_list: Sequence[Dict[str, Any]], dummy_input: Any):
         """(global target, units, skipped layers, traced graph) for this selection."""
-        return allocation.budget_units(model, config_list, dummy_input, self.r_min, self.r_max)
+        problem = self.problem(model, config_list, dummy_input)
+        return problem.target, problem.units, problem.skipped, problem.graph_module
 
     def calibrate(self, model: nn.Module, calibration: Any) -> Tuple[torch.Tensor, torch.Tensor]:
         """(X', Y): the calibration samples' adversarial versions and labels, on the model's device."""
@@ -126,7 +132,7 @@ class MRSSparsityAllocator:
     # -- all of it ----------------------------------------------------------------------------------------
     def allocate(self, model: nn.Module, config_list: Sequence[Dict[str, Any]], calibration: Any = None,
                  dummy_input: Any = None, scores: Optional[Mapping[str, float]] = None,
-                 curves: Optional[Mapping[str, Sequence[float]]] = None) -> allocation.Allocation:
+                 curves: Optional[Mapping[str, Sequence[float]]] = None) -> Allocation:
         """Select, group, measure MRS (unless ``scores`` are given, or ``curves`` for the budget rule, or ``tau`` is
         0 under the power rule, where every unit gets the same ratio whatever its MRS) and allocate; the model is
         left unchanged. Given ``curves`` are at the estimator's ``ratios``."""
@@ -136,11 +142,16 @@ class MRSSparsityAllocator:
             dummy_input = collect_samples(calibration, 1, self.seed)[0]
         if isinstance(dummy_input, torch.Tensor):
             dummy_input = dummy_input.to(_device_of(model))
-        self.dummy_input = dummy_input  # what the units and costs were measured on (the pruner's dry run reuses it)
+        return self.solve(self.problem(model, config_list, dummy_input), calibration, scores, curves)
+
+    def solve(self, problem: BudgetProblem, calibration: Any = None, scores: Optional[Mapping[str, float]] = None,
+              curves: Optional[Mapping[str, Sequence[float]]] = None) -> Allocation:
+        """``allocate`` on a problem already built (``problem.model`` is the model measured)."""
+        model, units = problem.model, problem.units
+        self.dummy_input = problem.dummy_input  # what the units and costs were measured on
         self.adversarial_data = None
-        target, units, skipped, graph_module = self.units(model, config_list, dummy_input)
         if self.rule == "joint":
-            return self._allocate_jointly(model, units, skipped, graph_module, target, calibration, dummy_input)
+            return self._allocate_jointly(problem, calibration)
         if self.rule == "budget" and curves is not None:
             scores = curve_scores(curves)
         uniform = scores is None and self.rule == "power" and self.tau == 0
@@ -149,24 +160,23 @@ class MRSSparsityAllocator:
         if scores is None or (self.rule == "budget" and curves is None):
             x, x_adv, y = self.calibration_set(model, calibration)
             self.adversarial_data = (x_adv, y)
-            scores = self.sensitivities(model, units, x_adv, y, graph_module, x=x)
+            scores = self.sensitivities(model, units, x_adv, y, problem.graph_module, x=x)
             curves = getattr(self.estimator, "curves", None)
-        cost = CostModel(model, graph_module, units, dummy_input)
         if self.rule == "budget":
-            ratios = self.estimator.ratios
-            pruned = costaware.allocate_by_curves(units, curves, ratios, cost, target, self.budget, self.tolerance)
+            pruned = costaware.allocate_by_curves(problem, curves, self.estimator.ratios)
         else:
-            pruned = allocation.allocate(units, scores, cost, target, self.budget, self.tau, self.tolerance)
-        result = self.report(units, scores, pruned, cost, target, skipped)
-        result.rule, result.measured = self.rule, not uniform
+            pruned = allocation.allocate(problem, scores, self.tau)
+        result = problem.allocation(pruned, scores, rule=self.rule)
+        result.measured = not uniform
         if curves:
             result.curves = {name: [float(v) for v in curve] for name, curve in curves.items()}
             result.ratios = list(getattr(self.estimator, "ratios", ()))
         return result
 
-    def _allocate_jointly(self, model, units, skipped, graph_module, target, calibration, dummy_input):
+    def _allocate_jointly(self, problem: BudgetProblem, calibration: Any) -> Allocation:
         """The ``joint`` rule: the probe's removal (criterion, adaptive BN) measured on the model pruned everywhere
         so far, step by step; the scores reported are each unit's last measured loss rise per budget saved."""
+        model, units = problem.model, problem.units
         x, x_adv, y = self.calibration_set(model, calibration)
         self.adversarial_data = (x_adv, y)
         probe = self.estimator
@@ -174,17 +184,9 @@ class MRSSparsityAllocator:
         if probe.criterion == "taylor":  # ranked on adversarial gradients of the unpruned model, as the pruner does
             probe.gradients = weight_gradients(model, [layer for unit in units for layer in unit.layers], x_adv, y,
                                                self.batch_size)
-        loss = joint.JointLoss(model, units, x, x_adv, y, probe.criterion, graph_module, probe.gradients,
+        loss = joint.JointLoss(model, units, x, x_adv, y, probe.criterion, problem.graph_module, probe.gradients,
                                probe.recalibrate, self.batch_size)
-        cost = CostModel(model, graph_module, units, dummy_input)
         with torch.random.fork_rng(devices=[x_adv.device] if x_adv.device.type == "cuda" else []):
             torch.manual_seed(self.seed)
-            pruned, rates = joint.allocate_jointly(units, loss, cost, target, self.budget, self.tolerance,
-                                                   self.rounds, self.progress)
-        result = self.report(units, rates, pruned, cost, target, skipped)
-        result.rule, result.measured = self.rule, True
-        return result
-
-    def report(self, units: Sequence[Unit], scores: Mapping[str, float], pruned: Mapping[str, int],
-               cost: CostModel, target: float, skipped: Dict[str, str]) -> allocation.Allocation:
-        return allocation.build_allocation(units, scores, pruned, cost, target, self.budget, skipped)
+            pruned, rates = joint.allocate_jointly(problem, loss, self.rounds, self.progress)
+        return problem.allocation(pruned, rates, rule=self.rule)

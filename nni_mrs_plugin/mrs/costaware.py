@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Dict, List, Mapping, Sequence, Tuple
 
-from .allocation import check_reachable, check_target, refine
-from .cost import CostModel
+from ..budget.problem import BudgetProblem
+from ..budget.units import Unit
 from .curves import check_ratios
-from .units import Unit
 
 __all__ = ["convex_curve", "predicted_rise", "allocate_by_curves"]
 
@@ -66,11 +65,10 @@ def _candidates(unit: Unit, steps: int) -> List[int]:
     return sorted({low, high, *range(low, high + 1, stride)})
 
 
-def allocate_by_curves(units: Sequence[Unit], curves: Mapping[str, Sequence[float]], ratios: Sequence[float],
-                       cost: CostModel, target: float, budget: str = "flops", tolerance: float = 0.01,
+def allocate_by_curves(problem: BudgetProblem, curves: Mapping[str, Sequence[float]], ratios: Sequence[float],
                        steps: int = 32) -> Dict[str, int]:
     """Channels to prune per block for each unit: the greedy above, then single-channel moves into tolerance."""
-    check_target(target, budget)
+    units, removed, target = problem.units, problem.removed_counts, problem.target
     ratios = check_ratios(ratios)
     missing = [unit.name for unit in units if unit.name not in curves]
     if missing:
@@ -78,11 +76,7 @@ def allocate_by_curves(units: Sequence[Unit], curves: Mapping[str, Sequence[floa
     wrong = {unit.name: len(curves[unit.name]) for unit in units if len(curves[unit.name]) != len(ratios)}
     if wrong:
         raise ValueError(f"each curve needs one value per ratio ({len(ratios)}), got lengths {wrong}")
-
-    def removed(pruned: Mapping[str, int]) -> float:
-        return cost.removed_fraction({u.name: u.kept(pruned[u.name]) for u in units}, budget)
-
-    check_reachable(units, removed, target, budget, tolerance)
+    problem.check_reachable()
     hulls = {u.name: convex_curve(list(zip(ratios, curves[u.name]))) for u in units}
 
     def loss(unit: Unit, count: int) -> float:
@@ -114,4 +108,4 @@ def allocate_by_curves(units: Sequence[Unit], curves: Mapping[str, Sequence[floa
         current = removed(pruned)
     rates = {u.name: 1.0 / (1e-9 + (loss(u, min(pruned[u.name] + 1, u.per_block - 1)) - loss(u, pruned[u.name])))
              for u in units}  # refine prunes more where the next channel costs least loss
-    return refine(units, rates, pruned, removed, target, tolerance)
+    return problem.refine(pruned, rates)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..nni.speedup import mask_like_removal, recalibrate_batchnorm, trace
 from .calibration import mean_loss
 from .importance import unit_keep_masks
-from .units import Unit
+from ..budget.units import Unit
 
 __all__ = ["DEFAULT_RATIOS", "check_ratios", "prune_count", "loss_curves"]
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .calibration import mean_loss
-from .units import Unit
+from ..budget.units import Unit
 
 __all__ = ["CRITERIA", "channel_importance", "weight_gradients", "unit_keep_masks"]
 

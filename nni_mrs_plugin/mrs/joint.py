@@ -18,11 +18,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..nni.speedup import mask_like_removal, recalibrate_batchnorm
-from .allocation import check_reachable, check_target, refine
+from ..budget.problem import BudgetProblem
+from ..budget.units import Unit
 from .calibration import mean_loss
-from .cost import CostModel
 from .importance import unit_keep_masks
-from .units import Unit
 
 __all__ = ["JointLoss", "allocate_jointly"]
 
@@ -89,20 +88,15 @@ def _count_reaching(unit: Unit, pruned: Mapping[str, int], removed, goal: float)
     return low
 
 
-def allocate_jointly(units: Sequence[Unit], loss: Callable[[Mapping[str, int]], float], cost: CostModel,
-                     target: float, budget: str = "flops", tolerance: float = 0.01, steps: int = 10,
+def allocate_jointly(problem: BudgetProblem, loss: Callable[[Mapping[str, int]], float], steps: int = 10,
                      progress: bool = False) -> Tuple[Dict[str, int], Dict[str, float]]:
     """(channels to prune per block for each unit, the last measured loss rise per unit of budget for each unit)
     by the greedy above, then single-channel moves into tolerance (more from the units whose last proposal cost
     least). ``loss(counts)`` measures the jointly pruned model, e.g. a :class:`JointLoss`."""
-    check_target(target, budget)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-
-    def removed(pruned: Mapping[str, int]) -> float:
-        return cost.removed_fraction({u.name: u.kept(pruned[u.name]) for u in units}, budget)
-
-    check_reachable(units, removed, target, budget, tolerance)
+    units, removed, target, tolerance = problem.units, problem.removed_counts, problem.target, problem.tolerance
+    problem.check_reachable()
     pruned = {u.name: u.min_pruned_per_block() for u in units}
     current, level = removed(pruned), loss(pruned)
     rates = {u.name: 0.0 for u in units}
@@ -129,4 +123,4 @@ def allocate_jointly(units: Sequence[Unit], loss: Callable[[Mapping[str, int]], 
             current = removed(pruned)
             bar.update(1)
     weights = {name: 1.0 / (1e-9 + max(rate, 0.0)) for name, rate in rates.items()}
-    return refine(units, weights, pruned, removed, target, tolerance), rates
+    return problem.refine(pruned, weights), rates

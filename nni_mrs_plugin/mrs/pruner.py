@@ -1,104 +1,30 @@
-"""``MRSPruner``: an NNI 3.0 ``Pruner`` whose per-layer ratios come from module robustness sensitivity.
+"""``MRSPruner``: a ``BudgetPruner`` whose per-unit ratios come from module robustness sensitivity.
 
-It follows NNI's collect -> metrics -> sparsity pipeline: ``_collect_data`` measures MRS on adversarial
-calibration data and allocates per-unit ratios (``MRSSparsityAllocator``), ``_calculate_metrics`` scores
-channels by the criterion (NNI's own L1/L2/FPGM metrics, or Taylor on adversarial gradients), and
-``_generate_sparsity`` is NNI's ``generate_sparsity`` on the allocated ratios and dependency groups. So
-``compress()`` returns ``(model, masks)``, and ``unwrap_model()`` then ``ModelSpeedup`` removes the channels.
+NNI's collect -> metrics -> sparsity pipeline: ``_collect_data`` measures MRS on adversarial calibration data and
+allocates per-unit ratios (``MRSSparsityAllocator``), ``_calculate_metrics`` scores channels by the criterion (NNI's
+own L1/L2/FPGM metrics, or Taylor on adversarial gradients), and ``_generate_sparsity`` is NNI's
+``generate_sparsity`` on the allocated ratios and dependency groups. So ``compress()`` returns ``(model, masks)``,
+and ``unwrap_model()`` then ``ModelSpeedup`` removes the channels.
 """
 from __future__ import annotations
 
-import copy
-from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
+from nni.compression.pruning.tools import active_sparse_targets_filter, generate_sparsity
 from torch import nn
 
-from nni.compression.base.compressor import Pruner
-from nni.compression.pruning.tools import active_sparse_targets_filter, fpgm_metrics, generate_sparsity, norm_metrics
-
-from ..nni.speedup import mask_like_removal, speedup_model
-from .allocation import Allocation
+from ..budget.problem import BudgetProblem
+from ..budget.pruner import BudgetPruner, apply_allocation, compress_or_unwrap, unwrapped, verify_removal
+from ..budget.report import Allocation
 from .allocator import MRSSparsityAllocator
+from .calibration import collect_samples
 from .importance import weight_gradients
-from .units import normalize_config, parse_config_list
 
 __all__ = ["MRSPruner", "apply_allocation", "unwrapped", "compress_or_unwrap", "verify_removal"]
 
 
-@contextmanager
-def unwrapped(pruner: Pruner) -> Iterator[nn.Module]:
-    """The pruner's model with NNI's wrappers taken off for a measurement, put back afterwards. A scheduler
-    (AGP/Linear) wraps the model with these same wrappers, so ask them rather than ``pruner._is_wrapped``."""
-    wrapped = [w for w in pruner._module_wrappers.values() if getattr(w.module, "_nni_wrapper", None) is w]
-    for wrapper in wrapped:
-        wrapper.unwrap()
-    try:
-        yield pruner.bound_model
-    finally:
-        for wrapper in wrapped:
-            wrapper.wrap()
-
-
-def compress_or_unwrap(pruner: Pruner, compress, *args):
-    """``compress(*args)``, then a dry run of the removal (``verify_removal``) on the input the allocation was
-    measured with; if either raises, NNI's wrappers come off the model before the error goes on."""
-    try:
-        model, masks = compress(*args)
-        if getattr(pruner, "verify", False) and getattr(pruner, "measured_input", None) is not None:
-            with unwrapped(pruner) as plain:
-                verify_removal(plain, masks, pruner.measured_input)
-        return model, masks
-    except BaseException:
-        if pruner._is_wrapped:
-            pruner.unwrap_model()
-        raise
-
-
-def verify_removal(model: nn.Module, masks: Dict[str, Dict[str, torch.Tensor]], dummy_input: Any,
-                   tolerance: float = 1e-3) -> None:
-    """Remove the masked channels from a copy of ``model`` with ModelSpeedup and check that it computes what the
-    masked model computes: a one-line ValueError if NNI cannot remove them or the result differs, so nothing
-    wrong leaves ``compress()``."""
-    removed = copy.deepcopy(model).eval()
-    masked = mask_like_removal(copy.deepcopy(model).eval(), masks, dummy_input)
-    try:
-        speedup_model(removed, masks, dummy_input)
-        with torch.no_grad():
-            expected, got = masked(dummy_input), removed(dummy_input)
-    except (RuntimeError, ValueError) as err:  # NNI refuses, or the model it built crashes
-        raise ValueError(f"the masks cannot be removed for real ({str(err).splitlines()[0]}); exclude the layers "
-                         f"involved with exclude_op_names in the config_list") from None
-    if isinstance(expected, torch.Tensor) and isinstance(got, torch.Tensor):
-        difference = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
-        if got.shape != expected.shape or difference > tolerance:
-            raise ValueError(f"removing the masked channels would change what the model computes (relative "
-                             f"difference {difference:.3g} to masking them, allowed {tolerance}); exclude the layers "
-                             f"whose channels removal cannot follow with exclude_op_names in the config_list")
-
-
-def apply_allocation(target_spaces: Dict[str, Dict[str, Any]], allocation: Optional[Allocation],
-                     scale: float = 1.0) -> None:
-    """Set each selected layer's NNI target space to its unit's ratio (times ``scale``, the share of a pruning
-    schedule reached so far) and dependency group (0 elsewhere), so NNI's ``generate_sparsity`` prunes exactly
-    the allocated channel counts."""
-    if allocation is None:
-        raise RuntimeError("no allocation yet: compress() allocates before it generates sparsity")
-    allocated = {layer: entry for entry in allocation.config_list for layer in entry["op_names"]}
-    for layer, spaces in target_spaces.items():
-        space = spaces.get("weight")
-        if space is None:
-            continue
-        entry = allocated.get(layer)
-        space.sparse_ratio = float(entry["sparse_ratio"]) * scale if entry else 0.0
-        if entry:
-            space.dependency_group_id = entry["dependency_group_id"]
-            if "internal_metric_block" in entry:
-                space._setting["internal_metric_block"] = entry["internal_metric_block"]
-
-
-class MRSPruner(Pruner):
+class MRSPruner(BudgetPruner):
     """Prune channels with per-unit ratios set by module robustness sensitivity (MRS).
 
     ``config_list`` is NNI's: op selection and exclusions, ``min_sparse_ratio``/``max_sparse_ratio`` bounds,
@@ -116,49 +42,62 @@ class MRSPruner(Pruner):
     also removed the channels from a copy with ModelSpeedup and checked it computes what the masked model does.
     """
 
-    allocates = True  # takes the global target and allocates per-unit ratios itself
-
     def __init__(self, model: nn.Module, config_list: List[Dict[str, Any]], evaluator: Any = None, *,
                  calibration: Any = None, attack: Any = None, estimator: Any = None, criterion: str = "taylor",
                  budget: str = "flops", tau: float = 0.0, rule: str = "power", dummy_input: Any = None,
-                 training_steps: int = 10,
+                 training_steps: int = 10, r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01,
                  verify: bool = True, existed_wrappers: Optional[Dict[str, Any]] = None, **allocator_options: Any):
         self.allocator = MRSSparsityAllocator(estimator, budget, tau, rule=rule, criterion=criterion, attack=attack,
-                                              **allocator_options)
-        selection = parse_config_list(model, config_list)  # a clear error now, not NNI's schema traceback later
+                                              r_min=r_min, r_max=r_max, tolerance=tolerance, **allocator_options)
         if calibration is None and evaluator is None:
             raise ValueError("MRSPruner needs calibration data (a DataLoader or an (x, y) pair) or an evaluator "
                              "whose training batches it can use")
         if training_steps < 1:
             raise ValueError(f"training_steps must be >= 1, got {training_steps}")
-        super().__init__(model, [normalize_config(config) for config in config_list], evaluator, existed_wrappers)
-        self.calibration, self.dummy_input, self.training_steps = calibration, dummy_input, training_steps
-        self.verify, self.measured_input = verify, None  # compress() dry-runs the removal on measured_input
-        self.goal = selection.target
+        super().__init__(model, config_list, evaluator, dummy_input=dummy_input, budget=budget, r_min=r_min,
+                         r_max=r_max, tolerance=tolerance, verify=verify, existed_wrappers=existed_wrappers)
+        self.calibration, self.training_steps = calibration, training_steps
         # NNI's scheduled pruning (LinearPruner/AGPPruner wrapping this pruner) sets these: masks every
         # ``interval_steps`` optimizer steps, ``total_times`` times, the ratios growing to the allocation
         self.interval_steps, self.total_times = -1, 1
         self.criterion = criterion
-        self.allocation: Optional[Allocation] = None
         self._captured: List[tuple] = []
         self._gradients: Dict[str, torch.Tensor] = {}
 
-    # -- NNI's pipeline -----------------------------------------------------------------------------------
-    def _collect_data(self) -> Dict[str, Dict[str, torch.Tensor]]:
-        if self.allocation is None or not self.scheduled:  # a schedule measures MRS once and reuses it
-            calibration = self.calibration if self.calibration is not None else self._captured_pair()
-            with unwrapped(self) as model:
-                self.allocation = self._allocate(model, calibration)
-        data = active_sparse_targets_filter(self._target_spaces)
+    # -- the budget pruner's parts -------------------------------------------------------------------------
+    def allocate(self, problem: BudgetProblem) -> Allocation:
+        calibration = self.calibration if self.calibration is not None else self._captured_pair()
+        result = self.allocator.solve(problem, calibration)
+        if self.criterion == "taylor":
+            model = problem.model
+            layers = [layer for entry in result.config_list for layer in entry["op_names"]]
+            # the estimator's own gradients, when it just took them on this call's X' (taylor, probe + taylor)
+            measured = self.allocator.adversarial_data is not None
+            known = getattr(self.allocator.estimator, "gradients", {}) if measured else {}
+            if all(layer in known for layer in layers):
+                self._gradients = {layer: known[layer] for layer in layers}
+            else:
+                x_adv, y = self.allocator.adversarial_data or self.allocator.calibrate(model, calibration)
+                self._gradients = weight_gradients(model, layers, x_adv, y, self.allocator.batch_size)
+        return result
+
+    def default_dummy_input(self) -> Any:
+        """One calibration sample (the captured batches when the evaluator's training supplies them)."""
+        calibration = self.calibration if self.calibration is not None else self._captured_pair()
+        return collect_samples(calibration, 1, self.allocator.seed)[0]
+
+    def channel_data(self, data: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
         if self.criterion == "taylor":  # NNI's Taylor importance, on adversarial instead of training gradients
             for layer, grad in self._gradients.items():
                 data[layer]["weight"] = (data[layer]["weight"] * grad.to(data[layer]["weight"])).pow(2)
         return data
 
-    def _calculate_metrics(self, data: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
-        if self.criterion == "fpgm":
-            return fpgm_metrics(p=2, data=data, target_spaces=self._target_spaces)
-        return norm_metrics(p=2 if self.criterion == "l2" else 1, data=data, target_spaces=self._target_spaces)
+    # -- NNI's pipeline -----------------------------------------------------------------------------------
+    def _collect_data(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        if self.allocation is not None and self.scheduled:  # a schedule measures MRS once and reuses it
+            return self.channel_data(active_sparse_targets_filter(self._target_spaces))
+        self.allocation = None
+        return super()._collect_data()
 
     def _generate_sparsity(self, metrics: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
         share = self._schedule_share() if self.scheduled else 1.0
@@ -179,26 +118,6 @@ class MRSPruner(Pruner):
         this pruner's config_list sets to the global target."""
         ratios = [s["weight"].sparse_ratio for s in self._target_spaces.values() if s.get("weight") is not None]
         return min(1.0, max(0.0, max(r or 0.0 for r in ratios) / self.goal))
-
-    def _allocate(self, model: nn.Module, calibration: Any) -> Allocation:
-        dummy_input = self.dummy_input
-        if dummy_input is None and self.evaluator is not None:
-            dummy_input = self.evaluator.get_dummy_input()
-        if isinstance(dummy_input, torch.Tensor):
-            dummy_input = dummy_input.to(next(model.parameters()).device)
-        result = self.allocator.allocate(model, self.config_list, calibration, dummy_input)
-        self.measured_input = self.allocator.dummy_input
-        if self.criterion == "taylor":
-            layers = [layer for entry in result.config_list for layer in entry["op_names"]]
-            # the estimator's own gradients, when it just took them on this call's X' (taylor, probe + taylor)
-            measured = self.allocator.adversarial_data is not None
-            known = getattr(self.allocator.estimator, "gradients", {}) if measured else {}
-            if all(layer in known for layer in layers):
-                self._gradients = {layer: known[layer] for layer in layers}
-            else:
-                x_adv, y = self.allocator.adversarial_data or self.allocator.calibrate(model, calibration)
-                self._gradients = weight_gradients(model, layers, x_adv, y, self.allocator.batch_size)
-        return result
 
     # -- one-shot, or inside evaluator training ---------------------------------------------------------
     def _single_compress(self, max_steps: Optional[int], max_epochs: Optional[int]) -> None:
@@ -239,8 +158,3 @@ class MRSPruner(Pruner):
             raise ValueError("no calibration data: the evaluator's training_step received no (x, y) batch; pass "
                              "calibration=DataLoader or (x, y)")
         return torch.cat([x for x, _ in self._captured]), torch.cat([y for _, y in self._captured])
-
-    def compress(self, max_steps: Optional[int] = None, max_epochs: Optional[int] = None):
-        """Returns ``(model, masks)``; the report is in ``self.allocation``. On an error (an unreachable target,
-        say) the model is unwrapped first, so it is the user's model again, not one NNI refuses to wrap twice."""
-        return compress_or_unwrap(self, super().compress, max_steps, max_epochs)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .calibration import mean_loss
 from .curves import DEFAULT_RATIOS, check_ratios, loss_curves
 from .importance import CRITERIA, channel_importance, weight_gradients
-from .units import Unit
+from ..budget.units import Unit
 
 __all__ = ["Estimator", "WeightMRS", "ProbeMRS", "CurveMRS", "TaylorMRS", "FeatureMRS", "ESTIMATORS", "CRITERIA",
            "build_estimator", "channel_importance", "weight_gradients", "curve_scores"]

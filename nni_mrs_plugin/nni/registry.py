@@ -18,34 +18,27 @@ __all__ = ["ENTRY_POINT_GROUP", "PrunerSpec", "get_pruner", "pruner_spec", "regi
            "available_pruners"]
 
 ENTRY_POINT_GROUP = "nni_mrs_plugin.pruners"
-ALLOCATIONS = ("uniform", "self")
 
 
 @dataclass(frozen=True)
 class PrunerSpec:
     """How to build a pruner at a global budget.
 
-    ``allocation``: 'uniform' (the budget solver gives every unit the same ratio, the pruner picks channels inside
-    each unit) or 'self' (the pruner takes the global target as ``sparse_ratio`` and ``dummy_input``/``budget``/
-    ``r_max`` keywords and allocates itself, as ``MRSPruner`` and ``GlobalL1NormPruner`` do).
+    Whether it allocates itself is its class: a ``BudgetPruner`` takes the global target as ``sparse_ratio`` and
+    ``dummy_input``/``budget``/``r_max`` keywords; any other NNI pruner gets uniform per-unit ratios.
     ``needs_evaluator``: it trains inside ``compress()`` (Taylor, Slim, AGP, ...), so it gets a ``TorchEvaluator``.
     ``takes_seed``: it draws random numbers and takes a ``seed`` keyword.
     """
 
     pruner: Union[str, type]  # the class, or its "module:Class" path
-    allocation: str = "uniform"
     needs_evaluator: bool = False
     takes_seed: bool = False
     options: Tuple[str, ...] = ()  # the job's pruning options it takes as keywords (see job/pipeline.py)
 
-    def __post_init__(self):
-        if self.allocation not in ALLOCATIONS:
-            raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
-
 
 _NNI = "nni.compression.pruning:"
 _BUILTIN: Dict[str, PrunerSpec] = {
-    "mrs": PrunerSpec("nni_mrs_plugin.mrs.pruner:MRSPruner", allocation="self", takes_seed=True,
+    "mrs": PrunerSpec("nni_mrs_plugin.mrs.pruner:MRSPruner", takes_seed=True,
                       options=("calibration", "estimator", "criterion", "tau", "rule", "rounds", "eps", "n_samples",
                                "progress", "normalization", "estimator_options")),
     "l1": PrunerSpec(_NNI + "L1NormPruner"),
@@ -58,8 +51,8 @@ _BUILTIN: Dict[str, PrunerSpec] = {
     "agp": PrunerSpec(_NNI + "AGPPruner", needs_evaluator=True),
     "movement": PrunerSpec(_NNI + "MovementPruner", needs_evaluator=True),
     "random": PrunerSpec("nni_mrs_plugin.mrs.baselines:RandomPruner", takes_seed=True),
-    "l1-global": PrunerSpec("nni_mrs_plugin.mrs.baselines:GlobalL1NormPruner", allocation="self"),
-    "harp": PrunerSpec("nni_mrs_plugin.harp.pruner:HARPPruner", allocation="self", takes_seed=True,
+    "l1-global": PrunerSpec("nni_mrs_plugin.mrs.baselines:GlobalL1NormPruner"),
+    "harp": PrunerSpec("nni_mrs_plugin.harp.pruner:HARPPruner", takes_seed=True,
                        options=("train_data", "trainer", "epochs", "progress", "checkpoint")),
 }
 _registered: Dict[str, PrunerSpec] = {}
@@ -79,14 +72,13 @@ def available_pruners() -> List[str]:
     return sorted(_known())
 
 
-def register_pruner(name: str, pruner: Union[str, type], overwrite: bool = False, *, allocation: str = "uniform",
-                    needs_evaluator: bool = False, takes_seed: bool = False, options: Tuple[str, ...] = ()) -> None:
+def register_pruner(name: str, pruner: Union[str, type], overwrite: bool = False, *, needs_evaluator: bool = False, takes_seed: bool = False, options: Tuple[str, ...] = ()) -> None:
     """Add ``name`` -> a pruner class (or its "module:Class" path), with how the job should build it."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"pruner name must be a non-empty string, got {name!r}")
     if name in _known() and not overwrite:
         raise ValueError(f"pruner name {name!r} is taken; pass overwrite=True to replace it")
-    _registered[name] = PrunerSpec(pruner, allocation, needs_evaluator, takes_seed, tuple(options))
+    _registered[name] = PrunerSpec(pruner, needs_evaluator, takes_seed, tuple(options))
 
 
 def unregister_pruner(name: str) -> None:

@@ -1,0 +1,235 @@
+"""``BudgetProblem``: the method-neutral core under every budget pruner: the units of a selection, the exact cost
+model of the model ModelSpeedup will build, the global target and the bounds, with one way to measure what a set of
+ratios removes and one way to meet the target from rough ratios.
+
+Ratios are per-unit fractions of channels to prune; counts are channels pruned per block (what NNI prunes). A rule
+may return any ratios: ``meet`` scales them by one factor c (r_u = clip(c * w_u, bounds), c found by bisection on
+the cost model), then moves single channels until the removed fraction is within the tolerance of the target.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .cost import BUDGETS, CostModel
+from .report import Allocation, UnitReport
+from .units import Unit, find_units, parse_config_list
+
+__all__ = ["BudgetProblem", "check_bounds", "check_target", "check_tolerance", "refine"]
+
+
+def check_bounds(r_min: float, r_max: float) -> None:
+    """The one rule for the pruned fraction's bounds: a unit always keeps a channel."""
+    if not 0.0 <= r_min <= r_max < 1.0:
+        raise ValueError(f"need 0 <= r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
+
+
+def check_tolerance(tolerance: float) -> None:
+    if not 0.0 < tolerance < 0.5:
+        raise ValueError(f"tolerance must be in (0, 0.5), got {tolerance}")
+
+
+def check_target(target: float, budget: str) -> None:
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target sparse_ratio must be in (0, 1), got {target}")
+
+
+@dataclass
+class BudgetProblem:
+    """Remove ``target`` of the ``budget`` ('flops', 'params', 'channels') of the sped-up model by pruning
+    ``units``, each within its bounds, to within ``tolerance``."""
+
+    units: List[Unit]
+    cost: CostModel
+    target: float
+    budget: str = "flops"
+    tolerance: float = 0.01
+    skipped: Dict[str, str] = field(default_factory=dict)
+    model: Optional[nn.Module] = None
+    graph_module: Optional[torch.fx.GraphModule] = None
+    dummy_input: Any = None
+
+    def __post_init__(self):
+        check_target(self.target, self.budget)
+        check_tolerance(self.tolerance)
+        self.units = list(self.units)
+
+    @classmethod
+    def build(cls, model: nn.Module, config_list: Sequence[Dict[str, Any]], dummy_input: Any, budget: str = "flops",
+              r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01) -> "BudgetProblem":
+        """The problem an NNI config_list poses: its ``sparse_ratio`` is the global fraction of ``budget`` to
+        remove, ``min/max_sparse_ratio`` bound layers, ``r_min``/``r_max`` bound the rest."""
+        check_bounds(r_min, r_max)
+        check_target(0.5, budget)
+        selection = parse_config_list(model, config_list)
+        units, skipped, graph_module = find_units(model, selection, dummy_input, r_min, r_max)
+        cost = CostModel(model, graph_module, units, dummy_input)
+        return cls(units, cost, selection.target, budget, tolerance, skipped, model, graph_module, dummy_input)
+
+    # -- measuring ------------------------------------------------------------------------------------------
+    def counts(self, ratios: Mapping[str, float]) -> Dict[str, int]:
+        """Channels pruned per block for per-unit ratios (a missing unit: 0), within each unit's bounds."""
+        unknown = sorted(set(ratios) - {u.name for u in self.units})
+        if unknown:
+            raise ValueError(f"ratios name units {unknown} that this problem does not have; its units are "
+                             f"{', '.join(u.name for u in self.units)}")
+        out = {}
+        for unit in self.units:
+            ratio = float(ratios.get(unit.name, 0.0))
+            if not math.isfinite(ratio):
+                raise ValueError(f"ratio of unit {unit.name!r} must be a finite number, got {ratio}")
+            count = math.floor(unit.per_block * min(max(ratio, 0.0), 1.0) + 1e-9)
+            out[unit.name] = min(max(count, unit.min_pruned_per_block()), unit.max_pruned_per_block())
+        return out
+
+    def removed_counts(self, pruned: Mapping[str, int]) -> float:
+        """The fraction of the budget the sped-up model loses with ``pruned[unit]`` channels per block pruned."""
+        return self.cost.removed_fraction({u.name: u.kept(pruned[u.name]) for u in self.units}, self.budget)
+
+    def removed(self, ratios: Mapping[str, float]) -> float:
+        """The fraction of the budget the sped-up model loses at per-unit ratios."""
+        return self.removed_counts(self.counts(ratios))
+
+    def check_reachable(self) -> None:
+        """A clear error when the units' bounds cannot reach the target."""
+        lowest = self.removed_counts({u.name: u.min_pruned_per_block() for u in self.units})
+        highest = self.removed_counts({u.name: u.max_pruned_per_block() for u in self.units})
+        if self.target > highest + self.tolerance:
+            raise ValueError(f"cannot remove {self.target:.4f} of the model's {self.budget}: with this selection and "
+                             f"max_sparse_ratio bounds the most reachable is {highest:.4f} (select more layers or "
+                             f"raise max_sparse_ratio/r_max)")
+        if self.target < lowest - self.tolerance:
+            raise ValueError(f"cannot remove only {self.target:.4f} of the model's {self.budget}: min_sparse_ratio "
+                             f"bounds already remove {lowest:.4f}")
+
+    # -- meeting the target ---------------------------------------------------------------------------------
+    def scale(self, weights: Mapping[str, float]) -> Dict[str, int]:
+        """Counts at r_u = clip(c * w_u) with c found by bisection, then ``refine``d (more from large weights)."""
+        self.check_reachable()
+        bad = {name: w for name, w in weights.items() if not (math.isfinite(w) and w > 0)}
+        if bad:
+            raise ValueError(f"weights must be positive finite numbers, got {bad}")
+
+        def counts_at(c: float) -> Dict[str, int]:
+            return self.counts({u.name: c * weights[u.name] for u in self.units})
+
+        low, high = 0.0, max(unit.max_ratio / weights[unit.name] for unit in self.units) + 1e-9
+        for _ in range(60):
+            middle = 0.5 * (low + high)
+            low, high = (middle, high) if self.removed_counts(counts_at(middle)) < self.target else (low, middle)
+        best = min((counts_at(low), counts_at(high)), key=lambda p: abs(self.removed_counts(p) - self.target))
+        return self.refine(best, weights)
+
+    def meet(self, ratios: Mapping[str, float]) -> Dict[str, int]:
+        """Counts meeting the target from a rule's rough ratios: taken as they are when within the tolerance,
+        else scaled by one factor (all zero: uniform) and refined."""
+        counts = self.counts(ratios)
+        if abs(self.removed_counts(counts) - self.target) <= self.tolerance:
+            return counts
+        weights = {u.name: float(ratios.get(u.name, 0.0)) for u in self.units}
+        if max(weights.values()) <= 0:
+            weights = {name: 1.0 for name in weights}
+        floor = max(weights.values()) * 1e-6
+        return self.scale({name: max(w, floor) for name, w in weights.items()})
+
+    def refine(self, pruned: Mapping[str, int], weights: Mapping[str, float]) -> Dict[str, int]:
+        """``refine`` on this problem: single-channel moves into the tolerance, largest weight pruned first."""
+        return refine(self.units, weights, pruned, self.removed_counts, self.target, self.tolerance)
+
+    def allocation(self, pruned: Mapping[str, int], scores: Optional[Mapping[str, float]] = None,
+                   rule: str = "power") -> Allocation:
+        """The ``Allocation`` for per-unit counts: one NNI config_list entry (``op_names``, ``sparse_ratio``,
+        ``dependency_group_id``) and one report row per unit (``scores``, default the ratio)."""
+        kept = {unit.name: unit.kept(pruned[unit.name]) for unit in self.units}
+        shares = self.cost.unit_share(self.budget)
+        config_list: List[dict] = []
+        rows = []
+        for unit in self.units:
+            entry = {"op_names": list(unit.layers), "sparse_ratio": unit.sparse_ratio(pruned[unit.name]),
+                     "dependency_group_id": unit.name}
+            if unit.block > 1:
+                entry["internal_metric_block"] = unit.block
+            config_list.append(entry)
+            ratio = 1.0 - kept[unit.name] / unit.channels
+            rows.append(UnitReport(unit.name, list(unit.layers), float(scores[unit.name]) if scores else ratio,
+                                   ratio, unit.channels, kept[unit.name], shares[unit.name]))
+        return Allocation(config_list, rows, self.target, self.cost.removed_fraction(kept, self.budget), self.budget,
+                          dict(self.skipped), rule=rule)
+
+
+def refine(units, weights, pruned, removed, target, tolerance) -> Dict[str, int]:
+    """Move single channels until the removed fraction is within tolerance: prune more from the units with the
+    largest weight first, give back to the smallest first. Where single channels are too coarse (one channel of a
+    small early conv can be worth 10% of a model's FLOPs), trade channels between two units; if the target still
+    cannot be met, a ValueError names the nearest reachable fractions."""
+    pruned = dict(pruned)
+    order = sorted(units, key=lambda unit: -weights[unit.name])
+    seen: Dict[float, None] = {}
+    for _ in range(sum(unit.per_block for unit in units)):
+        current = removed(pruned)
+        seen[current] = None
+        if abs(current - target) <= tolerance:
+            return pruned
+        step = 1 if current < target else -1
+        moved = False
+        for unit in (order if step == 1 else order[::-1]):
+            trial = _moved(pruned, unit, step)
+            if trial is not None:
+                seen[removed(trial)] = None
+                if abs(removed(trial) - target) < abs(current - target):
+                    pruned, moved = trial, True
+                    break
+        if not moved:
+            trial = _best_trade(units, pruned, removed, target, seen)
+            if trial is None:
+                break
+            pruned = trial
+    current = removed(pruned)
+    if abs(current - target) > tolerance:
+        below = max((v for v in seen if v <= target), default=None)
+        above = min((v for v in seen if v >= target), default=None)
+        nearest = " and ".join(f"{v:.4f}" for v in (below, above) if v is not None)
+        raise ValueError(f"cannot remove {target:.4f} of the model's budget within ±{tolerance}: at channel "
+                         f"granularity the closest reachable fractions found are {nearest} (ask for one of them, "
+                         f"select more layers, or raise the tolerance)")
+    return pruned
+
+
+def _moved(pruned: Mapping[str, int], unit: Unit, step: int) -> Optional[Dict[str, int]]:
+    count = pruned[unit.name] + step
+    if not unit.min_pruned_per_block() <= count <= unit.max_pruned_per_block():
+        return None
+    return dict(pruned, **{unit.name: count})
+
+
+def _best_trade(units, pruned, removed, target, seen) -> Optional[Dict[str, int]]:
+    """One channel more or fewer in one unit, then as many channels of another unit the other way as bring the
+    removed fraction closest to the target (a unit's channels cost about the same each); None when no such
+    trade gets closer."""
+    best, gap = None, abs(removed(pruned) - target)
+    for coarse in units:
+        for step in (1, -1):
+            moved = _moved(pruned, coarse, step)
+            if moved is None:
+                continue
+            base = removed(moved)
+            direction = 1 if base < target else -1
+            for fine in units:
+                one = _moved(moved, fine, direction) if fine is not coarse else None
+                delta = removed(one) - base if one is not None else 0.0
+                if delta == 0.0:
+                    continue
+                count = moved[fine.name] + direction * max(1, round((target - base) / delta))
+                count = min(max(count, fine.min_pruned_per_block()), fine.max_pruned_per_block())
+                trial = dict(moved, **{fine.name: count})
+                value = removed(trial)
+                seen[value] = None
+                if abs(value - target) < gap:
+                    best, gap = trial, abs(value - target)
+    return best
