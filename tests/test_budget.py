@@ -87,3 +87,21 @@ def test_a_pruner_without_allocate_or_dummy_input_says_what_is_missing():
         DeepFirstPruner(model, SELECT).compress()
     with pytest.raises(NotImplementedError, match="must implement allocate"):
         BudgetPruner(model, SELECT, dummy_input=torch.zeros(1, 1, 28, 28)).compress()
+
+
+@pytest.mark.parametrize("criterion, nni_pruner", [("l1", "l1"), ("fpgm", "fpgm")])
+def test_uniform_pruner_is_nni_pruner_at_the_budget_solver_s_uniform_ratios(criterion, nni_pruner):
+    """``UniformPruner`` (a budget pruner) and an NNI pruner given the solver's uniform ratios prune the same."""
+    from nni_mrs_plugin import UniformPruner, baseline_masks
+
+    model, x = make_model("resnet18"), dummy_input("resnet18", 1)
+    pruner = UniformPruner(model, SELECT, dummy_input=x, criterion=criterion)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    reference, nni_masks = baseline_masks(model, SELECT, x, get_pruner(nni_pruner))
+    assert [row.ratio for row in pruner.allocation.report] == [row.ratio for row in reference.report]
+    assert len({round(row.ratio, 2) for row in reference.report}) <= 3  # uniform up to channel rounding
+    for layer, mask in nni_masks.items():
+        assert torch.equal(masks[layer]["weight"], mask["weight"]), layer
+    with pytest.raises(ValueError, match="unknown criterion 'taylor'; choose one of l1, l2, fpgm"):
+        UniformPruner(model, SELECT, dummy_input=x, criterion="taylor")
