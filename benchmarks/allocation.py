@@ -53,7 +53,7 @@ from nni_mrs_plugin.checkpoint import atomic_json, atomic_write, load_pruned, sa
 from nni_mrs_plugin.data import load_dataset
 from nni_mrs_plugin.evaluate import count_flops, count_params, evaluate_robustness
 from nni_mrs_plugin.models import build_model
-from nni_mrs_plugin.mrs.baselines import baseline_masks
+from nni_mrs_plugin.budget.baselines import baseline_masks
 from nni_mrs_plugin.mrs.curves import DEFAULT_RATIOS
 from nni_mrs_plugin.nni.registry import get_pruner
 from nni_mrs_plugin.nni.speedup import recalibrate_batchnorm, speedup_model

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from allocation import EPS, collect, rank_correlation, splits, tensors  # the run's own split and calibration draw
 from nni_mrs_plugin.checkpoint import atomic_json, atomic_write, load_pruned
 from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
-from nni_mrs_plugin.mrs.calibration import mean_loss
+from nni_mrs_plugin.evaluate import mean_loss
 from nni_mrs_plugin.mrs.costaware import predicted_rise
 from nni_mrs_plugin.mrs.curves import DEFAULT_RATIOS, prune_count
 from nni_mrs_plugin.mrs.joint import JointLoss

@@ -29,12 +29,12 @@ _EXPORTS = {
     # module robustness sensitivity -> allocation -> pruning
     "MRSPruner": "mrs.pruner", "verify_removal": "budget.pruner", "MRSSparsityAllocator": "mrs.allocator",
     "Allocation": "budget.report", "UnitReport": "budget.report", "BudgetPruner": "budget.pruner",
-    "BudgetProblem": "budget.problem", "UniformPruner": "mrs.baselines", "CostModel": "budget.cost",
+    "BudgetProblem": "budget.problem", "UniformPruner": "budget.baselines", "CostModel": "budget.cost",
     "Unit": "budget.units", "ESTIMATORS": "mrs.sensitivity",
     "WeightMRS": "mrs.sensitivity", "ProbeMRS": "mrs.sensitivity", "TaylorMRS": "mrs.sensitivity",
     "get_pruner": "nni.registry", "register_pruner": "nni.registry", "available_pruners": "nni.registry",
     "pruner_spec": "nni.registry", "PrunerSpec": "nni.registry", "unregister_pruner": "nni.registry",
-    "RandomPruner": "mrs.baselines", "GlobalL1NormPruner": "mrs.baselines", "baseline_masks": "mrs.baselines",
+    "RandomPruner": "budget.baselines", "GlobalL1NormPruner": "budget.baselines", "baseline_masks": "budget.baselines",
     # checkpoints
     "save_pruned": "checkpoint", "load_pruned": "checkpoint", "architecture": "checkpoint", "rebuild": "checkpoint",
     # training: natural and adversarial, NNI TorchEvaluator hooks, standalone fine-tuning, robust evaluation

@@ -22,7 +22,7 @@ from .attacks import (EVAL_ATTACKS, PixelSpace, check_alpha, check_eps, check_ev
                       default_alpha, eval_attack)
 from .device import check_device
 
-__all__ = ["evaluate_robustness", "ATTACKS", "count_params", "count_flops", "measure_latency", "accuracy"]
+__all__ = ["evaluate_robustness", "ATTACKS", "count_params", "count_flops", "measure_latency", "accuracy", "mean_loss"]
 
 # --- what pruning buys ------------------------------------------------------------------------------------
 
@@ -239,3 +239,17 @@ def _stage_bar(attack: Any, name: str, progress: bool) -> Optional[tqdm]:
 def accuracy(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu") -> float:
     """Clean top-1 accuracy in [0, 1] over a loader (``evaluate_robustness`` with the clean column only)."""
     return evaluate_robustness(model, loader, ("clean",), device=device)["clean"]["accuracy"]
+
+
+def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
+              grad: bool = False) -> torch.Tensor:
+    """Mean cross-entropy over (x, y) in batches; with ``grad`` the batches' gradients accumulate as one mean."""
+    total = torch.zeros((), device=x.device)
+    with torch.set_grad_enabled(grad):
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            loss = nn.functional.cross_entropy(model(xb), yb, reduction="sum") / len(x)
+            if grad:
+                loss.backward()
+            total = total + loss.detach()
+    return total

@@ -164,7 +164,7 @@ def test_coarse_channels_are_traded_into_the_tolerance(ops, target):
     from nni.compression.pruning import L1NormPruner
 
     from nni_mrs_plugin.evaluate import count_flops
-    from nni_mrs_plugin.mrs.baselines import baseline_masks
+    from nni_mrs_plugin.budget.baselines import baseline_masks
     from nni_mrs_plugin.nni.speedup import speedup_model
 
     model, dummy = QuickStartLeNet().eval(), torch.zeros(1, 1, 28, 28)
@@ -178,7 +178,7 @@ def test_coarse_channels_are_traded_into_the_tolerance(ops, target):
 def test_an_unreachable_granularity_names_the_closest_fractions():
     from nni.compression.pruning import L1NormPruner
 
-    from nni_mrs_plugin.mrs.baselines import baseline_masks
+    from nni_mrs_plugin.budget.baselines import baseline_masks
 
     config = [{"op_types": ["Conv2d"], "sparse_ratio": 0.1}]
     with pytest.raises(ValueError, match=r"cannot remove 0\.1000 .* within ±0\.01: .* closest reachable fractions "

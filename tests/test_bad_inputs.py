@@ -247,7 +247,7 @@ def _granularity():
     import sys
 
     from nni.compression.pruning import L1NormPruner
-    from nni_mrs_plugin.mrs.baselines import baseline_masks
+    from nni_mrs_plugin.budget.baselines import baseline_masks
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "nni_examples"))
     from quickstart_pruning import LeNet

@@ -5,7 +5,7 @@ import pytest
 import torch
 from test_pipeline import tiny
 
-from nni_mrs_plugin.mrs.baselines import GlobalL1NormPruner, RandomPruner, baseline_masks
+from nni_mrs_plugin.budget.baselines import GlobalL1NormPruner, RandomPruner, baseline_masks
 from nni_mrs_plugin.evaluate import count_flops
 from nni_mrs_plugin.models import build_model
 from nni_mrs_plugin.job.pipeline import Pipeline

@@ -195,7 +195,7 @@ def test_joint_removal_of_one_unit_is_its_curve_and_the_table_ranks_rows(fashion
     """allocation_joint.py compares the budget rule's sum of single-unit curves with removing every unit at once;
     that comparison holds only if its removal of one unit alone is exactly what the curves measured."""
     from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
-    from nni_mrs_plugin.mrs.calibration import mean_loss
+    from nni_mrs_plugin.evaluate import mean_loss
     from nni_mrs_plugin.mrs.curves import prune_count
     from conftest import make_model
 

@@ -21,7 +21,7 @@ from ..checkpoint import atomic_save
 from ..evaluate import check_labels
 from ..budget.problem import BudgetProblem
 from ..budget.report import Allocation
-from ..mrs.importance import channel_importance
+from ..budget.importance import channel_importance
 from .gates import ChannelGates, resource_loss
 
 __all__ = ["learn_allocation"]

@@ -188,7 +188,7 @@ class Pipeline:
 
     def prune(self) -> Dict[str, Any]:
         """Any registered pruner at the config's budget, built the same way: its registry spec says what it takes."""
-        from ..mrs.baselines import baseline_masks
+        from ..budget.baselines import baseline_masks
         from ..nni.registry import get_pruner, pruner_spec
 
         model = load_pruned(self.dir / "dense.pt").to(self.device)

@@ -1,4 +1,3 @@
-"""Module robustness sensitivity, in pipeline order: ``units`` (what can be pruned together) -> ``cost`` (what a
-channel costs after removal) -> ``calibration`` (adversarial samples) -> ``sensitivity`` (MRS estimators) ->
-``allocation`` (the budget solver) -> ``allocator`` (MRS allocator) -> ``pruner`` (``MRSPruner``) and
-``baselines`` (the same budget without MRS)."""
+"""Module robustness sensitivity, in pipeline order, on the budget core (``budget/``): ``calibration``
+(adversarial samples) -> ``curves`` and ``sensitivity`` (MRS estimators) -> the rules ``allocation`` (power),
+``costaware`` (budget) and ``joint`` -> ``allocator`` (``MRSSparsityAllocator``) -> ``pruner`` (``MRSPruner``)."""

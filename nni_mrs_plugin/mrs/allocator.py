@@ -21,7 +21,7 @@ from ..budget.report import Allocation
 from ..budget.units import Unit
 from . import allocation, costaware, joint
 from .calibration import adversarial_examples, collect_samples
-from .importance import weight_gradients
+from ..budget.importance import weight_gradients
 from .sensitivity import CRITERIA, ESTIMATORS, Estimator, build_estimator, curve_scores
 
 __all__ = ["MRSSparsityAllocator", "default_estimator"]

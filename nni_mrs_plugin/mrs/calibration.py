@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..attacks import PixelSpace
 from ..evaluate import check_labels
 
-__all__ = ["collect_samples", "adversarial_examples", "mean_loss"]
+__all__ = ["collect_samples", "adversarial_examples"]
 
 
 def collect_samples(calibration: Any, n_samples: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -75,17 +75,3 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, att
     finally:
         model.train(was_training)
     return torch.cat(out)
-
-
-def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
-              grad: bool = False) -> torch.Tensor:
-    """Mean cross-entropy over (x, y) in batches; with ``grad`` the batches' gradients accumulate as one mean."""
-    total = torch.zeros((), device=x.device)
-    with torch.set_grad_enabled(grad):
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            loss = nn.functional.cross_entropy(model(xb), yb, reduction="sum") / len(x)
-            if grad:
-                loss.backward()
-            total = total + loss.detach()
-    return total

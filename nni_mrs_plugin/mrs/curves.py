@@ -16,8 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..nni.speedup import mask_like_removal, recalibrate_batchnorm, trace
-from .calibration import mean_loss
-from .importance import unit_keep_masks
+from ..evaluate import mean_loss
+from ..budget.importance import unit_keep_masks
 from ..budget.units import Unit
 
 __all__ = ["DEFAULT_RATIOS", "check_ratios", "prune_count", "loss_curves"]

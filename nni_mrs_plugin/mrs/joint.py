@@ -18,10 +18,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..nni.speedup import mask_like_removal, recalibrate_batchnorm
+from ..evaluate import mean_loss
 from ..budget.problem import BudgetProblem
 from ..budget.units import Unit
-from .calibration import mean_loss
-from .importance import unit_keep_masks
+from ..budget.importance import unit_keep_masks
 
 __all__ = ["JointLoss", "allocate_jointly"]
 

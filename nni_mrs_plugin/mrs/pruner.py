@@ -19,7 +19,7 @@ from ..budget.pruner import BudgetPruner, apply_allocation, compress_or_unwrap, 
 from ..budget.report import Allocation
 from .allocator import MRSSparsityAllocator
 from .calibration import collect_samples
-from .importance import weight_gradients
+from ..budget.importance import weight_gradients
 
 __all__ = ["MRSPruner", "apply_allocation", "unwrapped", "compress_or_unwrap", "verify_removal"]
 

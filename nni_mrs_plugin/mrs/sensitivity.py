@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibration import mean_loss
 from .curves import DEFAULT_RATIOS, check_ratios, loss_curves
-from .importance import CRITERIA, channel_importance, weight_gradients
+from ..evaluate import mean_loss
+from ..budget.importance import CRITERIA, channel_importance, weight_gradients
 from ..budget.units import Unit
 
 __all__ = ["Estimator", "WeightMRS", "ProbeMRS", "CurveMRS", "TaylorMRS", "FeatureMRS", "ESTIMATORS", "CRITERIA",

@@ -50,8 +50,8 @@ _BUILTIN: Dict[str, PrunerSpec] = {
     "linear": PrunerSpec(_NNI + "LinearPruner", needs_evaluator=True),
     "agp": PrunerSpec(_NNI + "AGPPruner", needs_evaluator=True),
     "movement": PrunerSpec(_NNI + "MovementPruner", needs_evaluator=True),
-    "random": PrunerSpec("nni_mrs_plugin.mrs.baselines:RandomPruner", takes_seed=True),
-    "l1-global": PrunerSpec("nni_mrs_plugin.mrs.baselines:GlobalL1NormPruner"),
+    "random": PrunerSpec("nni_mrs_plugin.budget.baselines:RandomPruner", takes_seed=True),
+    "l1-global": PrunerSpec("nni_mrs_plugin.budget.baselines:GlobalL1NormPruner"),
     "harp": PrunerSpec("nni_mrs_plugin.harp.pruner:HARPPruner", takes_seed=True,
                        options=("train_data", "trainer", "epochs", "progress", "checkpoint")),
 }

@@ -11,8 +11,8 @@ from typing import Dict, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .calibration import mean_loss
-from ..budget.units import Unit
+from ..evaluate import mean_loss
+from .units import Unit
 
 __all__ = ["CRITERIA", "channel_importance", "weight_gradients", "unit_keep_masks"]
 

@@ -18,11 +18,11 @@ import torch
 from nni.compression.pruning import L1NormPruner
 from torch import nn
 
-from ..budget.problem import BudgetProblem
-from ..budget.pruner import BudgetPruner
-from ..budget.report import Allocation
 from ..nni.speedup import Masks, compute_masks
 from .importance import channel_importance
+from .problem import BudgetProblem
+from .pruner import BudgetPruner
+from .report import Allocation
 
 __all__ = ["UniformPruner", "RandomPruner", "GlobalL1NormPruner", "baseline_masks", "global_l1_allocation"]
 
