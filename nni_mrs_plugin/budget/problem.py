@@ -19,7 +19,7 @@ from .cost import BUDGETS, CostModel
 from .report import Allocation, UnitReport
 from .units import Unit, find_units, parse_config_list
 
-__all__ = ["BudgetProblem", "check_bounds", "check_target", "check_tolerance", "refine"]
+__all__ = ["BudgetProblem", "check_budget", "check_bounds", "check_target", "check_tolerance", "refine"]
 
 
 def check_bounds(r_min: float, r_max: float) -> None:
@@ -33,9 +33,13 @@ def check_tolerance(tolerance: float) -> None:
         raise ValueError(f"tolerance must be in (0, 0.5), got {tolerance}")
 
 
-def check_target(target: float, budget: str) -> None:
+def check_budget(budget: str) -> None:
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+
+
+def check_target(target: float, budget: str) -> None:
+    check_budget(budget)
     if not 0.0 < target < 1.0:
         raise ValueError(f"target sparse_ratio must be in (0, 1), got {target}")
 
@@ -66,7 +70,7 @@ class BudgetProblem:
         """The problem an NNI config_list poses: its ``sparse_ratio`` is the global fraction of ``budget`` to
         remove, ``min/max_sparse_ratio`` bound layers, ``r_min``/``r_max`` bound the rest."""
         check_bounds(r_min, r_max)
-        check_target(0.5, budget)
+        check_budget(budget)
         selection = parse_config_list(model, config_list)
         units, skipped, graph_module = find_units(model, selection, dummy_input, r_min, r_max)
         cost = CostModel(model, graph_module, units, dummy_input)

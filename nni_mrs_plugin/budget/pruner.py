@@ -18,8 +18,7 @@ from nni.compression.base.compressor import Pruner
 from nni.compression.pruning.tools import active_sparse_targets_filter, fpgm_metrics, generate_sparsity, norm_metrics
 
 from ..nni.speedup import mask_like_removal, speedup_model
-from .cost import BUDGETS
-from .problem import BudgetProblem, check_bounds, check_tolerance
+from .problem import BudgetProblem, check_bounds, check_budget, check_tolerance
 from .report import Allocation
 from .units import Selection, normalize_config, parse_config_list
 
@@ -100,8 +99,7 @@ def check_arguments(model: nn.Module, config_list: List[Dict[str, Any]], budget:
                     r_max: float = 0.9, tolerance: float = 0.01) -> Selection:
     """A budget pruner's arguments checked, one line naming the bad value, before NNI wraps the model (a subclass
     that checks its own options first calls this before them)."""
-    if budget not in BUDGETS:
-        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    check_budget(budget)
     check_bounds(r_min, r_max)
     check_tolerance(tolerance)
     return parse_config_list(model, config_list)  # a clear error now, not NNI's schema traceback later

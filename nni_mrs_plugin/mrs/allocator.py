@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from ..attacks import PixelSpace, build_attack, check_eps, check_pixel_range, default_eps
-from ..budget.cost import BUDGETS
-from ..budget.problem import BudgetProblem, check_bounds, check_tolerance
+from ..budget.problem import BudgetProblem, check_bounds, check_budget, check_tolerance
 from ..budget.report import Allocation
 from ..budget.units import Unit
 from . import allocation, costaware, joint
@@ -54,8 +53,7 @@ class MRSSparsityAllocator:
                  eps: Optional[float] = None, n_samples: int = 512, batch_size: int = 256, seed: int = 0,
                  r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01, progress: bool = True,
                  normalization: Optional[tuple] = None, rounds: int = 10, **estimator_options: Any):
-        if budget not in BUDGETS:
-            raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+        check_budget(budget)
         if rule not in allocation.RULES:
             raise ValueError(f"unknown allocation rule {rule!r}; choose one of {', '.join(allocation.RULES)}")
         if estimator is None:
