@@ -126,7 +126,6 @@ class PruningSection:
     def estimator_name(self) -> str:
         """``estimator``, or the rule's own when it is null, as ``MRSPruner`` resolves ``estimator=None``."""
         from ..mrs.allocator import default_estimator
-
         return self.estimator or default_estimator(self.rule)
 
     def check(self, key: str) -> None:
@@ -142,10 +141,11 @@ class PruningSection:
         _require(0 < self.r_max, f"{key}.r_max", "must be in (0, 1)", self.r_max)
         _require(bool(self.op_types), f"{key}.op_types", "must name at least one layer type", self.op_types)
         options = {name: getattr(self, name) for name in getattr(ESTIMATORS.get(self.estimator_name()), "options", ())}
+        options.update({"rounds": self.rounds} if self.rule == "joint" else {"tau": self.tau} if self.rule == "power" else {})
         _constructor_checks(key, self, lambda: ESTIMATORS["weight"](rho=self.rho, steps=self.steps))  # its keys
         _constructor_checks(key, self, lambda: MRSSparsityAllocator(
-            self.estimator_name(), self.budget, self.tau, rule=self.rule, criterion=self.criterion, eps=self.eps,
-            r_max=self.r_max, progress=False, rounds=self.rounds, **options))
+            self.estimator_name(), self.budget, rule=self.rule, criterion=self.criterion, eps=self.eps,
+            r_max=self.r_max, progress=False, **options))
 
 
 @dataclass

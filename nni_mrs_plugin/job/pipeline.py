@@ -223,10 +223,11 @@ class Pipeline:
 
         cfg = self.config.pruning
         offered = {"calibration": self.loaders[0], "estimator": cfg.estimator_name(), "criterion": cfg.criterion,
-                   "tau": cfg.tau, "rule": cfg.rule, "rounds": cfg.rounds, "eps": self.eps(cfg.eps),
+                   "tau": cfg.tau if cfg.rule == "power" else None, "rule": cfg.rule, "eps": self.eps(cfg.eps),
                    "n_samples": cfg.samples, "progress": self.config.progress,
                    "normalization": _normalization(self.config),
-                   "estimator_options": {name: getattr(cfg, name) for name in ESTIMATORS[cfg.estimator_name()].options},
+                   "estimator_options": {**{name: getattr(cfg, name) for name in ESTIMATORS[cfg.estimator_name()].options},
+                                         **({"rounds": cfg.rounds} if cfg.rule == "joint" else {})},
                    # pruners that train to choose (harp): the fine-tuning objective, resumable in the run folder
                    "train_data": self.loaders[0], "trainer": self.trainer(self.config.finetune),
                    "epochs": cfg.epochs, "checkpoint": self.dir / "prune-harp.pt"}

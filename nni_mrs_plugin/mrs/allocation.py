@@ -12,10 +12,7 @@ from typing import Dict, Mapping
 
 from ..budget.problem import BudgetProblem
 
-__all__ = ["allocate", "weights_from_scores", "RULES"]
-
-RULES = ("power", "budget", "joint")  # sensitivity -> ratios (power); curves + cost -> counts (budget);
-# the loss of the model pruned so far + cost -> counts, step by step (joint)
+__all__ = ["allocate", "weights_from_scores"]
 
 
 def weights_from_scores(scores: Mapping[str, float], tau: float) -> Dict[str, float]:

@@ -44,7 +44,7 @@ class MRSPruner(BudgetPruner):
 
     def __init__(self, model: nn.Module, config_list: List[Dict[str, Any]], evaluator: Any = None, *,
                  calibration: Any = None, attack: Any = None, estimator: Any = None, criterion: str = "taylor",
-                 budget: str = "flops", tau: float = 0.0, rule: str = "power", dummy_input: Any = None,
+                 budget: str = "flops", tau: Optional[float] = None, rule: Any = "power", dummy_input: Any = None,
                  training_steps: int = 10, r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01,
                  verify: bool = True, existed_wrappers: Optional[Dict[str, Any]] = None, **allocator_options: Any):
         self.allocator = MRSSparsityAllocator(estimator, budget, tau, rule=rule, criterion=criterion, attack=attack,

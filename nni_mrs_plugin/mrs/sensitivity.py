@@ -14,7 +14,7 @@ The formulation is this project's own (see docs/method.md): the MRPF paper's tex
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Type
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -53,21 +53,24 @@ class Estimator:
         self.progress = progress
         self.gradients: Dict[str, torch.Tensor] = {}  # adversarial weight gradients of the last call, if it took any
         self.clean: Optional[torch.Tensor] = None  # the clean samples during a call, if given
+        self.attack: Optional[Callable[[nn.Module], torch.Tensor]] = None  # X' for another model, during a call
 
     def __call__(self, model: nn.Module, units: Sequence[Unit], x_adv: torch.Tensor, y: torch.Tensor,
-                 graph_module: Optional[torch.fx.GraphModule] = None, x: Optional[torch.Tensor] = None
-                 ) -> Dict[str, float]:
+                 graph_module: Optional[torch.fx.GraphModule] = None, x: Optional[torch.Tensor] = None,
+                 attack: Optional[Callable[[nn.Module], torch.Tensor]] = None) -> Dict[str, float]:
+        """One MRS value per unit. ``x``: the clean samples X' was made from; ``attack(m)``: the calibration
+        attack re-run on ``m`` (the model masked in place), for estimators that re-attack each probe."""
         if len(x_adv) == 0:
             raise ValueError("calibration data is empty: 0 adversarial samples")
         if self.needs_clean and x is None:
             raise ValueError(f"the {self.name!r} estimator needs the clean calibration samples x as well as X'")
-        self.clean = x
+        self.clean, self.attack = x, attack
         was_training = model.training
         model.eval()
         try:
             return self.estimate(model, units, x_adv, y, graph_module)
         finally:
-            self.clean = None  # the calibration set is not kept alive between calls
+            self.clean = self.attack = None  # the calibration set is not kept alive between calls
             model.train(was_training)
 
     def estimate(self, model, units, x_adv, y, graph_module) -> Dict[str, float]:
@@ -157,8 +160,7 @@ class ProbeMRS(Estimator):
 
     name = "probe"
     options = ("recalibrate",)
-    reattack = False  # CurveMRS: re-run the attack on every probed model, through ``regenerate`` (model -> X')
-    regenerate = None
+    reattack = False  # CurveMRS: re-run the attack on every probed model (the call's ``attack``)
 
     def __init__(self, ratio: float = 0.5, criterion: str = "l1", recalibrate: bool = False, **kwargs):
         super().__init__(**kwargs)
@@ -178,9 +180,10 @@ class ProbeMRS(Estimator):
         self.gradients = grads
         adversarial = x_adv
         if self.reattack:
-            if self.regenerate is None:
-                raise ValueError("reattack=True needs the calibration attack: call it through MRSSparsityAllocator")
-            adversarial = self.regenerate
+            if self.attack is None:
+                raise ValueError("reattack=True needs the calibration attack: pass attack=(model -> X') to the call, "
+                                 "as MRSSparsityAllocator does")
+            adversarial = self.attack
         self.curves = loss_curves(model, units, adversarial, y, self.ratios, self.criterion, graph_module, grads,
                                   self.clean, self.recalibrate, self.batch_size, self.progress, f"MRS ({self.name})")
         return curve_scores(self.curves)
@@ -195,7 +198,7 @@ class CurveMRS(ProbeMRS):
                  reattack: bool = False, **kwargs):
         super().__init__(0.5, criterion, recalibrate, **kwargs)
         self.ratios = check_ratios(ratios)
-        self.reattack = bool(reattack)  # the allocator sets ``regenerate`` before each call
+        self.reattack = bool(reattack)
 
 
 class TaylorMRS(Estimator):

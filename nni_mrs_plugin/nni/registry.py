@@ -39,7 +39,7 @@ class PrunerSpec:
 _NNI = "nni.compression.pruning:"
 _BUILTIN: Dict[str, PrunerSpec] = {
     "mrs": PrunerSpec("nni_mrs_plugin.mrs.pruner:MRSPruner", takes_seed=True,
-                      options=("calibration", "estimator", "criterion", "tau", "rule", "rounds", "eps", "n_samples",
+                      options=("calibration", "estimator", "criterion", "tau", "rule", "eps", "n_samples",
                                "progress", "normalization", "estimator_options")),
     "l1": PrunerSpec(_NNI + "L1NormPruner"),
     "l2": PrunerSpec(_NNI + "L2NormPruner"),
