@@ -32,10 +32,12 @@ class MRSPruner(BudgetPruner):
     the sped-up model loses. ``calibration`` is a DataLoader or an (x, y) pair; without it, ``evaluator``
     training runs for ``training_steps`` steps and its batches are the calibration data. Further keyword
     options go to :class:`MRSSparsityAllocator` (``eps``, ``n_samples``, ``rho``, ``steps``, ``seed``, ...).
+    ``rule`` is a name or a :class:`~nni_mrs_plugin.mrs.rules.Rule` object (a new rule is one class).
     ``rule='power'`` sets ratios from one MRS value per unit (``estimator``, default 'feature') with exponent
     ``tau``; ``rule='budget'`` trades per-unit loss curves (default estimator 'curve') against what each unit's
     channels cost; ``rule='joint'`` makes that trade in ``rounds`` steps, each measured on the model pruned
-    everywhere so far (default estimator 'probe', whose removal and ``recalibrate`` it uses). The default ``tau=0`` gives every unit the same ratio (MRS is not measured) and adversarial
+    everywhere so far (default estimator 'probe', whose removal and ``recalibrate`` it uses). The default
+    ``tau=0`` gives every unit the same ratio (MRS is not measured) and adversarial
     Taylor channels: on the allocation benchmark's validation split no MRS allocation beat that (BENCHMARKS.md),
     so it is the default until one does; ``tau=1`` or ``rule='budget'`` allocate by robustness sensitivity.
     After ``compress()``, ``allocation`` holds the per-unit report; with ``verify`` (default) ``compress()`` has
