@@ -73,7 +73,7 @@ def test_uniform_power_rule_measures_nothing(calibration):
 
 @pytest.mark.parametrize("make, message", [
     (lambda: MRSSparsityAllocator(rule="power", rounds=3), "unknown option 'rounds' for estimator 'feature'"),
-    (lambda: MRSSparsityAllocator(rule="budget", tau=1.0), "tau is the power rule's option; rule 'budget'"),
+    (lambda: MRSSparsityAllocator(rule="budget", tau=1.0), "unknown option 'tau' for estimator 'curve' and rule 'budget'"),
     (lambda: MRSSparsityAllocator(rule=JointRule(), rounds=3), "options ['rounds'] belong to the rule"),
     (lambda: MRSSparsityAllocator(CurveMRS(), rule="budget", ratios=[0.5]), "belong to the estimator"),
     (lambda: MRSSparsityAllocator(rule=JointRule(rounds=0)), "rounds must be a positive integer, got 0"),

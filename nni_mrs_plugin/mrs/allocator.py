@@ -104,9 +104,6 @@ class MRSSparsityAllocator:
     def _take(options: Dict[str, Any], rule_cls: Optional[type]) -> Dict[str, Any]:
         """Remove from ``options`` and return those the named rule's constructor takes."""
         names = _parameters(rule_cls) if rule_cls is not None else set()
-        if "tau" in options and "tau" not in names and rule_cls is not None:
-            raise ValueError(f"tau is the power rule's option; rule {rule_cls.name!r} takes "
-                             f"{', '.join(sorted(names)) or 'none'}")
         return {name: options.pop(name) for name in sorted(names & set(options))}
 
     @property
