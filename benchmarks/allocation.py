@@ -55,8 +55,8 @@ from nni_mrs_plugin.evaluate import count_flops, count_params, evaluate_robustne
 from nni_mrs_plugin.models import build_model
 from nni_mrs_plugin.budget.baselines import baseline_masks
 from nni_mrs_plugin.mrs.curves import DEFAULT_RATIOS
-from nni_mrs_plugin.nni.registry import get_pruner
-from nni_mrs_plugin.nni.speedup import recalibrate_batchnorm, speedup_model
+from nni_mrs_plugin.host.registry import get_pruner
+from nni_mrs_plugin.host.speedup import recalibrate_batchnorm, speedup_model
 from nni_mrs_plugin.train.fit import fit
 from nni_mrs_plugin.train.trainer import AdversarialTrainer
 

@@ -31,7 +31,7 @@ from nni_mrs_plugin.evaluate import mean_loss
 from nni_mrs_plugin.mrs.costaware import predicted_rise
 from nni_mrs_plugin.mrs.curves import DEFAULT_RATIOS, prune_count
 from nni_mrs_plugin.mrs.joint import JointLoss
-from nni_mrs_plugin.nni.speedup import trace
+from nni_mrs_plugin.host.speedup import trace
 
 ROWS = ("uniform-l1", "power-feature-l1", "budget-curve-bn-l1", "joint-bn-l1", "l1-global")
 CURVES = "budget-curve-bn-l1"  # the row whose measured curves (adaptive BN in every probe) make the prediction

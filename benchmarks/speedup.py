@@ -41,7 +41,7 @@ from nni_mrs_plugin.evaluate import count_flops, count_params, measure_latency
 from nni_mrs_plugin.models import MODELS, build_model
 from nni_mrs_plugin.mrs.pruner import MRSPruner
 from nni_mrs_plugin.mrs.sensitivity import ESTIMATORS
-from nni_mrs_plugin.nni.speedup import speedup_model
+from nni_mrs_plugin.host.speedup import speedup_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 GOAL = {"device": "cuda", "batch": 256, "min_efficiency": 0.7}

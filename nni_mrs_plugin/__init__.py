@@ -1,6 +1,6 @@
 """nni-mrs-plugin: robustness-aware structured pruning for NNI 3.0.
 
-Importing the package installs the NNI compat fixes (see ``nni_mrs_plugin.nni.compat``) and nothing heavier:
+Importing the package installs the NNI compat fixes (see ``nni_mrs_plugin.host.compat``) and nothing heavier:
 the public API below is loaded on first use, so the ``.pth`` hook that applies the fixes to unchanged NNI
 scripts costs no torch import at interpreter start.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .nni import compat  # light: standard library only
+from .host import compat  # light: standard library only
 
 __version__ = "0.1.0"
 
@@ -22,8 +22,8 @@ _EXPORTS = {
     # data
     "load_dataset": "data", "make_loaders": "data", "DataNotFoundError": "data", "DATASETS": "data",
     # structured removal
-    "trace": "nni.speedup", "group_dependencies": "nni.speedup", "compute_masks": "nni.speedup",
-    "mask_like_removal": "nni.speedup", "speedup_model": "nni.speedup", "remove_channels": "nni.speedup", "TraceError": "nni.speedup",
+    "trace": "host.speedup", "group_dependencies": "host.speedup", "compute_masks": "host.speedup",
+    "mask_like_removal": "host.speedup", "speedup_model": "host.speedup", "remove_channels": "host.speedup", "TraceError": "host.speedup",
     # measurement
     "count_params": "evaluate", "count_flops": "evaluate", "measure_latency": "evaluate", "accuracy": "evaluate",
     # module robustness sensitivity -> allocation -> pruning
@@ -33,8 +33,8 @@ _EXPORTS = {
     "Unit": "budget.units", "ESTIMATORS": "mrs.sensitivity", "Rule": "mrs.rules", "PowerRule": "mrs.rules",
     "BudgetRule": "mrs.rules", "JointRule": "mrs.rules", "RULES": "mrs.rules",
     "WeightMRS": "mrs.sensitivity", "ProbeMRS": "mrs.sensitivity", "TaylorMRS": "mrs.sensitivity",
-    "get_pruner": "nni.registry", "register_pruner": "nni.registry", "available_pruners": "nni.registry",
-    "pruner_spec": "nni.registry", "PrunerSpec": "nni.registry", "unregister_pruner": "nni.registry",
+    "get_pruner": "host.registry", "register_pruner": "host.registry", "available_pruners": "host.registry",
+    "pruner_spec": "host.registry", "PrunerSpec": "host.registry", "unregister_pruner": "host.registry",
     "RandomPruner": "budget.baselines", "GlobalL1NormPruner": "budget.baselines", "baseline_masks": "budget.baselines",
     # checkpoints
     "save_pruned": "checkpoint", "load_pruned": "checkpoint", "architecture": "checkpoint", "rebuild": "checkpoint",

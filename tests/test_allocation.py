@@ -13,7 +13,7 @@ from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
 from nni_mrs_plugin.budget.cost import CostModel
 from nni_mrs_plugin.budget.problem import BudgetProblem
 from nni_mrs_plugin.evaluate import count_flops, count_params
-from nni_mrs_plugin.nni.speedup import compute_masks, speedup_model
+from nni_mrs_plugin.host.speedup import compute_masks, speedup_model
 
 SELECT = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}]
 
@@ -165,7 +165,7 @@ def test_coarse_channels_are_traded_into_the_tolerance(ops, target):
 
     from nni_mrs_plugin.evaluate import count_flops
     from nni_mrs_plugin.budget.baselines import baseline_masks
-    from nni_mrs_plugin.nni.speedup import speedup_model
+    from nni_mrs_plugin.host.speedup import speedup_model
 
     model, dummy = QuickStartLeNet().eval(), torch.zeros(1, 1, 28, 28)
     before = count_flops(model, dummy)

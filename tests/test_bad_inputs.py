@@ -154,12 +154,12 @@ def _api_cases():
     from nni_mrs_plugin import build_model, load_dataset
     from nni_mrs_plugin.attacks import build_attack
     from nni_mrs_plugin.checkpoint import load_pruned, save_pruned
-    from nni_mrs_plugin.nni.speedup import remove_channels
+    from nni_mrs_plugin.host.speedup import remove_channels
     from nni_mrs_plugin.evaluate import evaluate_robustness
     from nni_mrs_plugin.harp.pruner import HARPPruner
     from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
     from nni_mrs_plugin.mrs.pruner import MRSPruner
-    from nni_mrs_plugin.nni.registry import get_pruner
+    from nni_mrs_plugin.host.registry import get_pruner
     from nni_mrs_plugin.train.fit import fit
     from nni_mrs_plugin.train.trainer import AdversarialTrainer
 
@@ -301,7 +301,7 @@ def test_a_model_branching_on_data_traces_the_branch_its_dummy_input_takes():
     """NNI's concrete tracer follows the branch the dummy input takes. On Python 3.11+ it used to fail here with an
     IndexError in ConcreteProxy.__bool__ (a bytecode bug, fixed by the ``bytecode-offsets`` compat fix), which the
     error message then blamed on the model."""
-    from nni_mrs_plugin.nni.speedup import trace
+    from nni_mrs_plugin.host.speedup import trace
 
     model = Branching().eval()
     for value in (0.9, 0.1):  # one branch each

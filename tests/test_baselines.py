@@ -9,9 +9,9 @@ from nni_mrs_plugin.budget.baselines import GlobalL1NormPruner, RandomPruner, ba
 from nni_mrs_plugin.evaluate import count_flops
 from nni_mrs_plugin.models import build_model
 from nni_mrs_plugin.job.pipeline import Pipeline
-from nni_mrs_plugin.nni.registry import get_pruner
+from nni_mrs_plugin.host.registry import get_pruner
 from nni_mrs_plugin.mrs.sensitivity import channel_importance
-from nni_mrs_plugin.nni.speedup import compute_masks, output_channel_keep, speedup_model
+from nni_mrs_plugin.host.speedup import compute_masks, output_channel_keep, speedup_model
 
 SELECT = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}]
 

@@ -10,7 +10,7 @@ from test_pipeline import tiny
 from nni_mrs_plugin import BudgetProblem, BudgetPruner, get_pruner, register_pruner, unregister_pruner
 from nni_mrs_plugin.evaluate import count_flops
 from nni_mrs_plugin.job.pipeline import Pipeline
-from nni_mrs_plugin.nni.speedup import speedup_model
+from nni_mrs_plugin.host.speedup import speedup_model
 
 SELECT = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.6}]
 

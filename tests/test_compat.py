@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_python
 from nni_mrs_plugin import compat
-from nni_mrs_plugin.nni import fixes
+from nni_mrs_plugin.host import fixes
 
 SCRIPT = "tests/scripts/nni_norm_pruning.py"
 
@@ -193,7 +193,7 @@ def test_a_tracer_bug_is_reported_as_one_with_the_module_and_line():
     tracer failed in its own code; before, it advised rewriting numpy or Python I/O, of which there is none."""
     code = """
 import torch, torchvision
-from nni_mrs_plugin.nni.speedup import TraceError, trace
+from nni_mrs_plugin.host.speedup import TraceError, trace
 try:
     trace(torchvision.models.googlenet(num_classes=10, aux_logits=False, init_weights=True), torch.rand(1, 3, 64, 64))
 except TraceError as err:

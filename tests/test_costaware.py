@@ -15,7 +15,7 @@ from nni_mrs_plugin.budget.cost import CostModel
 from nni_mrs_plugin.budget.problem import BudgetProblem
 from nni_mrs_plugin.mrs.curves import loss_curves
 from nni_mrs_plugin.mrs.pruner import MRSPruner
-from nni_mrs_plugin.nni.speedup import speedup_model
+from nni_mrs_plugin.host.speedup import speedup_model
 
 GRID = (0.25, 0.5, 0.75)
 

@@ -12,7 +12,7 @@ from nni_mrs_plugin.evaluate import count_flops
 from nni_mrs_plugin.harp import HARPPruner
 from nni_mrs_plugin.harp.gates import ChannelGates
 from nni_mrs_plugin.budget.units import Unit
-from nni_mrs_plugin.nni.speedup import speedup_model
+from nni_mrs_plugin.host.speedup import speedup_model
 from nni_mrs_plugin.train.trainer import AdversarialTrainer
 
 CONFIG = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.6}]

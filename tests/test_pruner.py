@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from nni_mrs_plugin.mrs.allocator import MRSSparsityAllocator
 from nni_mrs_plugin.evaluate import count_flops
 from nni_mrs_plugin.mrs.pruner import MRSPruner
-from nni_mrs_plugin.nni.speedup import TraceError, compute_masks, speedup_model
+from nni_mrs_plugin.host.speedup import TraceError, compute_masks, speedup_model
 
 SELECT = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}]
 
@@ -58,7 +58,7 @@ def test_config_list_accepted_by_nni_pruners(pruner_name, calibration):
     import nni
     from nni.compression import TorchEvaluator
 
-    from nni_mrs_plugin.nni.registry import get_pruner
+    from nni_mrs_plugin.host.registry import get_pruner
 
     model, x = make_model("resnet18"), dummy_input("resnet18", 1)
     images = torch.rand(16, 3, 32, 32)

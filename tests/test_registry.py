@@ -1,4 +1,4 @@
-"""Pruners by name (nni/registry.py): built-ins, entry points, run-time registration with a spec the job reads,
+"""Pruners by name (host/registry.py): built-ins, entry points, run-time registration with a spec the job reads,
 and MRSPruner in NNI's own namespace."""
 import inspect
 
@@ -9,7 +9,7 @@ from test_pipeline import tiny
 from nni_mrs_plugin.job.config import ConfigError
 from nni_mrs_plugin.job.pipeline import Pipeline
 from nni_mrs_plugin.mrs.pruner import MRSPruner
-from nni_mrs_plugin.nni.registry import available_pruners, get_pruner, pruner_spec, register_pruner, unregister_pruner
+from nni_mrs_plugin.host.registry import available_pruners, get_pruner, pruner_spec, register_pruner, unregister_pruner
 
 
 def test_import_from_nni_pruning_in_a_fresh_interpreter():
@@ -22,7 +22,7 @@ def test_import_from_nni_pruning_in_a_fresh_interpreter():
 
 
 def test_registry_names_and_entry_points(tmp_path):
-    from nni_mrs_plugin.nni.registry import available_pruners, get_pruner
+    from nni_mrs_plugin.host.registry import available_pruners, get_pruner
 
     assert {"mrs", "l1", "l2", "fpgm", "taylor"} <= set(available_pruners())
     assert get_pruner("mrs") is MRSPruner
@@ -35,7 +35,7 @@ def test_registry_names_and_entry_points(tmp_path):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text("[nni_mrs_plugin.pruners]\nmine = thirdparty:MyPruner\n")
-    result = run_python("from nni_mrs_plugin.nni.registry import get_pruner\nprint(get_pruner('mine').__name__)",
+    result = run_python("from nni_mrs_plugin.host.registry import get_pruner\nprint(get_pruner('mine').__name__)",
                         env_extra={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0 and result.stdout.strip() == "MyPruner", result.stderr[-2000:]
 
@@ -62,3 +62,29 @@ def test_a_registered_pruner_with_an_option_the_job_does_not_offer_is_one_line(t
             Pipeline(config).run(until="prune")
     finally:
         unregister_pruner("needs-magic")
+
+
+def test_old_package_name_is_the_host_package_with_one_warning():
+    """``nni_mrs_plugin.nni`` (renamed ``host``) still imports for one release: the very same modules (one registry,
+    one set of compat hooks), one FutureWarning naming the new path, and a name that never existed still fails."""
+    code = (
+        "import warnings, sys\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    from nni_mrs_plugin.nni.registry import get_pruner\n"
+        "    from nni_mrs_plugin.nni import speedup\n"
+        "    import nni_mrs_plugin.nni.compat\n"
+        "import nni_mrs_plugin.host.registry as new\n"
+        "assert get_pruner is new.get_pruner\n"
+        "assert speedup is sys.modules['nni_mrs_plugin.host.speedup'] is sys.modules['nni_mrs_plugin.nni.speedup']\n"
+        "assert speedup.__name__ == 'nni_mrs_plugin.host.speedup'\n"
+        "print([str(w.message) for w in caught if w.category is FutureWarning])\n"
+        "try:\n"
+        "    import nni_mrs_plugin.nni.nothing\n"
+        "except ModuleNotFoundError as e:\n"
+        "    print('missing', e.name)\n")
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "['nni_mrs_plugin.nni was renamed nni_mrs_plugin.host; the old name goes in 0.2']"
+    assert lines[1] == "missing nni_mrs_plugin.nni.nothing"

@@ -84,7 +84,7 @@ def test_channel_importance_ranks_as_nni_does(criterion, pruner):
     import nni.compression.pruning as nni_pruning
 
     from nni_mrs_plugin.mrs.sensitivity import channel_importance
-    from nni_mrs_plugin.nni.speedup import compute_masks, output_channel_keep
+    from nni_mrs_plugin.host.speedup import compute_masks, output_channel_keep
 
     model = make_model("small_cnn")
     masks = compute_masks(model, [{"op_names": ["features.3"], "sparse_ratio": 0.5}], getattr(nni_pruning, pruner))

@@ -11,7 +11,7 @@ from torch import nn
 from conftest import DEVICES, MODEL_SHAPES, dummy_input, make_model
 from nni_mrs_plugin.checkpoint import load_pruned, save_pruned
 from nni_mrs_plugin.evaluate import count_flops, count_params
-from nni_mrs_plugin.nni.speedup import (TraceError, compute_masks, group_dependencies, mask_like_removal,
+from nni_mrs_plugin.host.speedup import (TraceError, compute_masks, group_dependencies, mask_like_removal,
                                     output_channel_keep, remove_channels, speedup_model, trace)
 
 CONFIG = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]
@@ -185,7 +185,7 @@ def test_tracing_and_removal_keep_batchnorm_statistics():
 
 
 def test_recalibrate_batchnorm_uses_the_batch_statistics_and_keeps_the_mode():
-    from nni_mrs_plugin.nni.speedup import recalibrate_batchnorm
+    from nni_mrs_plugin.host.speedup import recalibrate_batchnorm
 
     model = make_model("vgg16_bn")
     x = dummy_input("vgg16_bn", batch=24)
@@ -210,7 +210,7 @@ def test_torchvision_googlenet_and_efficientnet_lose_channels_for_real(name, kwa
     import torchvision
 
     from nni_mrs_plugin.evaluate import count_flops
-    from nni_mrs_plugin.nni.speedup import remove_channels
+    from nni_mrs_plugin.host.speedup import remove_channels
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(num_classes=10, **kwargs).eval()
@@ -339,8 +339,8 @@ class _Mlps(nn.Module):
 def test_hidden_units_between_linears_are_sliced_exactly(device):
     """Issue 12 §3: a transformer MLP's hidden units are removed by slicing (rows of fc1, columns of fc2), the
     rest is left alone, and the sliced model computes what the masked one does."""
-    from nni_mrs_plugin.nni.hidden import linear_pairs
-    from nni_mrs_plugin.nni.speedup import trace
+    from nni_mrs_plugin.host.hidden import linear_pairs
+    from nni_mrs_plugin.host.speedup import trace
 
     torch.manual_seed(0)
     model, x = _Mlps().eval().to(device), torch.randn(4, 5, 8, device=device)  # (batch, tokens, features): a ViT's

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from nni_mrs_plugin.train.trainer import AdversarialTrainer
 from nni_mrs_plugin.data import load_dataset
 from nni_mrs_plugin.models import build_model
-from nni_mrs_plugin.nni.speedup import output_channel_keep
+from nni_mrs_plugin.host.speedup import output_channel_keep
 
 # NNI patches optimizer.step after the traced scheduler exists; PyTorch then warns about call order, wrongly.
 pytestmark = pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")

@@ -18,7 +18,7 @@ import torch
 from nni.compression.pruning import L1NormPruner
 from torch import nn
 
-from ..nni.speedup import Masks, compute_masks
+from ..host.speedup import Masks, compute_masks
 from .importance import channel_importance
 from .problem import BudgetProblem
 from .pruner import BudgetPruner

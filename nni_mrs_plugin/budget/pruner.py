@@ -17,7 +17,7 @@ from torch import nn
 from nni.compression.base.compressor import Pruner
 from nni.compression.pruning.tools import active_sparse_targets_filter, fpgm_metrics, generate_sparsity, norm_metrics
 
-from ..nni.speedup import mask_like_removal, speedup_model
+from ..host.speedup import mask_like_removal, speedup_model
 from .problem import BudgetProblem, check_bounds, check_budget, check_tolerance
 from .report import Allocation
 from .units import Selection, normalize_config, parse_config_list

@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..nni.graph import new_users
-from ..nni.speedup import ZERO_KEEPING_CALLS, ZERO_KEEPING_MODULES, check_op_names, group_dependencies, trace
+from ..host.graph import new_users
+from ..host.speedup import ZERO_KEEPING_CALLS, ZERO_KEEPING_MODULES, check_op_names, group_dependencies, trace
 
 __all__ = ["Unit", "Selection", "PRUNABLE_TYPES", "parse_config_list", "normalize_config", "find_units", "output_layers",
            "unfollowable"]

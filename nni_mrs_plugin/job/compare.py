@@ -52,7 +52,7 @@ def _dense_run(config: Config, folder: Path) -> Dict[str, Any]:
 
 
 def _variants(variants: Union[Sequence[str], Mapping[str, Mapping[str, Any]]]) -> Dict[str, Dict[str, Any]]:
-    from ..nni.registry import available_pruners
+    from ..host.registry import available_pruners
 
     if isinstance(variants, Mapping):
         return {str(label): dict(overrides) for label, overrides in variants.items()}

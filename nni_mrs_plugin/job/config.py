@@ -131,7 +131,7 @@ class PruningSection:
     def check(self, key: str) -> None:
         from ..mrs.allocator import MRSSparsityAllocator
         from ..mrs.sensitivity import ESTIMATORS
-        from ..nni.registry import available_pruners
+        from ..host.registry import available_pruners
 
         _require(self.pruner in available_pruners(), f"{key}.pruner",
                  f"must be one of {', '.join(available_pruners())}", self.pruner)

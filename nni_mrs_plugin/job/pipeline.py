@@ -189,7 +189,7 @@ class Pipeline:
     def prune(self) -> Dict[str, Any]:
         """Any registered pruner at the config's budget, built the same way: its registry spec says what it takes."""
         from ..budget.baselines import baseline_masks
-        from ..nni.registry import get_pruner, pruner_spec
+        from ..host.registry import get_pruner, pruner_spec
 
         model = load_pruned(self.dir / "dense.pt").to(self.device)
         cfg = self.config.pruning
@@ -251,7 +251,7 @@ class Pipeline:
         return options
 
     def speedup(self) -> Dict[str, Any]:
-        from ..nni.speedup import speedup_model
+        from ..host.speedup import speedup_model
 
         model = load_pruned(self.dir / "dense.pt")
         masks = torch.load(self.dir / "masks.pt", map_location="cpu", weights_only=True)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..nni.speedup import mask_like_removal, recalibrate_batchnorm, trace
+from ..host.speedup import mask_like_removal, recalibrate_batchnorm, trace
 from ..evaluate import mean_loss
 from ..budget.importance import unit_keep_masks
 from ..budget.units import Unit

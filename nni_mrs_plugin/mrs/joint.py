@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..nni.speedup import mask_like_removal, recalibrate_batchnorm
+from ..host.speedup import mask_like_removal, recalibrate_batchnorm
 from ..evaluate import mean_loss
 from ..budget.problem import BudgetProblem
 from ..budget.units import Unit

@@ -101,7 +101,7 @@ def trace_advice(err: Exception, construct: str = "") -> str:
     if (isinstance(err, (IndexError, KeyError, AssertionError, AttributeError)) and tb is not None
             and "concrete_trace_utils" in Path(tb.tb_frame.f_code.co_filename).parts):
         return (f"NNI's tracer failed in its own code on {construct or 'that line'}, which is not wrong in itself "
-                f"(a tracer bug; nni_mrs_plugin.nni.compat.applied_fixes() lists the repairs active here)")
+                f"(a tracer bug; nni_mrs_plugin.host.compat.applied_fixes() lists the repairs active here)")
     if construct.startswith("a condition") or "__bool__" in text or ("ConcreteProxy" in text and "bool" in text):
         return ("forward() branches on a tensor's value (an `if`/`while` on a tensor, or `.item()` in a condition), "
                 "which one graph cannot hold: compute both branches and pick with torch.where")

@@ -38,7 +38,7 @@ class TraceError(RuntimeError):
 
 
 # ModelSpeedup forces its default logger to INFO and logs every node; it gets this one instead, quiet unless
-# the user lowers its level (logging.getLogger("nni_mrs_plugin.nni.speedup").setLevel(logging.INFO)).
+# the user lowers its level (logging.getLogger("nni_mrs_plugin.host.speedup").setLevel(logging.INFO)).
 _logger = logging.getLogger(__name__)
 if _logger.level == logging.NOTSET:
     _logger.setLevel(logging.ERROR)
