@@ -1,5 +1,5 @@
 """The drop-in examples: an NNI L1NormPruner script and its MRS version run on real Fashion-MNIST, differ only in
-imports, pruner lines and the training function, and the README shows their actual diff."""
+imports, pruner lines and the training function, and the docs show their actual diff."""
 from __future__ import annotations
 
 import ast
@@ -157,22 +157,35 @@ def test_diff_check_catches_changes_elsewhere():
     assert len(disallowed_changes(old, new.replace("type=fraction, default=0.1,", "type=fraction, default=0.3,"))) == 2
 
 
-def readme_diff() -> List[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Drop-in for NNI scripts", 1)
-    assert len(section) == 2, "README has no 'Drop-in for NNI scripts' section"
+def docs_diff() -> List[str]:
+    text = (ROOT / "docs" / "nni-scripts.md").read_text()
+    section = text.split("## Drop-in for NNI scripts", 1)
+    assert len(section) == 2, "docs/nni-scripts.md has no 'Drop-in for NNI scripts' section"
     block = re.search(r"```diff\n(.*?)```", section[1], re.S)
-    assert block, "the README's drop-in section has no ```diff block"
+    assert block, "the drop-in section has no ```diff block"
     return block.group(1).splitlines()
 
 
-def test_readme_shows_the_actual_diff():
-    real = list(difflib.unified_diff(L1.read_text().splitlines(), MRS.read_text().splitlines(),
+def real_diff() -> List[str]:
+    return list(difflib.unified_diff(L1.read_text().splitlines(), MRS.read_text().splitlines(),
                                      "nni_l1_pruning.py", "nni_mrs_pruning.py", lineterm=""))
-    shown = readme_diff()
+
+
+def test_docs_show_the_actual_diff():
+    real, shown = real_diff(), docs_diff()
     assert shown[0].startswith("--- nni_l1_pruning.py") and shown[1].startswith("+++ nni_mrs_pruning.py")
-    assert shown[2:] == real[2:], ("README's diff is stale: paste the output of `cd examples/drop_in && "
+    assert shown[2:] == real[2:], ("docs/nni-scripts.md's diff is stale: paste the output of `cd examples/drop_in && "
                                    "diff -u nni_l1_pruning.py nni_mrs_pruning.py`")
+
+
+def test_readme_excerpt_is_from_the_actual_diff():
+    """The README's quick start shows a few hunks: each line it shows is a line of the real diff, in order."""
+    section = (ROOT / "README.md").read_text().split("## Quick start 2", 1)[1]
+    block = section.split("```diff\n", 1)[1].split("```", 1)[0]
+    real = iter(real_diff()[2:])
+    for line in block.splitlines():
+        if line.strip() != "...":
+            assert any(line == candidate for candidate in real), f"not in the real diff, in order: {line!r}"
 
 
 # --- NNI's own pruning examples and their MRS twins ---------------------------------------------------------------
