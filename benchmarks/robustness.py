@@ -5,7 +5,7 @@ training rows (pruning as the only defence): clean, PGD-20 and AutoAttack accura
     python benchmarks/robustness.py --output runs/robustness-full --set data.train_subset=null \\
         --set data.test_subset=null --set pretrain.epochs=10 --set finetune.epochs=5   # full Fashion-MNIST, GPU
 
-Methods (registry names): ``mrs`` (MRPF: allocation by MRS, ``pruning.tau`` 1 unless ``--set`` gives it), ``l1``
+Methods (registry names): ``mrs`` (MRPF: allocation by MRS, ``pruning.options.tau`` 1 unless ``--set`` gives it), ``l1``
 (uniform ratios, = MRS with tau 0 and l1 channels), ``l1-global`` (one L1 ranking across layers), ``taylor``
 (NNI TaylorPruner, uniform ratios, adversarial gradients) and ``random``.
 Natural rows (``--natural``) pre-train and fine-tune without attacks. Every run is a resumable run folder
@@ -67,10 +67,10 @@ def main(argv=None) -> int:
     variants = {name: {"pruning.pruner": name} for name in args.methods}
     variants.update({f"{name}-natural": {"pruning.pruner": name, "pretrain.method": "natural",
                                          "finetune.method": "natural"} for name in args.natural})
-    if "pruning.tau" not in dict(args.overrides):  # ``mrs`` is MRPF: ratios by MRS, not the job's uniform default
+    if "pruning.options.tau" not in dict(args.overrides):  # ``mrs`` is MRPF: ratios by MRS, not uniform ones
         for variant in variants.values():
             if variant["pruning.pruner"] == "mrs":
-                variant["pruning.tau"] = 1.0
+                variant["pruning.options.tau"] = 1.0
     started = time.time()
     try:
         config = load_config(args.config, {**dict(args.overrides), "progress": False})

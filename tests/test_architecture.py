@@ -54,7 +54,7 @@ def _layer(module: str) -> int:
     for index, part in enumerate(LAYERS):
         if short == part or short.startswith(part + "."):
             return index
-    if short in ("host", "nni"):  # the host package (and its old name, a shim)'s __init__: compat and registry, nothing heavier
+    if short in ("host", "nni"):  # the host package and its old name: compat and registry, nothing heavier
         return LAYERS.index("host.registry")
     raise AssertionError(f"{module} belongs to no layer: add it to LAYERS and docs/architecture.md")
 

@@ -13,7 +13,7 @@ from nni_mrs_plugin.job.cli import main
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 TINY = ["--set", "pretrain.epochs=0", "--set", "data.train_subset=256", "--set", "data.test_subset=64",
-        "--set", "pruning.samples=32", "--set", "progress=false"]
+        "--set", "pruning.options.n_samples=32", "--set", "progress=false"]
 
 
 def snapshot(folder: Path):
@@ -38,21 +38,21 @@ CLI_CASES = [
     ("yaml-false", {"c.yaml": "false\n"}, ["run", "{tmp}/c.yaml"], "this file is a bool"),
     ("yaml-invalid", {"c.yaml": "pruning: [\n"}, ["run", "{tmp}/c.yaml"], "is not valid YAML"),
     ("config-missing", {}, ["run", "{tmp}/nope.yaml"], "nope.yaml' does not exist"),
-    ("unknown-key", {}, ["run", "--set", "pruning.tua=0.5"], "did you mean 'pruning.tau'"),
+    ("unknown-key", {}, ["run", "--set", "pruning.tua=0.5"], "did you mean 'pruning.options.tau'"),
     ("unknown-section", {}, ["run", "--set", "prunning.tau=0.5"], "unknown key 'prunning'"),
     ("section-scalar", {}, ["run", "--set", "seed.x=1"], "'seed' is not a section"),
     ("target-high", {}, ["run", "--set", "pruning.target=2"], "got 2"),
     ("target-zero", {}, ["run", "--set", "pruning.target=0"], "got 0"),
     ("target-text", {}, ["run", "--set", "pruning.target=half"], "got 'half'"),
     ("budget", {}, ["run", "--set", "pruning.budget=speed"], "unknown budget 'speed'"),
-    ("rule", {}, ["run", "--set", "pruning.rule=greedy"], "unknown allocation rule 'greedy'"),
-    ("rule-estimator", {}, ["run", "--set", "pruning.rule=budget", "--set", "pruning.estimator=weight"],
+    ("rule", {}, ["run", "--set", "pruning.options.rule=greedy"], "unknown allocation rule 'greedy'"),
+    ("rule-estimator", {}, ["run", "--set", "pruning.options.rule=budget", "--set", "pruning.options.estimator=weight"],
      "needs estimator='curve'"),
-    ("estimator", {}, ["run", "--set", "pruning.estimator=hessian"], "unknown estimator 'hessian'"),
-    ("criterion", {}, ["run", "--set", "pruning.criterion=l3"], "unknown criterion 'l3'"),
-    ("tau", {}, ["run", "--set", "pruning.tau=-1"], "got -1"),
+    ("estimator", {}, ["run", "--set", "pruning.options.estimator=hessian"], "unknown estimator 'hessian'"),
+    ("criterion", {}, ["run", "--set", "pruning.options.criterion=l3"], "unknown criterion 'l3'"),
+    ("tau", {}, ["run", "--set", "pruning.options.tau=-1"], "got -1"),
     ("rho", {}, ["run", "--set", "pruning.estimator=weight", "--set", "pruning.rho=0"], "rho must be > 0"),
-    ("samples", {}, ["run", "--set", "pruning.samples=0"], "got 0"),
+    ("samples", {}, ["run", "--set", "pruning.options.n_samples=0"], "got 0"),
     ("r-max", {}, ["run", "--set", "pruning.r_max=0"], "got 0"),
     ("op-types-empty", {}, ["run", "--set", "pruning.op_types=[]"], "got []"),
     ("op-types-yaml", {}, ["run", "--set", "pruning.op_types=[Conv2d"], "is not valid YAML"),

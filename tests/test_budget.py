@@ -9,6 +9,7 @@ from test_pipeline import tiny
 
 from nni_mrs_plugin import BudgetProblem, BudgetPruner, get_pruner, register_pruner, unregister_pruner
 from nni_mrs_plugin.evaluate import count_flops
+from nni_mrs_plugin.job.config import ConfigError
 from nni_mrs_plugin.job.pipeline import Pipeline
 from nni_mrs_plugin.host.speedup import speedup_model
 
@@ -20,6 +21,19 @@ class DeepFirstPruner(BudgetPruner):
 
     def allocate(self, problem):
         return {unit.name: (index + 1) / len(problem.units) for index, unit in enumerate(problem.units)}
+
+
+class SteepPruner(BudgetPruner):
+    """Later units lose more, the more so the larger ``power``: an option of its own, set from a job's config."""
+
+    def __init__(self, model, config_list, evaluator=None, *, power: float = 1.0, **kwargs):
+        if not power > 0:
+            raise ValueError(f"power must be > 0, got {power!r}")
+        super().__init__(model, config_list, evaluator, **kwargs)
+        self.power = power
+
+    def allocate(self, problem):
+        return {unit.name: ((index + 1) / len(problem.units)) ** self.power for index, unit in enumerate(problem.units)}
 
 
 @pytest.fixture
@@ -51,6 +65,27 @@ def test_the_job_builds_a_registered_budget_pruner_by_name(tmp_path, deep_first)
     assert abs(1 - pruned / dense - 0.6) <= 0.01
     units = json.loads((tmp_path / "run" / "allocation.json").read_text())["units"]
     assert all(row["score"] == row["mrs"] for row in units)  # the neutral name and the one old readers know
+
+
+def test_a_budget_pruner_s_own_option_comes_from_the_config(tmp_path):
+    register_pruner("steep", SteepPruner)
+    try:
+        for options, message in (({"power": 0}, "pruning.options.power: power must be > 0, got 0"),
+                                 ({"powr": 2}, "pruning.options.powr: ")):
+            with pytest.raises(ConfigError) as info:
+                tiny(tmp_path, pruning={"pruner": "steep", "options": options})
+            assert str(info.value).startswith(message) and "\n" not in str(info.value)
+        ratios = {}
+        for power in (1, 4):
+            config = tiny(tmp_path / str(power), pretrain={"epochs": 0},
+                          pruning={"pruner": "steep", "target": 0.6, "options": {"power": power}})
+            state = Pipeline(config).run(until="speedup")["stages"]
+            assert abs(1 - state["speedup"]["pruned"]["flops"] / state["pretrain"]["dense"]["flops"] - 0.6) <= 0.01
+            units = json.loads((tmp_path / str(power) / "run" / "allocation.json").read_text())["units"]
+            ratios[power] = [row["ratio"] for row in units]
+        assert ratios[4] != ratios[1]  # the option reached the pruner
+    finally:
+        unregister_pruner("steep")
 
 
 def _problem(target=0.5):

@@ -8,8 +8,8 @@ from nni_mrs_plugin.checkpoint import load_pruned
 from nni_mrs_plugin.evaluate import count_params
 
 TINY = ["--set", "data.train_subset=256", "--set", "data.test_subset=64", "--set", "data.batch_size=64",
-        "--set", "pretrain.epochs=1", "--set", "pretrain.steps=2", "--set", "pruning.samples=64",
-        "--set", "pruning.steps=2", "--set", "finetune.steps=2", "--set", "eval.samples=64",
+        "--set", "pretrain.epochs=1", "--set", "pretrain.steps=2", "--set", "pruning.options.n_samples=64",
+        "--set", "finetune.steps=2", "--set", "eval.samples=64",
         "--set", "eval.attacks=[clean, pgd20]"]
 
 

@@ -13,7 +13,7 @@ from nni_mrs_plugin.job.config import ConfigError
 
 @pytest.mark.slow
 def test_compare_runs_every_pruner_from_one_dense_model(tmp_path):
-    config = tiny(tmp_path, pruning={"tau": 1.0})  # MRS allocation (the default, tau 0, is uniform ratios)
+    config = tiny(tmp_path, pruning={"options": {"tau": 1.0, "n_samples": 64}})  # MRS allocation, not uniform
     seen = []
     out = tmp_path / "cmp"
     result = compare(config, ["mrs", "l1"], [0.5], str(out), on_run=lambda i, n, label: seen.append((i, n, label)))

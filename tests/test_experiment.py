@@ -26,12 +26,12 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_two_trial_experiment_end_to_end(tmp_path):
     out = tmp_path / "exp"
-    space = {"pruning.tau": {"_type": "choice", "_value": [0.0, 1.0]}}
+    space = {"pruning.options.tau": {"_type": "choice", "_value": [0.0, 1.0]}}
     result = launch_experiment(dict(TINY), space, output=str(out), trials=2, tuner="GridSearch", port=free_port())
     assert result["status"] == "done"
     trials = result["trials"]
     assert [t["status"] for t in trials] == ["SUCCEEDED", "SUCCEEDED"]
-    assert sorted(t["parameters"]["pruning.tau"] for t in trials) == [0.0, 1.0]
+    assert sorted(t["parameters"]["pruning.options.tau"] for t in trials) == [0.0, 1.0]
     assert trials[0]["metrics"]["default"] >= trials[1]["metrics"]["default"], "sorted best first"
     allocations = []
     for trial in trials:
@@ -44,8 +44,8 @@ def test_two_trial_experiment_end_to_end(tmp_path):
         assert 0 <= trial["intermediate"][0]["default"] <= 1
         run = Path(trial["trial_dir"]) / "mrpf"
         assert json.loads((run / "trial.json").read_text()) == {"parameters": trial["parameters"], "metrics": metrics}
-        assert load_config(yaml.safe_load((run / "config.yaml").read_text())).pruning.tau == trial["parameters"][
-            "pruning.tau"]
+        options = load_config(yaml.safe_load((run / "config.yaml").read_text())).pruning.options
+        assert options["tau"] == trial["parameters"]["pruning.options.tau"]
         allocations.append([u["ratio"] for u in json.loads((run / "allocation.json").read_text())["units"]])
     assert allocations[0] != allocations[1], "tau changes the allocation"
     assert json.loads((out / "experiment.json").read_text())["trials"] == json.loads(json.dumps(trials))
@@ -54,13 +54,14 @@ def test_two_trial_experiment_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("space, message", [
     ({"pruning.tua": {"_type": "choice", "_value": [0.5]}},
-     "search space 'pruning.tua' value 0.5: unknown key 'pruning.tua'; did you mean 'pruning.tau'?"),
-    ({"pruning.estimator": {"_type": "choice", "_value": ["weight", "magic"]}},
-     "search space 'pruning.estimator' value 'magic': pruning.estimator: unknown estimator 'magic'; choose one of"),
-    ({"pruning.tau": {"_type": "uniform", "_value": [-1, 1]}},
-     "search space 'pruning.tau' value -1: pruning.tau: tau must be a finite number >= 0"),
-    ({"pruning.tau": {"_type": "gaussian", "_value": [0, 1]}}, "search space 'pruning.tau': unknown _type 'gaussian'"),
-    ({"pruning.tau": [0, 1]}, "search space 'pruning.tau': must be {'_type': ..., '_value': [...]}"),
+     "search space 'pruning.tua' value 0.5: unknown key 'pruning.tua'; did you mean 'pruning.options.tau'?"),
+    ({"pruning.options.estimator": {"_type": "choice", "_value": ["weight", "magic"]}},
+     "search space 'pruning.options.estimator' value 'magic': pruning.options.estimator: unknown estimator 'magic'"),
+    ({"pruning.options.tau": {"_type": "uniform", "_value": [-1, 1]}},
+     "search space 'pruning.options.tau' value -1: pruning.options.tau: tau must be a finite number >= 0"),
+    ({"pruning.options.tau": {"_type": "gaussian", "_value": [0, 1]}},
+     "search space 'pruning.options.tau': unknown _type 'gaussian'"),
+    ({"pruning.options.tau": [0, 1]}, "search space 'pruning.options.tau': must be {'_type': ..., '_value': [...]}"),
     ({}, "search space: must be a non-empty mapping"),
 ])
 def test_search_space_is_checked_against_the_config(space, message):
@@ -70,7 +71,7 @@ def test_search_space_is_checked_against_the_config(space, message):
 
 
 def test_bad_tuner_and_missing_robust_attack_fail_before_nni_starts(tmp_path):
-    space = {"pruning.tau": {"_type": "choice", "_value": [0.0]}}
+    space = {"pruning.options.tau": {"_type": "choice", "_value": [0.0]}}
     with pytest.raises(ConfigError, match="tuner: unknown NNI tuner 'TPEE'; built in: .*TPE"):
         launch_experiment(dict(TINY), space, output=str(tmp_path / "a"), tuner="TPEE")
     with socket.socket() as busy:

@@ -6,14 +6,14 @@ import torch
 from conftest import run_python
 
 from nni_mrs_plugin.checkpoint import load_pruned
-from nni_mrs_plugin.job.config import ADDED_KEYS, ConfigError, default_config_path, load_config
+from nni_mrs_plugin.job.config import ConfigError, default_config_path, load_config
 from nni_mrs_plugin.evaluate import count_flops
 from nni_mrs_plugin.job.pipeline import STAGES, Pipeline
 
 TINY = {
     "data": {"train_subset": 256, "test_subset": 64, "batch_size": 64},
     "pretrain": {"epochs": 1, "steps": 2},
-    "pruning": {"samples": 64, "steps": 2},
+    "pruning": {"options": {"n_samples": 64}},
     "finetune": {"epochs": 1, "steps": 2},
     "eval": {"attacks": ["clean", "pgd20"], "samples": 64},
     "progress": False,
@@ -22,6 +22,8 @@ TINY = {
 
 def tiny(tmp_path, **sections):
     data = json.loads(json.dumps(TINY))
+    if "pruner" in sections.get("pruning", {}) and "options" not in sections["pruning"]:
+        data["pruning"]["options"] = {}  # TINY's options are MRSPruner's
     for section, values in sections.items():
         if isinstance(values, dict):
             data.setdefault(section, {}).update(values)
@@ -37,13 +39,20 @@ def test_shipped_configs_load():
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"pruning": {"tua": 0.5}}, "unknown key 'pruning.tua'; did you mean 'pruning.tau'?"),
+    ({"pruning": {"tua": 0.5}}, "unknown key 'pruning.tua'; did you mean 'pruning.options.tau'?"),
+    ({"pruning": {"options": {"tua": 0.5}}}, "pruning.options.tua: unknown option 'tua'"),
+    ({"pruning": {"options": {"rule": "joint", "rounds": 0}}},
+     "pruning.options.rounds: rounds must be a positive integer, got 0"),
+    ({"pruning": {"options": ["tau"]}}, "pruning.options: must be a mapping of option names to values"),
+    ({"pruning": {"pruner": "l1", "options": {"tau": 1}}}, "pruning.options.tau: L1NormPruner takes no option 'tau'"),
+    ({"pruning": {"pruner": "harp", "options": {"epochs": 0}}}, "pruning.options.epochs: epochs must be a positive"),
+    ({"pruning": {"tau": 1.0, "options": {"tau": 2.0}}}, "pruning.tau: also given as pruning.options.tau"),
     ({"modle": {}}, "unknown key 'modle'; did you mean 'model'?"),
     ({"pruning": {"target": 1.5}}, "pruning.target: must be in (0, 1), got 1.5"),
     ({"data": {"batch_size": "big"}}, "data.batch_size: must be an integer, got 'big'"),
     ({"finetune": {"method": "madry"}}, "finetune.method: unknown method 'madry'; choose one of pgd, trades, mart, fast"),
     ({"pretrain": {"eps": 2}}, "pretrain.eps: eps must be an L-inf radius in (0, 1]"),
-    ({"pruning": {"estimator": "probe", "rho": 0}}, "pruning.rho: rho must be > 0, got 0"),
+    ({"pruning": {"estimator": "weight", "rho": 0}}, "pruning.rho: rho must be > 0, got 0"),
     ({"pruning": {"budget": "speed"}}, "pruning.budget: unknown budget 'speed'; choose one of flops, params, channels"),
     ({"pruning": {"pruner": "nope"}}, "pruning.pruner: must be one of"),
     ({"eval": {"attacks": ["pgd0"]}}, "eval.attacks: unknown attack 'pgd0'"),
@@ -60,17 +69,27 @@ def test_config_errors_name_the_key(data, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_config_estimator_null_is_the_rules_own_as_in_python():
-    shipped = load_config()  # the shipped config names no estimator: --set pruning.rule=budget alone works
-    assert shipped.pruning.estimator is None and shipped.pruning.estimator_name() == "feature"
-    budget = load_config(None, {"pruning.rule": "budget"})
-    assert budget.pruning.estimator_name() == "curve"
-    probe = load_config(None, {"pruning.rule": "budget", "pruning.estimator": "probe"})
-    assert probe.pruning.estimator_name() == "probe"
-    assert load_config(None, {"pruning.rule": "joint"}).pruning.estimator_name() == "probe"
-    # a run folder made when the default was spelled out (estimator: feature) resumes under null
-    named = load_config(None, {"pruning.estimator": "feature"})
-    assert named.fingerprint_dict() == shipped.fingerprint_dict() != budget.fingerprint_dict()
+def test_options_hash_as_the_flat_keys_they_replace():
+    """``options`` is the same run as the old flat keys it replaces, an estimator named as the rule's own is the
+    same run as none, and a different option is a different run."""
+    shipped = load_config()
+    named = load_config(None, {"pruning.options.estimator": "feature"})
+    assert named.fingerprint_dict() == shipped.fingerprint_dict()
+    assert load_config(None, {"pruning.options.rule": "budget"}).fingerprint_dict() != shipped.fingerprint_dict()
+    with pytest.warns(FutureWarning, match=r"moved pruning.tau -> pruning.options.tau"):
+        flat = load_config({"pruning": {"tau": 1}})
+    assert flat.pruning.options == {"tau": 1} and flat.pruning.origins == {"tau": "pruning.tau"}
+    assert flat.fingerprint_dict() == load_config({"pruning": {"options": {"tau": 1.0}}}).fingerprint_dict() != \
+        load_config({"pruning": {"options": {"tau": 2.0}}}).fingerprint_dict()
+
+
+def test_flat_keys_say_in_one_warning_what_moved_and_what_had_no_effect():
+    with pytest.warns(FutureWarning) as caught:
+        config = load_config({"pruning": {"pruner": "harp", "epochs": 2, "tau": 1.0}})
+    assert len(caught) == 1
+    assert str(caught[0].message) == ("flat pruning keys are deprecated, use pruning.options: moved pruning.epochs -> "
+                                      "pruning.options.epochs; pruning.tau had no effect with pruner 'harp'")
+    assert config.pruning.options == {"epochs": 2}
 
 
 def test_cli_config_error_is_one_line(tmp_path):
@@ -79,7 +98,7 @@ def test_cli_config_error_is_one_line(tmp_path):
     result = run_python(["-m", "nni_mrs_plugin", "run", str(path)])
     assert result.returncode == 2
     assert result.stderr.strip() == ("nni-mrs: config error: unknown key 'pruning.estimater'; "
-                                     "did you mean 'pruning.estimator'?")
+                                     "did you mean 'pruning.options.estimator'?")
     result = run_python(["-m", "nni_mrs_plugin", "run", "--set", "pruning.target=2"])
     assert result.returncode == 2 and "pruning.target: must be in (0, 1), got 2" in result.stderr
 
@@ -121,7 +140,7 @@ def test_the_report_of_the_uniform_default_shows_no_mrs_it_did_not_measure(tmp_p
     not print the placeholder scores as if they were sensitivities, while a measured allocation prints them."""
     from nni_mrs_plugin.job.report import write_report
 
-    assert load_config().pruning.tau == 0.0  # the default decided on validation (BENCHMARKS.md)
+    assert "tau" not in load_config().pruning.options  # MRSPruner's default tau=0, decided on validation
     stages = {"pretrain": {"dense": {"params": 10, "flops": 100, "cpu_latency_ms": 1.0}},
               "speedup": {"pruned": {"params": 5, "flops": 50, "cpu_latency_ms": 0.5}}}
     for measured in (False, True):
@@ -131,32 +150,41 @@ def test_the_report_of_the_uniform_default_shows_no_mrs_it_did_not_measure(tmp_p
         run = tmp_path / f"measured-{measured}"
         run.mkdir()
         (run / "allocation.json").write_text(json.dumps(allocation))
-        write_report(run, tiny(tmp_path, pruning={"tau": 1.0 if measured else 0.0}), stages)
+        write_report(run, tiny(tmp_path, pruning={"options": {"tau": 1.0 if measured else 0.0}}), stages)
         report = (run / "report.md").read_text()
         assert ("0.123" in report) is measured
         assert ("uniform ratios (MRS not measured)" in report) is not measured
         assert (run / "mrs_units.png").stat().st_size > 1000
 
 
-def test_new_keys_at_their_default_keep_old_run_folders_resumable(tmp_path):
-    """A run folder made before ``pruning.rule``/``recalibrate`` or ``data.normalization`` existed has the same
-    fingerprint as the same config now; choosing the new rule is a different config."""
+def test_old_run_folders_resume(tmp_path):
+    """A run folder made by the first release hashed the flat pruning keys (estimator spelled out, no rule,
+    recalibrate, rounds, epochs or options) and no ``data.normalization``: the same config now has that
+    fingerprint, whether written with ``options`` or with the flat keys; choosing another rule is another run."""
     import hashlib
 
     config = tiny(tmp_path, pretrain={"epochs": 0})
     old = config.to_dict()
-    for section, key in ADDED_KEYS:
-        old[section].pop(key)
-    old["pruning"]["estimator"] = "feature"  # the default was spelled out before null meant the rule's own
+    old["data"].pop("normalization")
+    old["pruning"] = {"pruner": "mrs", "target": 0.5, "budget": "flops", "estimator": "feature", "criterion": "taylor",
+                      "tau": 0.0, "rho": 0.1, "steps": 5, "samples": 64, "eps": None, "r_max": 0.9,
+                      "op_types": ["Conv2d", "Linear"], "exclude": []}
     what = {k: v for k, v in old.items() if k not in ("progress", "output")}
-    assert Pipeline(config).fingerprint == hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
-    changed = tiny(tmp_path / "other", pretrain={"epochs": 0}, pruning={"rule": "budget", "estimator": "curve"})
+    expected = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    assert Pipeline(config).fingerprint == expected
+    with pytest.warns(FutureWarning):
+        flat = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"options": {}, "samples": 64, "steps": 2})
+    assert Pipeline(flat).fingerprint != expected  # steps 2 was hashed too, though it had no effect
+    with pytest.warns(FutureWarning):
+        flat = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"options": {}, "samples": 64})
+    assert Pipeline(flat).fingerprint == expected
+    changed = tiny(tmp_path / "other", pretrain={"epochs": 0}, pruning={"options": {"rule": "budget"}})
     assert Pipeline(changed).fingerprint != Pipeline(config).fingerprint
 
 
 def test_budget_rule_runs_from_the_config(tmp_path):
-    config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"rule": "budget", "estimator": "curve",
-                                                             "recalibrate": True, "target": 0.6})
+    config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"target": 0.6, "options": {
+        "rule": "budget", "estimator": "curve", "recalibrate": True, "n_samples": 64}})
     state = Pipeline(config).run(until="speedup")["stages"]
     removed = 1 - state["speedup"]["pruned"]["flops"] / state["pretrain"]["dense"]["flops"]
     assert abs(removed - 0.6) <= 0.01
@@ -165,8 +193,8 @@ def test_budget_rule_runs_from_the_config(tmp_path):
 
 
 def test_joint_rule_runs_from_the_config(tmp_path):
-    config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"rule": "joint", "rounds": 3, "recalibrate": True,
-                                                             "target": 0.6})
+    config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"target": 0.6, "options": {
+        "rule": "joint", "rounds": 3, "recalibrate": True, "n_samples": 64}})
     state = Pipeline(config).run(until="speedup")["stages"]
     removed = 1 - state["speedup"]["pruned"]["flops"] / state["pretrain"]["dense"]["flops"]
     assert abs(removed - 0.6) <= 0.01
@@ -234,7 +262,7 @@ def test_bad_normalization_is_a_config_error(tmp_path, value):
 def test_harp_runs_from_the_config_and_a_killed_prune_stage_resumes(tmp_path, monkeypatch):
     from nni_mrs_plugin.train.trainer import AdversarialTrainer
 
-    config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"pruner": "harp", "target": 0.6, "epochs": 2})
+    config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"pruner": "harp", "target": 0.6, "options": {"epochs": 2}})
     original, calls = AdversarialTrainer.loss, {"n": 0}
 
     def dying(self, *args, **kwargs):  # 256 images in batches of 64: 8 steps, stages end at 2, 4, 6, 8

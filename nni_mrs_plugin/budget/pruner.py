@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
 import torch
@@ -22,7 +24,8 @@ from .problem import BudgetProblem, check_bounds, check_budget, check_tolerance
 from .report import Allocation
 from .units import Selection, normalize_config, parse_config_list
 
-__all__ = ["BudgetPruner", "check_arguments", "apply_allocation", "unwrapped", "compress_or_unwrap", "verify_removal"]
+__all__ = ["BudgetPruner", "PruningContext", "check_arguments", "apply_allocation", "unwrapped", "compress_or_unwrap",
+           "verify_removal"]
 
 @contextmanager
 def unwrapped(pruner: Pruner) -> Iterator[nn.Module]:
@@ -105,6 +108,21 @@ def check_arguments(model: nn.Module, config_list: List[Dict[str, Any]], budget:
     return parse_config_list(model, config_list)  # a clear error now, not NNI's schema traceback later
 
 
+@dataclass(frozen=True)
+class PruningContext:
+    """What a caller (the job) has at hand besides a pruner's own options: its training data, the fine-tuning
+    objective, a file to resume in, the attack radius, the loaders' normalisation, the seed and progress bars.
+    Each pruner class says which of these it takes (``BudgetPruner.context_options``)."""
+
+    data: Any = None  # a DataLoader of (inputs, labels), or one (x, y) pair
+    trainer: Any = None  # an AdversarialTrainer: the objective of fine-tuning
+    checkpoint: Optional[Path] = None  # a file in which a pruner that trains can resume
+    eps: Optional[float] = None
+    normalization: Optional[tuple] = None  # (mean, std) when the loaders normalise
+    seed: int = 0
+    progress: bool = True
+
+
 class BudgetPruner(Pruner):
     """A pruner that meets a global budget on the sped-up model; a subclass implements ``allocate``.
 
@@ -134,6 +152,11 @@ class BudgetPruner(Pruner):
         """Per-unit ratios ({unit name: fraction of its channels to prune}; rough is fine, the base meets the
         target from them), or a finished ``Allocation``. ``problem.model`` is the unwrapped model."""
         raise NotImplementedError(f"{type(self).__name__} must implement allocate(problem)")
+
+    @classmethod
+    def context_options(cls, context: PruningContext) -> Dict[str, Any]:
+        """The constructor keywords this pruner takes from a caller's ``context`` (its options override them)."""
+        return {}
 
     def default_dummy_input(self) -> Any:
         """The input to trace with when neither ``dummy_input`` nor an evaluator gives one."""

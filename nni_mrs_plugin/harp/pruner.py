@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..attacks import default_eps
 from ..budget.problem import BudgetProblem
-from ..budget.pruner import BudgetPruner, check_arguments
+from ..budget.pruner import BudgetPruner, PruningContext, check_arguments
 from ..budget.report import Allocation
 from ..train.trainer import AdversarialTrainer
 from .learn import learn_allocation
@@ -79,6 +79,12 @@ class HARPPruner(BudgetPruner):
                             checkpoint=Path(checkpoint) if checkpoint else None)
         self.history: dict = {}
         self._scores: Dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def context_options(cls, context: PruningContext) -> Dict[str, Any]:
+        """Learning on the training data under the fine-tuning objective, resumable in the context's file."""
+        return {"train_data": context.data, "trainer": context.trainer, "eps": context.eps,
+                "checkpoint": context.checkpoint, "seed": context.seed, "progress": context.progress}
 
     @staticmethod
     def _loader(data: Any) -> Any:

@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Union
 
 from . import compat
 
@@ -25,7 +25,9 @@ class PrunerSpec:
     """How to build a pruner at a global budget.
 
     Whether it allocates itself is its class: a ``BudgetPruner`` takes the global target as ``sparse_ratio`` and
-    ``dummy_input``/``budget``/``r_max`` keywords; any other NNI pruner gets uniform per-unit ratios.
+    ``dummy_input``/``budget``/``r_max`` keywords, and says itself what it takes from a job's context
+    (``context_options``); any other NNI pruner gets uniform per-unit ratios. A config's ``pruning.options`` go
+    to the constructor as they are.
     ``needs_evaluator``: it trains inside ``compress()`` (Taylor, Slim, AGP, ...), so it gets a ``TorchEvaluator``.
     ``takes_seed``: it draws random numbers and takes a ``seed`` keyword.
     """
@@ -33,14 +35,11 @@ class PrunerSpec:
     pruner: Union[str, type]  # the class, or its "module:Class" path
     needs_evaluator: bool = False
     takes_seed: bool = False
-    options: Tuple[str, ...] = ()  # the job's pruning options it takes as keywords (see job/pipeline.py)
 
 
 _NNI = "nni.compression.pruning:"
 _BUILTIN: Dict[str, PrunerSpec] = {
-    "mrs": PrunerSpec("nni_mrs_plugin.mrs.pruner:MRSPruner", takes_seed=True,
-                      options=("calibration", "estimator", "criterion", "tau", "rule", "eps", "n_samples",
-                               "progress", "normalization", "estimator_options")),
+    "mrs": PrunerSpec("nni_mrs_plugin.mrs.pruner:MRSPruner", takes_seed=True),
     "l1": PrunerSpec(_NNI + "L1NormPruner"),
     "l2": PrunerSpec(_NNI + "L2NormPruner"),
     "fpgm": PrunerSpec(_NNI + "FPGMPruner"),
@@ -52,8 +51,7 @@ _BUILTIN: Dict[str, PrunerSpec] = {
     "movement": PrunerSpec(_NNI + "MovementPruner", needs_evaluator=True),
     "random": PrunerSpec("nni_mrs_plugin.budget.baselines:RandomPruner", takes_seed=True),
     "l1-global": PrunerSpec("nni_mrs_plugin.budget.baselines:GlobalL1NormPruner"),
-    "harp": PrunerSpec("nni_mrs_plugin.harp.pruner:HARPPruner", takes_seed=True,
-                       options=("train_data", "trainer", "epochs", "progress", "checkpoint")),
+    "harp": PrunerSpec("nni_mrs_plugin.harp.pruner:HARPPruner", takes_seed=True),
 }
 _registered: Dict[str, PrunerSpec] = {}
 
@@ -72,13 +70,14 @@ def available_pruners() -> List[str]:
     return sorted(_known())
 
 
-def register_pruner(name: str, pruner: Union[str, type], overwrite: bool = False, *, needs_evaluator: bool = False, takes_seed: bool = False, options: Tuple[str, ...] = ()) -> None:
+def register_pruner(name: str, pruner: Union[str, type], overwrite: bool = False, *, needs_evaluator: bool = False,
+                    takes_seed: bool = False) -> None:
     """Add ``name`` -> a pruner class (or its "module:Class" path), with how the job should build it."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"pruner name must be a non-empty string, got {name!r}")
     if name in _known() and not overwrite:
         raise ValueError(f"pruner name {name!r} is taken; pass overwrite=True to replace it")
-    _registered[name] = PrunerSpec(pruner, needs_evaluator, takes_seed, tuple(options))
+    _registered[name] = PrunerSpec(pruner, needs_evaluator, takes_seed)
 
 
 def unregister_pruner(name: str) -> None:

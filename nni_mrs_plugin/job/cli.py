@@ -148,11 +148,11 @@ def _check_model_fits_data(model: Any, config: Any) -> None:
     import torch
 
     from .config import ConfigError
-    from .pipeline import _dataset_info
+    from .build import dataset_info
 
     from ..models import Normalize
 
-    info = _dataset_info(config)
+    info = dataset_info(config)
     first = next((m for m in model.modules() if isinstance(m, (Normalize, torch.nn.Conv2d))), None)
     channels = first.mean.shape[1] if isinstance(first, Normalize) else getattr(first, "in_channels", None)
     if channels is not None and channels != info.in_channels:  # a Normalize layer would broadcast 1 channel to 3

@@ -63,6 +63,14 @@ def _variants(variants: Union[Sequence[str], Mapping[str, Mapping[str, Any]]]) -
     return {name: {"pruning.pruner": name} for name in variants}
 
 
+def _overrides(base: Dict[str, Any], variant: Dict[str, Any]) -> Dict[str, Any]:
+    """A variant that names another pruner starts from no options: the base's belong to the base's pruner."""
+    pruner = variant.get("pruning.pruner", base["pruning"]["pruner"])
+    if pruner != base["pruning"]["pruner"] and not any(key.startswith("pruning.options") for key in variant):
+        return {"pruning.options": {}, **variant}
+    return variant
+
+
 _DENSE_KEYS = ("model", "data", "pretrain", "eval", "seed", "device")  # what the dense model and its scores depend on
 
 
@@ -92,7 +100,7 @@ def compare(config: Config, variants: Union[Sequence[str], Mapping[str, Mapping[
         for label, overrides in variants.items():
             for target in targets:
                 try:
-                    configs[label, target, seed] = load_config(base, {**overrides, "seed": seed,
+                    configs[label, target, seed] = load_config(base, {**_overrides(base, overrides), "seed": seed,
                                                                       "pruning.target": target})
                 except ConfigError as err:
                     raise ConfigError(f"variant {label!r}: {err}") from None

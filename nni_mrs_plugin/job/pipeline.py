@@ -17,17 +17,12 @@ import torch
 from torch import nn
 
 from ..checkpoint import atomic_json, atomic_save, atomic_write, load_pruned, save_pruned
+from . import build
 from .config import Config, ConfigError
 
 __all__ = ["STAGES", "Pipeline", "run_pipeline", "robust_evaluation"]
 
 STAGES = ("pretrain", "prune", "speedup", "finetune", "evaluate", "report")
-
-
-def _dataset_info(config: Config):
-    from ..data import DATASETS
-
-    return DATASETS[config.data.dataset]
 
 
 def _device(config: Config) -> torch.device:
@@ -41,24 +36,12 @@ def _device(config: Config) -> torch.device:
         raise ConfigError(f"device: {err}") from None
 
 
-def _eps(config: Config, value: Optional[float]) -> float:
-    """``value``, or the data set's usual L-inf radius when the config leaves it null."""
-    from ..attacks import default_eps
-
-    return value if value is not None else default_eps(_dataset_info(config).in_channels)
-
-
 def _make_loaders(config: Config):
     from ..data import make_loaders
 
     data = config.data
     return make_loaders(data.dataset, data.root, data.batch_size, data.train_subset, data.test_subset, config.seed,
-                        normalization=_normalization(config))
-
-
-def _normalization(config: Config):
-    """``data.normalization`` as the (mean, std) pair the trainer, pruner and evaluation take; None: pixels."""
-    return tuple(config.data.normalization) if config.data.normalization else None
+                        normalization=build.normalization(config))
 
 
 def robust_evaluation(config: Config, model: nn.Module, test_loader: Any = None) -> Dict[str, Any]:
@@ -67,9 +50,10 @@ def robust_evaluation(config: Config, model: nn.Module, test_loader: Any = None)
 
     cfg = config.eval
     test_loader = test_loader if test_loader is not None else _make_loaders(config)[1]
-    return evaluate_robustness(model, test_loader, cfg.attacks, eps=_eps(config, cfg.eps), max_samples=cfg.samples,
-                               autoattack_samples=cfg.autoattack_samples, seed=config.seed, device=_device(config),
-                               progress=config.progress, normalization=_normalization(config))
+    return evaluate_robustness(model, test_loader, cfg.attacks, eps=build.eps(config, cfg.eps),
+                               max_samples=cfg.samples, autoattack_samples=cfg.autoattack_samples, seed=config.seed,
+                               device=_device(config), progress=config.progress,
+                               normalization=build.normalization(config))
 
 
 class Pipeline:
@@ -87,7 +71,7 @@ class Pipeline:
         # what the results depend on: progress bars and the folder's own name do not
         what = {k: v for k, v in config.fingerprint_dict().items() if k not in ("progress", "output")}
         self.fingerprint = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
-        self.info = _dataset_info(config)
+        self.info = build.dataset_info(config)
         self.device = _device(config)
         if not (self.dir / "stages.json").is_file():  # an unreachable target fails now, not after pre-training
             self._check_target()
@@ -127,25 +111,14 @@ class Pipeline:
 
     @property
     def model_kwargs(self) -> Dict[str, Any]:
-        kwargs = {"num_classes": self.info.num_classes, "in_channels": self.info.in_channels}
-        if self.config.data.normalization:  # the loaders normalise: the model's own first layer must not
-            kwargs.update(mean=[0.0] * self.info.in_channels, std=[1.0] * self.info.in_channels)
-        if self.config.model.name == "small_cnn":
-            kwargs["image_size"] = self.info.image_size
-        return kwargs
+        return build.model_kwargs(self.config)
 
     @property
     def dummy(self) -> torch.Tensor:
-        return torch.zeros(1, self.info.in_channels, self.info.image_size, self.info.image_size)
-
-    def eps(self, value: Optional[float]) -> float:
-        return _eps(self.config, value)
+        return build.dummy_input(self.config)
 
     def trainer(self, section):
-        from ..train.trainer import AdversarialTrainer
-
-        return AdversarialTrainer(section.method, eps=self.eps(section.eps), alpha=section.alpha,
-                                  steps=section.steps, beta=section.beta, normalization=_normalization(self.config))
+        return build.trainer(self.config, section)
 
     def _fit(self, model: nn.Module, section, stage: str) -> Dict[str, Any]:
         from ..train.fit import fit
@@ -187,27 +160,22 @@ class Pipeline:
         return result
 
     def prune(self) -> Dict[str, Any]:
-        """Any registered pruner at the config's budget, built the same way: its registry spec says what it takes."""
+        """Any registered pruner at the config's budget, built the same way (``job/build.py``)."""
         from ..budget.baselines import baseline_masks
-        from ..host.registry import get_pruner, pruner_spec
+        from ..host.registry import get_pruner
 
         model = load_pruned(self.dir / "dense.pt").to(self.device)
         cfg = self.config.pruning
-        config_list = self._config_list()
         dummy = self.dummy.to(self.device)
-        spec = pruner_spec(cfg.pruner)
-        allocation, masks = baseline_masks(model, config_list, dummy, get_pruner(cfg.pruner), cfg.budget, cfg.r_max,
-                                           **self._pruner_options(spec, model, dummy))
+        context = build.pruning_context(self.config, self.loaders[0], self.dir / "prune-harp.pt")
+        allocation, masks = baseline_masks(model, build.config_list(self.config), dummy, get_pruner(cfg.pruner),
+                                           cfg.budget, cfg.r_max, **build.pruner_keywords(self.config, model, context,
+                                                                                          dummy))
         atomic_save({k: {t: m.cpu() for t, m in v.items() if m is not None} for k, v in masks.items()},
                     self.dir / "masks.pt")
         atomic_json(self.dir / "allocation.json", allocation.as_dict())
         return {"pruner": cfg.pruner, "target": cfg.target, "budget": cfg.budget,
                 "predicted_removed": allocation.achieved}
-
-    def _config_list(self) -> list:
-        cfg = self.config.pruning
-        exclude = {"exclude_op_names": list(cfg.exclude)} if cfg.exclude else {}
-        return [{"op_types": list(cfg.op_types), "sparse_ratio": cfg.target, **exclude}]
 
     def _check_target(self) -> None:
         from ..models import build_model
@@ -215,40 +183,8 @@ class Pipeline:
 
         cfg = self.config.pruning
         model = build_model(self.config.model.name, **self.model_kwargs)
-        BudgetProblem.build(model, self._config_list(), self.dummy, cfg.budget, 0.0, cfg.r_max).check_reachable()
-
-    def _pruner_options(self, spec, model: nn.Module, dummy: torch.Tensor) -> Dict[str, Any]:
-        """The keywords ``spec`` asks for, from the config: the job offers the same options to every pruner."""
-        from ..mrs.sensitivity import ESTIMATORS
-
-        cfg = self.config.pruning
-        offered = {"calibration": self.loaders[0], "estimator": cfg.estimator_name(), "criterion": cfg.criterion,
-                   "tau": cfg.tau if cfg.rule == "power" else None, "rule": cfg.rule, "eps": self.eps(cfg.eps),
-                   "n_samples": cfg.samples, "progress": self.config.progress,
-                   "normalization": _normalization(self.config),
-                   "estimator_options": {**{name: getattr(cfg, name) for name in ESTIMATORS[cfg.estimator_name()].options},
-                                         **({"rounds": cfg.rounds} if cfg.rule == "joint" else {})},
-                   # pruners that train to choose (harp): the fine-tuning objective, resumable in the run folder
-                   "train_data": self.loaders[0], "trainer": self.trainer(self.config.finetune),
-                   "epochs": cfg.epochs, "checkpoint": self.dir / "prune-harp.pt"}
-        unknown = sorted(set(spec.options) - set(offered))
-        if unknown:
-            raise ConfigError(f"pruning.pruner: {cfg.pruner!r} is registered with options {unknown} that the job "
-                              f"does not offer (it offers {', '.join(sorted(offered))})")
-        options = {name: offered[name] for name in spec.options if name != "estimator_options"}
-        options.update(offered["estimator_options"] if "estimator_options" in spec.options else {})
-        if spec.takes_seed:
-            options["seed"] = self.config.seed
-        if spec.needs_evaluator:  # it trains inside compress(): on the fine-tuning objective, for 10 steps
-            import nni
-            from nni.compression import TorchEvaluator
-
-            trainer = self.trainer(self.config.finetune)
-            optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=self.config.finetune.lr)
-            options["evaluator"] = TorchEvaluator(trainer.training_func(self.loaders[0]), optimizer,
-                                                  trainer.training_step, dummy_input=dummy)
-            options["training_steps"] = 10
-        return options
+        BudgetProblem.build(model, build.config_list(self.config), self.dummy, cfg.budget, 0.0,
+                            cfg.r_max).check_reachable()
 
     def speedup(self) -> Dict[str, Any]:
         from ..host.speedup import speedup_model

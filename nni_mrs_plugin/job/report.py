@@ -80,10 +80,9 @@ def write_report(run_dir: Path, config: Config, stages: Mapping[str, Any]) -> Li
         lines.append(f"| {row['metric']} | {format_metric(row['dense'], row['metric'])} | "
                      f"{format_metric(row['pruned'], row['metric'])} | {ratio:.2f} |")
     measured = allocation.get("measured", True)  # False: uniform ratios, whose MRS are placeholders
-    tau = f", tau {cfg.tau}" if cfg.rule == "power" else ""  # the budget rule has no tau
-    allocator = (f"rule `{cfg.rule}`, estimator `{cfg.estimator_name()}`{tau}" if measured
-                 else "uniform ratios (MRS not measured)")
-    lines += ["", f"Pruner `{cfg.pruner}`, {allocator}, criterion `{cfg.criterion}`; "
+    options = ", ".join(f"{name} `{value}`" for name, value in sorted(cfg.options.items())) or "default options"
+    allocator = f"rule `{allocation.get('rule')}`" if measured else "uniform ratios (MRS not measured)"
+    lines += ["", f"Pruner `{cfg.pruner}` ({options}), {allocator}; "
               f"fine-tuning `{config.finetune.method}` for {config.finetune.epochs} epoch(s).", "",
               "| unit | layers | MRS | ratio | channels |", "|---|---:|---:|---:|---:|"]
     for unit in allocation["units"]:

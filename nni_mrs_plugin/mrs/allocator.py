@@ -18,7 +18,7 @@ from ..attacks import PixelSpace, build_attack, check_eps, check_pixel_range, de
 from ..budget.problem import BudgetProblem, check_bounds, check_budget, check_tolerance
 from ..budget.report import Allocation
 from ..budget.units import Unit
-from .calibration import adversarial_examples, collect_samples
+from .calibration import adversarial_examples, check_n_samples, collect_samples
 from .rules import RULES, Rule, build_rule, seeded
 from .sensitivity import CRITERIA, ESTIMATORS, Estimator, build_estimator
 
@@ -27,8 +27,7 @@ __all__ = ["MRSSparsityAllocator", "default_estimator"]
 
 def default_estimator(rule: Any) -> str:
     """The estimator a rule reads when none is named: ``budget`` needs loss curves, ``joint`` the probe's removal
-    (its criterion and adaptive BN); for ``power``, ``feature`` was chosen on the allocation benchmark's validation
-    split (BENCHMARKS.md)."""
+    (its criterion and adaptive BN); ``power`` reads ``feature``."""
     return rule.estimator if isinstance(rule, Rule) else getattr(RULES.get(rule), "estimator", "feature")
 
 
@@ -69,6 +68,7 @@ class MRSSparsityAllocator:
         if eps is not None:
             check_eps(eps, positive=True)
         check_tolerance(tolerance)
+        check_n_samples(n_samples)
         if tau is not None:
             options["tau"] = tau
         self.rule = build_rule(rule, **self._take(options, type(rule) if isinstance(rule, Rule) else RULES.get(rule)))

@@ -11,13 +11,17 @@ from tqdm.auto import tqdm
 from ..attacks import PixelSpace
 from ..evaluate import check_labels
 
-__all__ = ["collect_samples", "adversarial_examples"]
+__all__ = ["check_n_samples", "collect_samples", "adversarial_examples"]
+
+
+def check_n_samples(n_samples: Any) -> None:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
 
 
 def collect_samples(calibration: Any, n_samples: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """The first ``n_samples`` (x, y) of a DataLoader / iterable of batches, or a seeded draw from an (x, y) pair."""
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    check_n_samples(n_samples)
     if calibration is None:
         raise ValueError("no calibration data: pass calibration=DataLoader or (x, y), or an evaluator")
     if isinstance(calibration, (tuple, list)) and len(calibration) == 2 and all(

@@ -1,8 +1,8 @@
 """The ``joint`` rule: per-unit prune counts chosen on the measured adversarial loss of the jointly pruned model.
 
-The ``budget`` rule adds single-unit loss curves measured around the dense model; at 0.9 of the FLOPs removed the
-loss of the model pruned everywhere at once rises 2 to 53 times that sum for the rule's own allocation
-(BENCHMARKS.md), so it steers to where additivity fails. This rule measures around the operating point instead,
+The ``budget`` rule adds single-unit loss curves measured around the dense model, but the loss of the model pruned
+everywhere at once need not be that sum (docs/benchmarks.md measures how far it is), so the rule can steer to
+where additivity fails. This rule measures around the operating point instead,
 as NetAdapt (Yang et al., ECCV 2018) does with accuracy: in each of ``steps`` rounds every unit proposes removing
 just enough more of its channels to save another 1/steps of the target, each proposal is measured with every
 unit's channels removed at once (removal-equivalent masking, adaptive BN on the clean samples), and the proposal

@@ -15,7 +15,7 @@ from nni.compression.pruning.tools import active_sparse_targets_filter, generate
 from torch import nn
 
 from ..budget.problem import BudgetProblem
-from ..budget.pruner import BudgetPruner, apply_allocation, compress_or_unwrap, unwrapped, verify_removal
+from ..budget.pruner import BudgetPruner, PruningContext, apply_allocation, compress_or_unwrap, unwrapped, verify_removal
 from ..budget.report import Allocation
 from .allocator import MRSSparsityAllocator
 from .calibration import collect_samples
@@ -37,9 +37,9 @@ class MRSPruner(BudgetPruner):
     ``tau``; ``rule='budget'`` trades per-unit loss curves (default estimator 'curve') against what each unit's
     channels cost; ``rule='joint'`` makes that trade in ``rounds`` steps, each measured on the model pruned
     everywhere so far (default estimator 'probe', whose removal and ``recalibrate`` it uses). The default
-    ``tau=0`` gives every unit the same ratio (MRS is not measured) and adversarial
-    Taylor channels: on the allocation benchmark's validation split no MRS allocation beat that (BENCHMARKS.md),
-    so it is the default until one does; ``tau=1`` or ``rule='budget'`` allocate by robustness sensitivity.
+    ``tau=0`` gives every unit the same ratio (MRS is not measured) and ranks channels by adversarial Taylor
+    importance; ``tau=1`` or ``rule='budget'`` allocate by robustness sensitivity. Why these defaults: the
+    benchmark pages (docs/benchmarks.md).
     After ``compress()``, ``allocation`` holds the per-unit report; with ``verify`` (default) ``compress()`` has
     also removed the channels from a copy with ModelSpeedup and checked it computes what the masked model does.
     """
@@ -82,6 +82,12 @@ class MRSPruner(BudgetPruner):
                 x_adv, y = self.allocator.adversarial_data or self.allocator.calibrate(model, calibration)
                 self._gradients = weight_gradients(model, layers, x_adv, y, self.allocator.batch_size)
         return result
+
+    @classmethod
+    def context_options(cls, context: PruningContext) -> Dict[str, Any]:
+        """Calibration on the training data at the job's radius, normalisation, seed and progress bars."""
+        return {"calibration": context.data, "eps": context.eps, "normalization": context.normalization,
+                "seed": context.seed, "progress": context.progress}
 
     def default_dummy_input(self) -> Any:
         """One calibration sample (the captured batches when the evaluator's training supplies them)."""

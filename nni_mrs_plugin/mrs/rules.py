@@ -65,7 +65,7 @@ class Rule:
 
 class PowerRule(Rule):
     """r_u = c * (mean(m) / m_u) ** tau, clipped to the bounds, c set so the sped-up model meets the target; ``tau=0``
-    gives every unit the same ratio and measures nothing. The ``feature`` estimator by default (BENCHMARKS.md)."""
+    gives every unit the same ratio and measures nothing. The ``feature`` estimator by default."""
 
     name = "power"
 

@@ -43,7 +43,7 @@ class Estimator:
     """Common interface: subclasses compute one MRS value per unit, in eval mode, leaving the model unchanged."""
 
     name = ""
-    options: Tuple[str, ...] = ()  # constructor options a config may set (the job passes exactly these)
+    options: Tuple[str, ...] = ()  # its constructor options (an old flat config key maps to these: job/legacy.py)
     needs_clean = False  # True where the estimate reads the clean samples x, not only X'
 
     def __init__(self, batch_size: int = 256, progress: bool = True):
