@@ -365,3 +365,20 @@ def test_mrs_cost_times_each_estimator_where_it_measures_and_the_default_pruner(
     with pytest.raises(SystemExit):
         mrs_cost.main(["--estimators", "feature,magic"])
     assert "unknown estimator 'magic'" in capsys.readouterr().err
+
+
+def test_benchmarks_page_is_rendered_from_the_summaries(tmp_path, monkeypatch):
+    """BENCHMARKS.md is what benchmarks/render.py makes of benchmarks/results: a changed summary without a
+    re-render fails here, and the allocation verdicts it prints are counted from the summaries."""
+    render = load_script("render")
+    assert render.main(["--check"]) == 0, "BENCHMARKS.md is stale: run python benchmarks/render.py"
+    page = render.render()
+    assert "| PGD-20 | 16 | 0 | 14 | 2 |" in page  # allocation-cpu: no win, 2 losses per metric (4 of 32)
+    for name in ("adv-throughput", "mrs-cost", "speedup", "allocation-default", "allocation-gpu"):
+        assert f'`benchmarks/results/kept.json` ("{name}", kept as measured' in page
+    for name in ("allocation-cpu", "allocation-cpu-w0.0625", "allocation-cpu-w0.0625-fast"):
+        assert f"`benchmarks/results/{name}/summary.json`" in page
+    stale = tmp_path / "BENCHMARKS.md"
+    stale.write_text(page.replace("| 0 | 14 | 2 |", "| 1 | 13 | 2 |"))
+    monkeypatch.setattr(render, "PAGE", stale)
+    assert render.main(["--check"]) == 1
