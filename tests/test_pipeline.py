@@ -45,6 +45,8 @@ def test_shipped_configs_load():
      "pruning.options.rounds: rounds must be a positive integer, got 0"),
     ({"pruning": {"options": ["tau"]}}, "pruning.options: must be a mapping of option names to values"),
     ({"pruning": {"pruner": "l1", "options": {"tau": 1}}}, "pruning.options.tau: L1NormPruner takes no option 'tau'"),
+    ({"pruning": {"pruner": "l1", "options": {"model": 1}}},
+     "pruning.options.model: L1NormPruner: multiple values for argument 'model'"),
     ({"pruning": {"pruner": "harp", "options": {"epochs": 0}}}, "pruning.options.epochs: epochs must be a positive"),
     ({"pruning": {"tau": 1.0, "options": {"tau": 2.0}}}, "pruning.tau: also given as pruning.options.tau"),
     ({"modle": {}}, "unknown key 'modle'; did you mean 'model'?"),

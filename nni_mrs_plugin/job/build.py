@@ -117,10 +117,12 @@ def check_pruner(config: Any) -> None:
     fixed = dict(dummy_input=x, budget=cfg.budget, r_max=cfg.r_max) if budget_pruner else {}
     try:
         inspect.signature(cls).bind(model, config_list(config), **fixed, **keywords)
-    except TypeError:
+    except TypeError as err:
         taken = inspect.signature(cls).parameters
+        unknown = sorted(set(cfg.options) - set(taken))
+        if not unknown:
+            raise ValueError(f"{cls.__name__}: {err}") from None
         if not any(p.kind is p.VAR_KEYWORD for p in taken.values()):
-            unknown = sorted(set(cfg.options) - set(taken))
             raise ValueError(f"{cls.__name__} takes no option {', '.join(map(repr, unknown))}; it takes "
                              f"{', '.join(n for n in taken if n not in ('model', 'config_list'))}") from None
     if budget_pruner:
