@@ -5,13 +5,13 @@ import pytest
 import torch
 from test_pipeline import tiny
 
-from nni_mrs_plugin.budget.baselines import GlobalL1NormPruner, RandomPruner, baseline_masks
+from nni_mrs_plugin.budget.baselines import GlobalL1NormPruner, RandomPruner, UniformPruner, baseline_masks
 from nni_mrs_plugin.evaluate import count_flops
 from nni_mrs_plugin.models import build_model
 from nni_mrs_plugin.job.pipeline import Pipeline
 from nni_mrs_plugin.host.registry import get_pruner
 from nni_mrs_plugin.mrs.sensitivity import channel_importance
-from nni_mrs_plugin.host.speedup import compute_masks, output_channel_keep, speedup_model
+from nni_mrs_plugin.host.speedup import output_channel_keep, speedup_model
 
 SELECT = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}]
 
@@ -29,16 +29,24 @@ def test_registry_names():
     assert get_pruner("random") is RandomPruner and get_pruner("l1-global") is GlobalL1NormPruner
 
 
-def test_random_pruner_is_seeded_and_unlike_l1():
-    model, _ = small_cnn()
-    config = [{"op_names": ["features.3"], "sparse_ratio": 0.5}]
-    first = compute_masks(model, config, RandomPruner, seed=1)
-    assert len(pruned_channels(first, "features.3")) == 16
-    assert pruned_channels(compute_masks(model, config, RandomPruner, seed=1), "features.3") == \
-        pruned_channels(first, "features.3")
-    assert pruned_channels(compute_masks(model, config, RandomPruner, seed=2), "features.3") != \
-        pruned_channels(first, "features.3")
-    assert pruned_channels(compute_masks(model, config), "features.3") != pruned_channels(first, "features.3")
+def random_masks(pruner_cls, **options):
+    model, x = small_cnn()
+    dense = count_flops(model, x)
+    pruner = pruner_cls(model, [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}], dummy_input=x, **options)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    speedup_model(model, masks, x)
+    assert abs(1 - count_flops(model, x) / dense - 0.5) <= 0.01  # a budget pruner: the global target is met
+    return masks, pruner.allocation
+
+
+def test_random_pruner_is_a_seeded_budget_pruner_unlike_l1():
+    first, allocation = random_masks(RandomPruner, seed=1)
+    uniform_masks, uniform = random_masks(UniformPruner)
+    assert [row.ratio for row in allocation.report] == [row.ratio for row in uniform.report]  # the same ratios
+    assert pruned_channels(random_masks(RandomPruner, seed=1)[0], "features.3") == pruned_channels(first, "features.3")
+    assert pruned_channels(random_masks(RandomPruner, seed=2)[0], "features.3") != pruned_channels(first, "features.3")
+    assert pruned_channels(uniform_masks, "features.3") != pruned_channels(first, "features.3")
 
 
 @pytest.mark.parametrize("name, shape", [("small_cnn", (1, 1, 28, 28)), ("resnet18", (1, 3, 32, 32))])

@@ -3,7 +3,7 @@
 
 - **uniform** (``UniformPruner``, and any NNI pruner through ``baseline_masks``: ``l1``, ``l2``, ``fpgm``,
   ``taylor``, ...): every unit loses the same ratio, the criterion picks the channels inside each unit;
-- **random** (``RandomPruner``, an NNI pruner with per-layer ratios): uniform ratios, channels drawn at random;
+- **random** (``RandomPruner``): uniform ratios, channels drawn at random (seeded);
 - **global** (``l1-global``, ``GlobalL1NormPruner``): every channel ranked across layers by its filter's L1 norm,
   pruned lowest first until the sped-up model loses the target budget, each layer capped at r_max.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
-from nni.compression.pruning import L1NormPruner
 from torch import nn
 
 from ..host.speedup import Masks, compute_masks
@@ -41,21 +40,20 @@ class UniformPruner(BudgetPruner):
         return {unit.name: 1.0 for unit in problem.units}  # one ratio, scaled by the base to meet the target
 
 
-class RandomPruner(L1NormPruner):
-    """Channels chosen at random (seeded): the floor any importance criterion must beat. An NNI pruner with NNI's
-    per-layer ``sparse_ratio`` (``baseline_masks`` gives it uniform ratios at a budget), so ``compute_masks`` and
-    NNI's schedulers take it as they take ``L1NormPruner``."""
+class RandomPruner(UniformPruner):
+    """Uniform ratios at the budget with channels drawn at random (seeded by ``seed``): the floor any importance
+    criterion must beat."""
 
-    def __init__(self, model: nn.Module, config_list: List[Dict], evaluator: Any = None,
-                 existed_wrappers: Any = None, seed: int = 0):
-        super().__init__(model, config_list, evaluator, existed_wrappers)
+    def __init__(self, model: nn.Module, config_list: List[Dict], evaluator: Any = None, *, seed: int = 0,
+                 **options: Any):
+        super().__init__(model, config_list, evaluator, **options)
         self.seed = seed
 
-    def _calculate_metrics(self, data):
-        metrics = super()._calculate_metrics(data)
+    def channel_data(self, data: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
+        """Random weights in place of the real ones: the criterion then ranks the channels at random."""
         generator = torch.Generator().manual_seed(self.seed)
-        return {module: {target: torch.rand(metric.shape, generator=generator).to(metric.device)
-                         for target, metric in targets.items()} for module, targets in metrics.items()}
+        return {module: {target: torch.rand(tensor.shape, generator=generator).to(tensor)
+                         for target, tensor in targets.items()} for module, targets in data.items()}
 
 
 class GlobalL1NormPruner(BudgetPruner):
