@@ -57,6 +57,7 @@ from nni_mrs_plugin.budget.baselines import baseline_masks
 from nni_mrs_plugin.mrs.curves import DEFAULT_RATIOS
 from nni_mrs_plugin.host.registry import get_pruner
 from nni_mrs_plugin.host.speedup import recalibrate_batchnorm, speedup_model
+from nni_mrs_plugin.job.stats import interval, verdict
 from nni_mrs_plugin.train.fit import fit
 from nni_mrs_plugin.train.trainer import AdversarialTrainer
 
@@ -81,7 +82,6 @@ MEASURE_ONLY = {"budget-curve-reattack"}
 BASELINES = ["uniform-l1", "uniform-taylor", "l1-global", "random", "harp"]
 REFERENCE = "uniform-l1"
 SHIPPED = "power-feature"  # MRSPruner's default before the default phase chose uniform ratios (tau 1, 'feature')
-T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
 
 
 # -- data ---------------------------------------------------------------------------------------------------
@@ -246,22 +246,6 @@ def dense_model(out: Path, model_name: str, width: float, seed: int, data, args)
 
 
 # -- statistics and tables ------------------------------------------------------------------------------------
-def interval(values: List[float]) -> Tuple[float, float, float]:
-    """(mean, low, high) of a 95% Student-t interval; a single value has an infinite interval."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, -math.inf, math.inf
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = T95.get(n, 1.96) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
-def verdict(low: float, high: float) -> str:
-    """A win is a 95% interval above zero, a loss one below it."""
-    return "win" if low > 0 else "loss" if high < 0 else "tie"
-
-
 def metric_values(result: dict) -> Dict[str, float]:
     out = {f"pruned_{k}": v for k, v in result["pruned"].items()}
     out.update({f"tuned_{k}": v for k, v in result["finetuned"].items()})

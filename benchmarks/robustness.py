@@ -10,8 +10,8 @@ Methods (registry names): ``mrs`` (MRPF: allocation by MRS, ``pruning.options.ta
 (NNI TaylorPruner, uniform ratios, adversarial gradients) and ``random``.
 Natural rows (``--natural``) pre-train and fine-tune without attacks. Every run is a resumable run folder
 (``nni_mrs_plugin.job.compare``): rerun the same command to finish an interrupted benchmark. Verdicts compare MRS
-with each baseline per (target, metric): a win or loss when the means differ by more than the larger of
-the two standard deviations, a tie otherwise.
+with each baseline per (target, attack) by the rule of every benchmark (``nni_mrs_plugin.job.stats``): the paired
+per-seed difference, a win or a loss when its 95% t-interval excludes zero, a tie otherwise.
 """
 from __future__ import annotations
 
@@ -25,31 +25,18 @@ from typing import Any, Dict, List
 
 from nni_mrs_plugin.checkpoint import atomic_json
 from nni_mrs_plugin.job.cli import add_set_argument
-from nni_mrs_plugin.job.compare import compare
+from nni_mrs_plugin.job.compare import compare, compare_verdicts
 from nni_mrs_plugin.job.config import ConfigError, load_config
 
 METHODS = ["mrs", "l1", "l1-global", "taylor", "random"]
 
 
-def verdicts(rows: List[Dict[str, Any]], reference: str = "mrs") -> List[Dict[str, Any]]:
-    """MRS against every other adversarially fine-tuned method at each target and metric."""
-    by_key = {(row["variant"], row["target"]): row for row in rows}
-    out = []
-    for (variant, target), row in by_key.items():
-        if variant == reference or variant.startswith("dense") or variant.endswith("-natural"):
-            continue
-        ours = by_key.get((reference, target))
-        if ours is None:
-            continue
-        for metric, theirs in row["accuracy"].items():
-            mine = ours["accuracy"][metric]
-            diff = mine["mean"] - theirs["mean"]
-            spread = max(mine["std"], theirs["std"])
-            verdict = "win" if diff > spread else "loss" if diff < -spread else "tie"
-            out.append({"target": target, "baseline": variant, "metric": metric, "mrs": mine["mean"],
-                        "baseline_mean": theirs["mean"], "difference": diff, "spread": spread, "verdict": verdict,
-                        "n": min(mine["n"], theirs["n"])})
-    return out
+def verdicts(runs: List[Dict[str, Any]], ours: str = "mrs") -> List[Dict[str, Any]]:
+    """``ours`` against every other adversarially fine-tuned method at each target and attack: the paired per-seed
+    difference and its 95% t-interval (``nni_mrs_plugin.job.stats``, the rule of every benchmark)."""
+    baselines = sorted({run["variant"] for run in runs} - {ours})
+    return [dict(v, baseline=v["reference"]) for baseline in baselines if not baseline.endswith("-natural")
+            for v in compare_verdicts(runs, baseline) if v["variant"] == ours]
 
 
 def main(argv=None) -> int:
@@ -86,13 +73,14 @@ def main(argv=None) -> int:
         commit = ""
     summary = {"command": " ".join(["python", "benchmarks/robustness.py", *(argv or sys.argv[1:])]),
                "date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": platform.platform(),
-               "seconds": round(time.time() - started), "verdicts": verdicts(result["rows"])}
+               "seconds": round(time.time() - started), "verdicts": verdicts(result["runs"])}
     atomic_json(Path(args.output) / "robustness.json", summary)
     print(Path(args.output, "compare.md").read_text())
-    print("| target | baseline | metric | MRS | baseline | difference | verdict |\n|---:|---|---|---:|---:|---:|---|")
+    print("| target | baseline | attack | MRS - baseline (points) | 95% interval | verdict |\n"
+          "|---:|---|---|---:|---|---|")
     for v in summary["verdicts"]:
-        print(f"| {v['target']:g} | {v['baseline']} | {v['metric']} | {100 * v['mrs']:.2f}% | "
-              f"{100 * v['baseline_mean']:.2f}% | {100 * v['difference']:+.2f} | {v['verdict']} |")
+        print(f"| {v['target']:g} | {v['baseline']} | {v['attack']} | {100 * v['diff']:+.2f} | "
+              f"{100 * v['low']:+.2f} to {100 * v['high']:+.2f} | {v['verdict']} |")
     return 0
 
 

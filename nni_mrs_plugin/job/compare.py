@@ -17,15 +17,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import statistics
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from ..checkpoint import atomic_json, atomic_save, atomic_write, load_pruned
 from .config import Config, ConfigError, load_config
 from .pipeline import Pipeline, robust_evaluation
+from .stats import mean_std, paired
 
-__all__ = ["compare", "compare_rows", "compare_table", "plot_compare", "write_compare_report"]
+__all__ = ["compare", "compare_rows", "compare_verdicts", "compare_table", "plot_compare", "write_compare_report"]
 
 _MODEL_METRICS = ("params", "flops", "cpu_latency_ms")
 
@@ -140,20 +140,35 @@ def _result(config: Config, variants: Dict[str, Dict[str, Any]], seeds: List[int
     return {"config": config.to_dict(), "variants": variants, "seeds": seeds,
             "dense": {key: {"label": d["label"], "seed": d["seed"], "measure": d["measure"],
                             "accuracy": _accuracies(d["evaluation"])} for key, d in dense.items()},
-            "runs": runs, "rows": compare_rows(dense, runs)}
+            "runs": runs, "rows": compare_rows(dense, runs), "verdicts": compare_verdicts(runs, next(iter(variants)))}
 
 
-def _mean_std(values: List[float]) -> Dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+def compare_verdicts(runs: List[Dict[str, Any]], reference: str) -> List[Dict[str, Any]]:
+    """Every other variant against ``reference`` at each target and attack: the paired per-seed difference of
+    its accuracy (``stats.paired``: mean, 95% t-interval, win / tie / loss from the variant's side)."""
+    accuracy: Dict[tuple, Dict[int, Dict[str, float]]] = {}
+    for run in runs:
+        accuracy.setdefault((run["variant"], run["target"]), {})[run["seed"]] = run["accuracy"]
+    out = []
+    for (variant, target), by_seed in accuracy.items():
+        base = accuracy.get((reference, target))
+        if variant == reference or base is None:
+            continue
+        for attack in next(iter(by_seed.values())):
+            result = paired({s: a[attack] for s, a in by_seed.items() if attack in a},
+                            {s: a[attack] for s, a in base.items() if attack in a})
+            if result is not None:
+                out.append({"variant": variant, "reference": reference, "target": target, "attack": attack,
+                            **result})
+    return out
 
 
 def compare_rows(dense: Dict[str, Dict[str, Any]], runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """A row per dense model and per (variant, target): mean and std over seeds of every metric."""
     def summary(members: List[Dict[str, Any]], flops_removed: List[float]) -> Dict[str, Any]:
-        return {"flops_removed": _mean_std(flops_removed),
-                **{m: _mean_std([r["measure"][m] for r in members]) for m in _MODEL_METRICS},
-                "accuracy": {a: _mean_std([r["accuracy"][a] for r in members]) for a in members[0]["accuracy"]}}
+        return {"flops_removed": mean_std(flops_removed),
+                **{m: mean_std([r["measure"][m] for r in members]) for m in _MODEL_METRICS},
+                "accuracy": {a: mean_std([r["accuracy"][a] for r in members]) for a in members[0]["accuracy"]}}
 
     rows = []
     by_label: Dict[str, List[Dict[str, Any]]] = {}
@@ -234,6 +249,14 @@ def write_compare_report(out: Path, result: Dict[str, Any]) -> List[Path]:
              f"Fine-tuning `{cfg['finetune']['method']}` for {cfg['finetune']['epochs']} epoch(s) after each pruner "
              "unless the variant says otherwise; "
              f"seeds {', '.join(map(str, seeds))}" + (" (mean ± std)" if len(seeds) > 1 else "") + ".", "",
-             compare_table(result), "", "![accuracy against FLOPs removed](compare.png)", ""]
+             compare_table(result), ""]
+    if len(seeds) > 1 and result.get("verdicts"):
+        lines += [f"Paired per-seed difference to `{result['verdicts'][0]['reference']}` (points, 95% t-interval):",
+                  "", "| variant | target | attack | difference | verdict |", "|---|---:|---|---:|---|",
+                  *(f"| {v['variant']} | {v['target']:g} | {v['attack']} | {100 * v['diff']:+.2f} "
+                    f"({100 * v['low']:+.2f} to {100 * v['high']:+.2f}) | {v['verdict']} |"
+                    for v in result["verdicts"]),
+                  ""]
+    lines += ["![accuracy against FLOPs removed](compare.png)", ""]
     atomic_write(out / "compare.md", lambda f: f.write("\n".join(lines).encode()))
     return [out / "compare.json", out / "compare.md", plot_compare(result, out / "compare.png")]
