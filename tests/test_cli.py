@@ -77,3 +77,14 @@ def test_the_job_refuses_torchrun_in_one_line():
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip() == ("nni-mrs: run runs as one process, not under torchrun (WORLD_SIZE=2); for "
                                      "several GPUs call fit() under torchrun in your own script")
+
+
+def test_an_old_flat_key_is_one_warning_line_and_still_runs(tmp_path):
+    config = tmp_path / "old.yaml"
+    config.write_text("pretrain:\n  epochs: 0\npruning:\n  tau: 1.0\n  samples: 32\nprogress: false\n")
+    result = run_python(["-m", "nni_mrs_plugin", "run", str(config), "--until", "pretrain", "--output",
+                         str(tmp_path / "run")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    warned = [line for line in result.stderr.splitlines() if "flat pruning keys" in line]
+    assert warned == ["nni-mrs: FutureWarning: flat pruning keys are deprecated, use pruning.options: moved "
+                      "pruning.tau -> pruning.options.tau, pruning.samples -> pruning.options.n_samples"]

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -230,6 +231,23 @@ def _trial(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command; a warning raised from this package's own code (a deprecated config key) is one line on stderr
+    like its other messages, any other warning is shown as Python shows it."""
+    package = str(Path(__file__).resolve().parents[1])
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def one_line(message, category, filename, lineno, file=None, line=None):
+            if str(Path(filename).resolve()).startswith(package):
+                print(f"nni-mrs: {category.__name__}: {str(message).splitlines()[0]}", file=sys.stderr)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = one_line
+        return _main(argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     from .config import ConfigError
     from ..data import DataNotFoundError
