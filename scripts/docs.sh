@@ -8,16 +8,16 @@ export NO_MKDOCS_2_WARNING=1
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 python=${PYTHON:-python3}
-requirements=docs/requirements.txt
+requirements=("mkdocs>=1.6,<2" "mkdocs-material>=9.5,<10" "mkdocstrings[python]>=0.26,<2")
 stamp=.venv-docs/.installed
 if [[ ! -x .venv-docs/bin/python ]]; then
   "$python" -m venv .venv-docs
 fi
-if [[ "$(cat "$stamp" 2>/dev/null)" != "$(sha256sum < "$requirements")" ]]; then
+if [[ "$(cat "$stamp" 2>/dev/null)" != "${requirements[*]}" ]]; then
   echo "docs: installing MkDocs into .venv-docs"
-  .venv-docs/bin/python -m pip install -q --disable-pip-version-check -r "$requirements" \
+  .venv-docs/bin/python -m pip install -q --disable-pip-version-check "${requirements[@]}" \
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-  sha256sum < "$requirements" > "$stamp"
+  echo "${requirements[*]}" > "$stamp"
 fi
 
 if [[ "${1:-build}" == serve ]]; then
