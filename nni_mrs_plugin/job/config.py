@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Union
@@ -159,14 +158,8 @@ class Config:
         the user wrote it (``pruning.options.tau``, or ``pruning.tau`` in an old config)."""
         from .build import check_pruner
 
-        try:
-            check_pruner(self)
-        except ValueError as err:
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            options = self.pruning.options
-            named = next((word for word in re.findall(r"[A-Za-z_]+", message) if word in options), None)
-            key = self.pruning.origins.get(named, f"pruning.options.{named}") if named else "pruning.options"
-            raise ConfigError(f"{key}: {message}") from None
+        keys = {name: self.pruning.origins.get(name, f"pruning.options.{name}") for name in self.pruning.options}
+        constructor_checks("pruning.options", self.pruning, lambda: check_pruner(self), keys=keys)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

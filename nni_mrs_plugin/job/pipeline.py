@@ -71,7 +71,6 @@ class Pipeline:
         # what the results depend on: progress bars and the folder's own name do not
         what = {k: v for k, v in config.fingerprint_dict().items() if k not in ("progress", "output")}
         self.fingerprint = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
-        self.info = build.dataset_info(config)
         self.device = _device(config)
         if not (self.dir / "stages.json").is_file():  # an unreachable target fails now, not after pre-training
             self._check_target()

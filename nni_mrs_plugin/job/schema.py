@@ -22,16 +22,20 @@ def require(ok: bool, key: str, message: str, value: Any) -> None:
         raise ConfigError(f"{key}: {message}, got {value!r}")
 
 
-def constructor_checks(key: str, section: Any, build: Callable[[], Any], field_name: Optional[str] = None) -> None:
+def constructor_checks(key: str, section: Any, build: Callable[[], Any], field_name: Optional[str] = None,
+                       keys: Optional[Mapping[str, str]] = None) -> None:
     """Run the checks of the object a section configures (``build()``), so the rules live in one place; its
-    ValueError becomes a ConfigError naming ``field_name``, else the first key of the section the message names."""
+    ValueError becomes a ConfigError naming ``field_name``, else the first key the message names: a field of the
+    section, or a word of ``keys`` ({word: the full key to name})."""
     try:
         build()
     except ValueError as err:
-        message = str(err)
-        names = {f.name for f in dataclasses.fields(section)}
-        mentioned = field_name or next((word for word in re.findall(r"[a-z_]+", message) if word in names), None)
-        raise ConfigError(f"{key}.{mentioned}: {message}" if mentioned else f"{key}: {message}") from None
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if keys is None:
+            keys = {f.name: f"{key}.{f.name}" for f in dataclasses.fields(section)}
+        mentioned = f"{key}.{field_name}" if field_name else next(
+            (keys[word] for word in re.findall(r"[A-Za-z_]+", message) if word in keys), key)
+        raise ConfigError(f"{mentioned}: {message}") from None
 
 
 def type_ok(value: Any, hint: Any) -> bool:
