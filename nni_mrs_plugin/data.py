@@ -21,6 +21,7 @@ __all__ = ["DataNotFoundError", "DatasetInfo", "DATASETS", "Normalized", "TinyIm
            "make_loaders", "fashion_mnist_root"]
 
 FASHION_MNIST_ENV = "NNI_MRS_FASHION_MNIST"
+VALIDATION_SEED = 1234  # the draw of make_loaders' held-out images: one for every seed and run
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", ".data/fashion-mnist")
 
 
@@ -238,14 +239,29 @@ class Normalized(Dataset):
 
 def make_loaders(name: str, root: Optional[str] = None, batch_size: int = 128, train_subset: Optional[int] = None,
                  test_subset: Optional[int] = None, seed: int = 0, download: bool = False, num_workers: int = 0,
-                 normalization: Optional[Tuple[Sequence[float], Sequence[float]]] = None
-                 ) -> Tuple[DataLoader, DataLoader]:
-    """Train loader (shuffled with ``seed``) and test loader for a named data set; with ``normalization``, both
-    yield normalised images (``Normalized``) instead of pixels in [0, 1]."""
+                 normalization: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
+                 validation: Optional[int] = None, split: str = "test") -> Tuple[DataLoader, DataLoader]:
+    """Train loader (shuffled with ``seed``) and evaluation loader for a named data set; with ``normalization``,
+    both yield normalised images (``Normalized``) instead of pixels in [0, 1].
+
+    ``validation`` holds that many training images out (one fixed draw, the same for every seed, so a choice made
+    on them never sees the images it is tested on); ``train_subset`` is then drawn from the rest, and ``split``
+    says whether the evaluation loader holds the test images or the held-out ones.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    train = load_dataset(name, True, root, download, train_subset, seed)
-    test = load_dataset(name, False, root, download, test_subset, seed)
+    if split not in ("test", "validation") or split == "validation" and not validation:
+        raise ValueError(f"split must be 'test', or 'validation' with validation > 0, got {split!r}")
+    train = load_dataset(name, True, root, download)
+    if validation:
+        if validation >= len(train):
+            raise ValueError(f"validation must hold out fewer than the {len(train)} training images, got {validation}")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(VALIDATION_SEED)).tolist()
+        held_out, train = Subset(train, order[:validation]), Subset(train, order[validation:])
+    if train_subset is not None and train_subset < len(train):
+        train = Subset(train, torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[
+            :train_subset].tolist())
+    test = held_out if split == "validation" else load_dataset(name, False, root, download, test_subset, seed)
     if normalization is not None:
         train, test = Normalized(train, *normalization), Normalized(test, *normalization)
     generator = torch.Generator().manual_seed(seed)

@@ -59,6 +59,14 @@ def test_shipped_configs_load():
     ({"pruning": {"pruner": "nope"}}, "pruning.pruner: must be one of"),
     ({"eval": {"attacks": ["pgd0"]}}, "eval.attacks: unknown attack 'pgd0'"),
     ({"model": {"name": "resnet50"}}, "model.name: must be one of"),
+    ({"model": {"name": "vgg16_bn", "kwargs": {"widht": 0.5}}}, "model.kwargs: build_model('vgg16_bn'): unexpected "
+     "argument 'widht'; it takes num_classes, in_channels, mean, std, width"),
+    ({"model": {"name": "vgg16_bn", "kwargs": {"width": -1}}}, "model.kwargs: width must be a number > 0"),
+    ({"eval": {"split": "validation"}}, "eval.split: 'validation' needs data.validation"),
+    ({"eval": {"split": "val"}}, "eval.split: must be 'test' or 'validation', got 'val'"),
+    ({"data": {"validation": 0}}, "data.validation: must be >= 1 or null (none held out), got 0"),
+    ({"pruning": {"adapt_bn": -5}}, "pruning.adapt_bn: must be >= 0 (images; 0: off), got -5"),
+    ({"eval": {"after_pruning": ["pgd0"]}}, "eval.after_pruning: unknown attack 'pgd0'"),
     ({"pruning": {"rule": "budget", "estimator": "feature"}},
      "pruning.rule: rule='budget' trades per-unit loss curves against cost: it needs estimator='curve'"),
     ({"pruning": {"rule": "knapsack", "estimator": "curve"}}, "unknown allocation rule 'knapsack'"),
@@ -167,7 +175,9 @@ def test_old_run_folders_resume(tmp_path):
 
     config = tiny(tmp_path, pretrain={"epochs": 0})
     old = config.to_dict()
-    old["data"].pop("normalization")
+    for section, key in (("data", "normalization"), ("data", "validation"), ("model", "kwargs"), ("eval", "split"),
+                         ("eval", "after_pruning")):
+        old[section].pop(key)  # keys added since, at their defaults
     old["pruning"] = {"pruner": "mrs", "target": 0.5, "budget": "flops", "estimator": "feature", "criterion": "taylor",
                       "tau": 0.0, "rho": 0.1, "steps": 5, "samples": 64, "eps": None, "r_max": 0.9,
                       "op_types": ["Conv2d", "Linear"], "exclude": []}
@@ -284,3 +294,29 @@ def test_harp_runs_from_the_config_and_a_killed_prune_stage_resumes(tmp_path, mo
     assert abs(removed - 0.6) <= 0.01
     allocation = json.loads((tmp_path / "run" / "allocation.json").read_text())
     assert allocation["rule"] == "harp" and state["prune"]["pruner"] == "harp"
+
+
+def test_validation_split_adaptive_bn_and_the_evaluation_before_fine_tuning(tmp_path):
+    """Choose on held-out training images, re-estimate BatchNorm after the removal, see what fine-tuning adds."""
+    config = tiny(tmp_path, model={"name": "vgg16_bn", "kwargs": {"width": 0.0625}},
+                  data={"validation": 96}, eval={"split": "validation", "samples": None, "after_pruning": ["clean", "pgd20"]},
+                  pruning={"pruner": "l1", "adapt_bn": 64})
+    pipeline = Pipeline(config)
+    stages = pipeline.run()["stages"]
+    evaluation = {k: v for k, v in stages["evaluate"].items() if k != "seconds"}
+    assert set(evaluation) == {"dense", "pruned", "pruned_init"}
+    assert all(entry["clean"]["samples"] == 96 for entry in evaluation.values())  # the held-out images, all of them
+    assert set(evaluation["pruned_init"]) >= {"clean", "pgd20"}
+    assert load_pruned(tmp_path / "run" / "dense.pt").features[0].out_channels == 4  # model.kwargs: width 1/16
+    held_out = set(pipeline.loaders[1].dataset.indices)
+    assert not held_out & {pipeline.loaders[0].dataset.dataset.indices[i] for i in pipeline.loaders[0].dataset.indices}
+    # adaptive BN: the pruned model's statistics are those of its own activations, not the dense model's
+    from nni_mrs_plugin.host.speedup import speedup_model
+
+    plain = load_pruned(tmp_path / "run" / "dense.pt")
+    speedup_model(plain, torch.load(tmp_path / "run" / "masks.pt", weights_only=True), pipeline.dummy)
+    adapted = load_pruned(tmp_path / "run" / "pruned_init.pt")
+    norm = next(name for name, m in adapted.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not torch.allclose(adapted.get_submodule(norm).running_var, plain.get_submodule(norm).running_var)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "pgd20 accuracy, before fine-tuning" in report

@@ -44,7 +44,7 @@ def model_kwargs(config: Any) -> Dict[str, Any]:
         kwargs.update(mean=[0.0] * info.in_channels, std=[1.0] * info.in_channels)
     if config.model.name == "small_cnn":
         kwargs["image_size"] = info.image_size
-    return kwargs
+    return {**kwargs, **config.model.kwargs}
 
 
 def dummy_input(config: Any) -> torch.Tensor:

@@ -128,7 +128,9 @@ def compare(config: Config, variants: Union[Sequence[str], Mapping[str, Mapping[
         runs.append({"variant": label, "pruner": run_config.pruning.pruner, "target": target, "seed": seed,
                      "dense": identity, "folder": str(pipeline.dir), "pruned": stages["speedup"]["pruned"],
                      "dense_measure": stages["pretrain"]["dense"],
-                     "accuracy": _accuracies(stages["evaluate"]["pruned"])})
+                     "accuracy": _accuracies(stages["evaluate"]["pruned"]),
+                     **({"accuracy_after_pruning": _accuracies(stages["evaluate"]["pruned_init"])}
+                        if "pruned_init" in stages["evaluate"] else {})})
         write_compare_report(out, _result(config, variants, seeds, dense, runs))  # partial results survive
     result = _result(config, variants, seeds, dense, runs)
     write_compare_report(out, result)

@@ -22,6 +22,7 @@ __all__ = ["ConfigError", "Config", "load_config", "default_config_path", "apply
 class ModelSection:
     name: str = "small_cnn"
     checkpoint: Optional[str] = None  # dense weights to start from (state dict); skips pre-training
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # build_model's own keywords, e.g. {width: 0.25}
 
     def check(self, key: str) -> None:
         from ..models import MODELS
@@ -35,6 +36,7 @@ class DataSection:
     root: Optional[str] = None
     train_subset: Optional[int] = 10000
     test_subset: Optional[int] = 1000
+    validation: Optional[int] = None  # training images held out (the same ones for every seed), for eval.split
     batch_size: int = 128
     normalization: Optional[List[List[float]]] = None  # [mean, std]: the loaders normalise, attacks run on pixels
 
@@ -43,9 +45,10 @@ class DataSection:
 
         require(self.dataset in DATASETS, f"{key}.dataset", f"must be one of {', '.join(sorted(DATASETS))}",
                 self.dataset)
-        for name in ("train_subset", "test_subset"):
+        for name in ("train_subset", "test_subset", "validation"):
             value = getattr(self, name)
-            require(value is None or value >= 1, f"{key}.{name}", "must be >= 1 or null (all)", value)
+            require(value is None or value >= 1, f"{key}.{name}",
+                    "must be >= 1 or null (" + ("none held out)" if name == "validation" else "all)"), value)
         require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1", self.batch_size)
         channels = DATASETS[self.dataset].in_channels
         require(self.normalization is None or (len(self.normalization) == 2 and all(
@@ -78,7 +81,9 @@ class TrainingSection:
 
 
 # (section, key) -> default, for keys added after run folders existed; see Config.fingerprint_dict
-ADDED_KEYS: Dict[Tuple[str, str], Any] = {("data", "normalization"): None}
+ADDED_KEYS: Dict[Tuple[str, str], Any] = {("data", "normalization"): None, ("model", "kwargs"): {},
+                                          ("data", "validation"): None, ("pruning", "adapt_bn"): 0,
+                                          ("eval", "split"): "test", ("eval", "after_pruning"): []}
 
 
 @dataclass
@@ -89,6 +94,7 @@ class PruningSection:
     r_max: float = 0.9
     op_types: List[str] = field(default_factory=lambda: ["Conv2d", "Linear"])
     exclude: List[str] = field(default_factory=list)
+    adapt_bn: int = 0  # training images BatchNorm statistics are re-estimated on after the removal (0: none)
     options: Dict[str, Any] = field(default_factory=dict)  # the pruner's own constructor keywords, as they are
     MOVED: ClassVar[Dict[str, str]] = {name: f"options.{name}" for name in FLAT}  # where an old key lives now
 
@@ -105,6 +111,7 @@ class PruningSection:
         require(0 < self.target < 1, f"{key}.target", "must be in (0, 1)", self.target)
         require(0 < self.r_max, f"{key}.r_max", "must be in (0, 1)", self.r_max)
         require(bool(self.op_types), f"{key}.op_types", "must name at least one layer type", self.op_types)
+        require(self.adapt_bn >= 0, f"{key}.adapt_bn", "must be >= 0 (images; 0: off)", self.adapt_bn)
         constructor_checks(key, self, lambda: check_budget(self.budget), "budget")
         constructor_checks(key, self, lambda: check_bounds(0.0, self.r_max), "r_max")
 
@@ -115,15 +122,20 @@ class EvalSection:
     eps: Optional[float] = None
     samples: Optional[int] = 1000
     autoattack_samples: Optional[int] = 100
+    split: str = "test"  # or "validation": the data.validation images (choose there, report the test set once)
+    after_pruning: List[str] = field(default_factory=list)  # attacks on the model right after the removal too
 
     def check(self, key: str) -> None:
         from ..attacks import check_eps, check_eval_attacks
 
         constructor_checks(key, self, lambda: check_eval_attacks(self.attacks), "attacks")
+        constructor_checks(key, self, lambda: not self.after_pruning or check_eval_attacks(self.after_pruning),
+                           "after_pruning")
         constructor_checks(key, self, lambda: self.eps is None or check_eps(self.eps))
         for name in ("samples", "autoattack_samples"):
             value = getattr(self, name)
             require(value is None or value >= 1, f"{key}.{name}", "must be >= 1 or null (all)", value)
+        require(self.split in ("test", "validation"), f"{key}.split", "must be 'test' or 'validation'", self.split)
 
 
 @dataclass
@@ -152,6 +164,19 @@ class Config:
                 parse_device(self.device)
         except ValueError:
             raise ConfigError(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+        require(self.eval.split == "test" or bool(self.data.validation), "eval.split",
+                "'validation' needs data.validation (how many training images to hold out)", self.eval.split)
+        if self.model.kwargs:
+            from ..models import build_model
+            from .build import model_kwargs
+
+            def build() -> None:
+                try:
+                    build_model(self.model.name, **model_kwargs(self))
+                except TypeError as err:
+                    raise ValueError(f"build_model({self.model.name!r}) cannot take {self.model.kwargs}: {err}")
+
+            constructor_checks("model", self.model, build, "kwargs")
 
     def check_pruner(self) -> None:
         """Build the pruner with ``pruning.options`` (``job/build.py``): its own checks name the bad option, as

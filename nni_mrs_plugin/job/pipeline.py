@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -40,17 +40,23 @@ def _make_loaders(config: Config):
     from ..data import make_loaders
 
     data = config.data
-    return make_loaders(data.dataset, data.root, data.batch_size, data.train_subset, data.test_subset, config.seed,
-                        normalization=build.normalization(config))
+    try:
+        return make_loaders(data.dataset, data.root, data.batch_size, data.train_subset, data.test_subset,
+                            config.seed, normalization=build.normalization(config), validation=data.validation,
+                            split=config.eval.split)
+    except ValueError as err:  # e.g. more images held out than the data set has
+        raise ConfigError(f"data: {err}") from None
 
 
-def robust_evaluation(config: Config, model: nn.Module, test_loader: Any = None) -> Dict[str, Any]:
-    """The config's ``eval`` section applied to any model (the run's test loader, or one built from ``data``)."""
+def robust_evaluation(config: Config, model: nn.Module, test_loader: Any = None,
+                      attacks: Optional[List[str]] = None) -> Dict[str, Any]:
+    """The config's ``eval`` section applied to any model (the run's test loader, or one built from ``data``);
+    ``attacks`` replaces ``eval.attacks``."""
     from ..evaluate import evaluate_robustness
 
     cfg = config.eval
     test_loader = test_loader if test_loader is not None else _make_loaders(config)[1]
-    return evaluate_robustness(model, test_loader, cfg.attacks, eps=build.eps(config, cfg.eps),
+    return evaluate_robustness(model, test_loader, attacks or cfg.attacks, eps=build.eps(config, cfg.eps),
                                max_samples=cfg.samples, autoattack_samples=cfg.autoattack_samples, seed=config.seed,
                                device=_device(config), progress=config.progress,
                                normalization=build.normalization(config))
@@ -186,15 +192,27 @@ class Pipeline:
                             cfg.r_max).check_reachable()
 
     def speedup(self) -> Dict[str, Any]:
-        from ..host.speedup import speedup_model
+        from ..host.speedup import recalibrate_batchnorm, speedup_model
 
         model = load_pruned(self.dir / "dense.pt")
         masks = torch.load(self.dir / "masks.pt", map_location="cpu", weights_only=True)
         started = time.perf_counter()
         speedup_model(model, masks, self.dummy)
         seconds = time.perf_counter() - started
-        save_pruned(self.dir / "pruned_init.pt", model, self.config.model.name, **self.model_kwargs)
+        if self.config.pruning.adapt_bn:
+            recalibrate_batchnorm(model.to(self.device), self._images(self.config.pruning.adapt_bn).to(self.device))
+        save_pruned(self.dir / "pruned_init.pt", model.cpu(), self.config.model.name, **self.model_kwargs)
         return {"pruned": self.measure(model), "speedup_seconds": seconds}
+
+    def _images(self, n: int) -> torch.Tensor:
+        """The first ``n`` training images in the loader's seeded order."""
+        batches, count = [], 0
+        for x, _ in self.loaders[0]:
+            batches.append(x)
+            count += len(x)
+            if count >= n:
+                break
+        return torch.cat(batches)[:n]
 
     def finetune(self) -> Dict[str, Any]:
         model = load_pruned(self.dir / "pruned_init.pt")
@@ -203,8 +221,12 @@ class Pipeline:
         return result
 
     def evaluate(self) -> Dict[str, Any]:
-        results = {name: robust_evaluation(self.config, load_pruned(self.dir / f"{name}.pt"), self.loaders[1])
-                   for name in ("dense", "pruned") if name != "dense" or self.dense_evaluation is None}
+        """The dense model (unless given), the fine-tuned one and, under ``eval.after_pruning``'s attacks, the one
+        right after the removal (``pruned_init``)."""
+        attacks = {"dense": None, "pruned": None, "pruned_init": self.config.eval.after_pruning}
+        results = {name: robust_evaluation(self.config, load_pruned(self.dir / f"{name}.pt"), self.loaders[1], todo)
+                   for name, todo in attacks.items()
+                   if (name != "dense" or self.dense_evaluation is None) and todo != []}
         results.setdefault("dense", self.dense_evaluation)
         atomic_json(self.dir / "evaluation.json", results)
         return results

@@ -13,7 +13,8 @@ __all__ = ["write_report", "summary_rows", "plot_units", "format_metric"]
 
 
 def summary_rows(stages: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    """Dense vs pruned: params, FLOPs, CPU latency and each attack's accuracy."""
+    """Dense vs pruned: params, FLOPs, CPU latency and each attack's accuracy (also before fine-tuning, when
+    measured)."""
     dense, pruned = stages["pretrain"]["dense"], stages["speedup"]["pruned"]
     rows = [{"metric": key, "dense": dense[key], "pruned": pruned[key]}
             for key in ("params", "flops", "cpu_latency_ms")]
@@ -23,6 +24,9 @@ def summary_rows(stages: Mapping[str, Any]) -> List[Dict[str, Any]]:
             label = f"{attack} accuracy" + (f" ({entry['samples']} samples)" if entry.get("subset") else "")
             rows.append({"metric": label, "dense": entry["accuracy"],
                          "pruned": evaluation["pruned"][attack]["accuracy"]})
+            if attack in evaluation.get("pruned_init", {}):  # eval.after_pruning: what fine-tuning started from
+                rows.append({"metric": f"{label}, before fine-tuning", "dense": entry["accuracy"],
+                             "pruned": evaluation["pruned_init"][attack]["accuracy"]})
     return rows
 
 
