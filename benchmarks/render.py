@@ -1,7 +1,7 @@
 """BENCHMARKS.md, rendered from the results as data in ``benchmarks/results/``.
 
-Two kinds of result are read. A run folder's ``summary.json`` as ``benchmarks/allocation.py`` writes it (with
-``report_same_criterion``) is reduced to its verdicts: how often an allocation beat, tied or lost to uniform ratios
+Two kinds of result are read. A run folder's ``summary.json`` as ``benchmarks/allocation.py`` writes it (or wrote
+it before the compare harness, with ``report_same_criterion``) is reduced to its verdicts: how often an allocation beat, tied or lost to uniform ratios
 with the same channel criterion (paired per-seed differences, 95% t-intervals); ``page.json`` says what each such
 run was (title, conclusion, provenance, command), the page's order and what is not measured yet. ``kept.json``
 holds the tables of runs whose raw data is gone, kept as measured (``title``, ``conclusion``, ``runs``: each with
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "BENCHMARKS.md"
 HISTORY = "docs/benchmarks/history.md"
-METRICS = {"tuned_pgd20": "PGD-20", "tuned_autoattack": "AutoAttack"}
+METRICS = {"pgd20": "PGD-20", "autoattack": "AutoAttack"}
 
 INTRO = f"""# Benchmarks
 
@@ -39,21 +39,30 @@ def _table(columns: List[str], rows: List[List[Any]]) -> List[str]:
             *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
 
 
+def _judged(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Allocation rows against the uniform row with the same criterion, as {row, model, target, attack, diff,
+    verdict}: from ``report.same_criterion`` (the compare grid's summary) or ``report_same_criterion`` (summaries
+    written before it)."""
+    if "same_criterion" in summary.get("report", {}):
+        return [dict(v, row=v["variant"]) for v in summary["report"]["same_criterion"]]
+    return [{"row": row["row"], "model": row["model"], "target": row["target"], "attack": metric[len("tuned_"):],
+             "diff": row["metrics"][metric]["diff"], "verdict": row["metrics"][metric]["verdict"]}
+            for row in summary.get("report_same_criterion", {}).get("rows", []) for metric in row["metrics"]
+            if metric.startswith("tuned_") and not row["row"].startswith("uniform")]
+
+
 def _verdicts(summary: Dict[str, Any]) -> List[List[Any]]:
-    """Per metric: allocation rows against uniform ratios with the same criterion, won / tied / lost."""
-    rows = [row for row in summary["report_same_criterion"]["rows"] if not row["row"].startswith("uniform")]
+    """Per attack: allocation rows against uniform ratios with the same criterion, won / tied / lost."""
     out = []
-    for metric, name in METRICS.items():
-        judged = [(row, row["metrics"][metric]) for row in rows
-                  if row["metrics"].get(metric, {}).get("verdict") in ("win", "tie", "loss")]
+    for attack, name in METRICS.items():
+        judged = [v for v in _judged(summary) if v["attack"] == attack and v["verdict"] in ("win", "tie", "loss")]
         if not judged:
             continue
-        count = {v: sum(1 for _, m in judged if m["verdict"] == v) for v in ("win", "tie", "loss")}
-        best_row, best = max(judged, key=lambda pair: pair[1]["diff"])
-        worst_row, worst = min(judged, key=lambda pair: pair[1]["diff"])
+        count = {v: sum(1 for j in judged if j["verdict"] == v) for v in ("win", "tie", "loss")}
+        best, worst = max(judged, key=lambda j: j["diff"]), min(judged, key=lambda j: j["diff"])
         out.append([name, len(judged), count["win"], count["tie"], count["loss"],
-                    f"{100 * best['diff']:+.2f} ({best_row['row']}, {best_row['model']} at {best_row['target']})",
-                    f"{100 * worst['diff']:+.2f} ({worst_row['row']}, {worst_row['model']} at {worst_row['target']})"])
+                    f"{100 * best['diff']:+.2f} ({best['row']}, {best['model']} at {best['target']})",
+                    f"{100 * worst['diff']:+.2f} ({worst['row']}, {worst['model']} at {worst['target']})"])
     return out
 
 
@@ -63,7 +72,7 @@ def _section(name: str, summary: Dict[str, Any], meta: Dict[str, Any]) -> List[s
     if info.get("goal"):
         lines += [f"Goal: {info['goal']}.", ""]
     lines += [f"**{info['conclusion']}**", ""] if info.get("conclusion") else []
-    if "report_same_criterion" in summary:
+    if _judged(summary):
         lines += [info["provenance"], "", "```bash", info["command"], "```", "",
                   "Fine-tuned test accuracy, each allocation against uniform ratios with the same channel criterion "
                   "(paired per-seed differences in points, 95% t-interval):", "",
@@ -76,7 +85,7 @@ def _section(name: str, summary: Dict[str, Any], meta: Dict[str, Any]) -> List[s
         lines += ["```bash", run["command"], "```", ""] if run.get("command") else []
         lines += [run["caption"], ""] if run.get("caption") else []
         lines += [*_table(run["columns"], run["rows"]), ""]
-    where = (f"`benchmarks/results/{name}/summary.json`" if "report_same_criterion" in summary
+    where = (f"`benchmarks/results/{name}/summary.json`" if _judged(summary)
              else f"`benchmarks/results/kept.json` (\"{name}\", kept as measured: not re-run)")
     lines += [f"Script: `{info['script']}`; data: {where}; [history]({HISTORY}#{info['history']}).", ""]
     return lines

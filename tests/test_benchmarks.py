@@ -76,119 +76,94 @@ def test_robustness_benchmark_runs_and_resumes(tmp_path, capsys):
     assert robustness.main(argv[:-2] + ["--set", "pruning.tua=1", "--output", str(tmp_path / "x")]) == 2
 
 
-def test_allocation_benchmark_pairs_each_seed_with_uniform_l1():
-    """A row wins only when its paired per-seed differences to uniform-l1 have a 95% interval above zero."""
+def _run(variant, seed, pgd, model="vgg16_bn", after=None):
+    return {"model": model, "variant": variant, "target": 0.9, "seed": seed, "accuracy": {"pgd20": pgd},
+            **({"accuracy_after_pruning": {"pgd20": after}} if after is not None else {})}
+
+
+def test_allocation_grid_chooses_on_validation_and_credits_the_allocation_alone():
+    """Select ranks candidates on l1 rows (uniform and measure-only ones aside) and picks the criterion on the
+    pairs both have; the default is the best mean over shared (model, seed) pairs, uniform ratios included;
+    same-criterion verdicts credit the allocation alone; carry-over is the rank correlation per seed."""
     allocation = load_script("allocation")
-    mean, low, high = allocation.interval([1.0, 2.0, 3.0])
-    half = 4.303 / 3 ** 0.5  # t(0.975, 2 degrees of freedom) = 4.303
-    assert mean == 2.0 and low == pytest.approx(2.0 - half, abs=1e-3) and high == pytest.approx(2.0 + half, abs=1e-3)
-
-    def run(row, seed, pgd):
-        return {"model": "vgg16_bn", "target": 0.9, "row": row, "seed": seed, "flops_removed": 0.9, "params": 10,
-                "pruned": {"clean": 0.5, "pgd20": pgd}, "finetuned": {"clean": 0.6, "pgd20": pgd}}
-    results = [run("uniform-l1", s, p) for s, p in enumerate((0.50, 0.40, 0.60))]
-    results += [run("steady", s, p + 0.02) for s, p in enumerate((0.50, 0.40, 0.60))]  # +2 points every seed
-    results += [run("noisy", s, p) for s, p in enumerate((0.60, 0.30, 0.70))]  # +10, -10, +10
-    rows = {e["row"]: e["metrics"]["tuned_pgd20"] for e in allocation.summarise(results)["rows"]}
-    assert rows["uniform-l1"]["verdict"] == "reference"
-    assert rows["steady"]["verdict"] == "win" and rows["steady"]["diff"] == pytest.approx(0.02)
-    assert rows["noisy"]["verdict"] == "tie"
-    assert allocation.row_options("uniform-taylor") == ("mrs", {"tau": 0.0, "criterion": "taylor"})
-    assert allocation.row_options("budget-curve-bn-l1") == ("mrs", {"rule": "budget", "estimator": "curve",
-                                                                    "recalibrate": True, "criterion": "l1"})
-
-
-def test_allocation_benchmark_separates_allocation_from_criterion(tmp_path):
-    """Same-criterion pairing credits the allocation only; the select phase picks the criterion on validation."""
-    allocation = load_script("allocation")
+    assert allocation.variant("uniform-taylor") == {"pruning.pruner": "mrs", "pruning.options": {
+        "tau": 0.0, "criterion": "taylor", "n_samples": 512}}
+    assert allocation.variant("harp", 2) == {"pruning.pruner": "harp", "pruning.options": {"epochs": 2}}
     assert allocation.same_criterion("power-feature-taylor") == "uniform-taylor"
-    assert allocation.same_criterion("budget-curve-bn-l1") == "uniform-l1"
-    assert allocation.same_criterion("l1-global") is None and allocation.same_criterion("random") is None
+    assert allocation.same_criterion("l1-global") is None and allocation.same_criterion("harp") is None
 
-    def run(row, seed, pgd, model="vgg16_bn"):
-        return {"model": model, "target": 0.9, "row": row, "seed": seed, "flops_removed": 0.9, "params": 10,
-                "pruned": {"pgd20": pgd}, "finetuned": {"pgd20": pgd}}
-    # Taylor channels give +10 points everywhere; the allocation adds nothing on top of them
-    results = [run("uniform-l1", s, 0.5) for s in range(3)] + [run("uniform-taylor", s, 0.6) for s in range(3)]
-    results += [run("power-feature-taylor", s, 0.6 + d) for s, d in enumerate((0.01, -0.01, 0.0))]
-    against_l1 = {e["row"]: e["metrics"]["tuned_pgd20"] for e in allocation.summarise(results)["rows"]}
-    alone = {e["row"]: e["metrics"]["tuned_pgd20"]
-             for e in allocation.summarise(results, allocation.same_criterion)["rows"]}
-    assert against_l1["power-feature-taylor"]["verdict"] == "win"
-    assert alone["power-feature-taylor"]["verdict"] == "tie"
-    assert alone["power-feature-taylor"]["diff"] == pytest.approx(0.0, abs=1e-12)
-    assert alone["uniform-taylor"]["verdict"] == "reference"
-
-    select = [run("power-feature-l1", 0, 0.70), run("power-weight-l1", 0, 0.60), run("uniform-l1", 0, 0.65),
-              run("power-feature-taylor", 0, 0.66), run("uniform-taylor", 0, 0.64)]
-    path = tmp_path / "selected.json"
-    assert allocation.select_summary(select, path, 1) == ["power-feature"]  # ranked on l1 rows only
-    record = json.loads(path.read_text())
+    select = [_run("power-feature-l1", 0, 0.70), _run("power-weight-l1", 0, 0.60), _run("uniform-l1", 0, 0.65),
+              _run("budget-curve-reattack-l1", 0, 0.90), _run("power-feature-taylor", 0, 0.66),
+              _run("uniform-taylor", 0, 0.64)]
+    record = allocation.choose_candidates(select, 1)
+    assert record["selected"] == ["power-feature"]  # the re-attacking one ranks first but is not eligible
     assert record["criterion"] == "l1"  # (0.70 + 0.65) / 2 > (0.66 + 0.64) / 2 on the same two allocations
     assert record["criterion_pairs"] == ["vgg16_bn/power-feature", "vgg16_bn/uniform"]
-    assert "criterion" not in json.loads((allocation.select_summary(select[:3], path, 1) and path).read_text())
+    assert "criterion" not in allocation.choose_candidates(select[:3], 1)
+
+    default = []
+    for seed, (u, p) in enumerate([(0.60, 0.58), (0.62, 0.60), (0.64, 0.62)]):
+        for model, shift in (("vgg16_bn", 0.0), ("resnet18", 0.05)):
+            default += [_run("uniform-taylor", seed, u + shift, model), _run("power-feature-taylor", seed, p + shift,
+                                                                            model)]
+    default.append(_run("power-feature-taylor", 3, 0.99))  # a seed the others lack does not count
+    record = allocation.choose_default(default)
+    assert record["chosen"] == "uniform-taylor" and len(record["pairs"]) == 6
+    assert record["versus_uniform"]["power-feature-taylor"]["verdict"] == "loss"  # -2 points on every pair
+    assert allocation.choose_default([]) is None
+
+    # Taylor channels give +10 points everywhere; the allocation adds nothing on top of them
+    report = [_run("uniform-l1", s, 0.5, after=0.1 + s / 100) for s in range(3)]
+    report += [_run("uniform-taylor", s, 0.6, after=0.2 + s / 100) for s in range(3)]
+    report += [_run("power-feature-taylor", s, 0.6 + d, after=0.3) for s, d in enumerate((0.01, -0.01, 0.0))]
+    against_l1 = {v["variant"]: v["verdict"] for v in allocation.verdicts(report, same=False)}
+    alone = {v["variant"]: v for v in allocation.verdicts(report, same=True)}
+    assert against_l1 == {"uniform-taylor": "win", "power-feature-taylor": "win"}
+    assert set(alone) == {"power-feature-taylor"} and alone["power-feature-taylor"]["verdict"] == "tie"
+    assert alone["power-feature-taylor"]["reference"] == "uniform-taylor"
+    (carry,) = allocation.carry_over(report)  # per seed, after pruning 0.1 < 0.2 < 0.3; after fine-tuning the
+    # same order (rho 1), the last two swapped (0.5) or tied (3 ** 0.5 / 2)
+    assert carry["model"] == "vgg16_bn" and carry["rho"]["n"] == 3
+    assert carry["rho"]["mean"] == pytest.approx((1 + 0.5 + 3 ** 0.5 / 2) / 3)
 
 
-def test_allocation_benchmark_time_table_means_each_stage_per_model():
+@pytest.mark.slow
+def test_allocation_grid_runs_every_phase_on_the_harness_and_resumes(tmp_path, capsys):
+    """select -> default -> report on a few images: each row a job run folder from one dense model per seed,
+    every report row at its FLOPs target after removal, a summary that render.py reads, a rerun that trains
+    nothing, and another recipe in the same folder refused in one line."""
     allocation = load_script("allocation")
-    rows = [{"model": "vgg16_bn", "seconds": s, "stage_seconds": {
-        "prune": 2.0, "pruned": {"clean": 1.0, "pgd20": 9.0}, "finetune": f,
-        "finetuned": {"clean": 1.0, "pgd20": 9.0, "autoattack": a}}} for s, f, a in ((100.0, 40.0, 48.0),
-                                                                                      (140.0, 60.0, 68.0))]
-    table = allocation.time_table(rows + [{"model": "resnet18", "seconds": 5.0}])  # an old row without stages
-    assert "| vgg16_bn | 2 | 2.0 | 10.0 | 50.0 | 10.0 | 58.0 | 120.0 |" in table and "resnet18" not in table
-    assert allocation.time_table([{"model": "resnet18", "seconds": 5.0}]) == ""
-
-
-def test_allocation_benchmark_wall_time_sums_running_intervals_only(tmp_path):
-    allocation = load_script("allocation")
-    log = tmp_path / "wall.log"
-    assert allocation.wall_time(log) is None
-    log.write_text("start 2026-11-23T10:00:00Z code abc\n"
-                   "pause 2026-11-23T10:10:00Z (tests)\nresume 2026-11-23T10:40:00Z\n"
-                   "start 2026-11-23T11:00:00Z code abc\n"  # the machine was lost: the 10:40 interval has no end
-                   "stop 2026-11-23T11:30:00Z (end of session)\n"
-                   "start 2026-11-24T09:00:00Z code def\nend 2026-11-24T10:00:01Z rc 0\n")
-    wall = allocation.wall_time(log)
-    assert wall["seconds"] == 600 + 1800 + 3601 and wall["intervals"] == 3 and wall["finished"]
-    assert wall["unclosed"] == ["2026-11-23T10:40:00Z"] and wall["running_since"] is None
-    line = allocation.wall_line(wall)
-    assert "1 h 40 min 1 s in 3 interval" in line and "no recorded end" in line and "10:40:00" in line
-    log.write_text("start 2026-11-23T10:00:00Z code abc\n")
-    assert allocation.wall_time(log)["running_since"] == "2026-11-23T10:00:00Z"
-    log.write_text("pause yesterday\n")
-    with pytest.raises(ValueError, match="pause yesterday"):
-        allocation.wall_time(log)
-
-
-def test_allocation_benchmark_says_whether_fine_tuning_keeps_the_order_after_pruning(tmp_path):
-    allocation = load_script("allocation")
-    assert allocation.rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert allocation.rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert allocation.rank_correlation([1, 1, 2], [5, 6, 7]) == pytest.approx(0.866, abs=1e-3)  # ties: mean ranks
-
-    def row(name, seed, pruned, tuned, curves=None):
-        return {"model": "vgg16_bn", "target": 0.9, "seed": seed, "row": name, "pruned": {"pgd20": pruned},
-                "finetuned": {"pgd20": tuned}, "ratios": {"a": 0.3, "b": 0.8}, "curves": curves or {},
-                "flops_removed": 0.9}
-
-    results = ([row(f"r{i}", 0, p, t) for i, (p, t) in enumerate(((0.1, 0.5), (0.2, 0.6), (0.3, 0.7)))]
-               + [row(f"r{i}", 1, p, t) for i, (p, t) in enumerate(((0.1, 0.7), (0.2, 0.6), (0.3, 0.5)))])
-    table = allocation.carry_over(results)
-    assert "| vgg16_bn | 0.9 | 2 | 3 | +0.00 (-1.00 to +1.00) |" in table
-    assert allocation.carry_over(results[:2]) == ""  # two rows a seed: no order to speak of
-    partial = allocation.carry_over(results[:3] + results[3:5])  # seed 1 has two rows: left out, not counted
-    assert "| vgg16_bn | 0.9 | 1 | 3 | +1.00 (+1.00 to +1.00) |" in partial
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    assert allocation.curve_plot(results, tmp_path, plt) is None  # no row measured curves
-    curves = {"a": [0.0] * 8 + [0.5], "b": [0.01 * i for i in range(9)]}
-    results += [row("budget-curve-bn-l1", 0, 0.2, 0.6, curves), row("uniform-l1", 0, 0.1, 0.5)]
-    path = allocation.curve_plot(results, tmp_path, plt)
-    assert path == tmp_path / "vgg16_bn-curves.png" and path.stat().st_size > 10_000
+    render = load_script("render")
+    out = tmp_path / "out"
+    argv = ["--output", str(out), "--models", "vgg16_bn", "--width", "0.0625", "--targets", "0.5",
+            "--select-target", "0.5", "--seeds", "0", "1", "--candidates", "power-weight", "power-feature",
+            "--select", "1", "--n-samples", "32", "--phases", "select", "default", "report",
+            "--set", "data.train_subset=128", "--set", "data.validation=64", "--set", "data.test_subset=32",
+            "--set", "data.batch_size=64", "--set", "pretrain.epochs=1", "--set", "pretrain.steps=1",
+            "--set", "finetune.steps=1", "--set", "finetune.epochs=1", "--set", "eval.samples=32",
+            "--set", "eval.autoattack_samples=2", "--set", "pruning.adapt_bn=32"]
+    assert allocation.main(argv) == 0
+    selected = json.loads((out / "selected.json").read_text())["selected"]
+    assert len(selected) == 1 and json.loads((out / "default.json").read_text())["chosen"]
+    runs = allocation.collect(out, "report")
+    assert {r["variant"] for r in runs} == set(allocation.report_rows({"selected": selected}))
+    assert {r["seed"] for r in runs} == {0, 1} and len(runs) == 2 * 7
+    for run in runs:
+        assert abs(1 - run["pruned"]["flops"] / run["dense_measure"]["flops"] - 0.5) <= 0.01, run["variant"]
+        assert set(run["accuracy"]) == {"clean", "pgd20", "autoattack"} and "pgd20" in run["accuracy_after_pruning"]
+    assert len({r["dense"] for r in runs if r["seed"] == 0}) == 1  # one dense model per seed
+    summary = json.loads((out / "summary.json").read_text())
+    judged = render._judged(summary)
+    assert {v["row"] for v in judged} == {f"{selected[0]}-l1", f"{selected[0]}-taylor"}
+    assert all(v["n"] == 2 for v in judged) and summary["report"]["carry_over"]
+    assert set(summary["report"]["seconds"]["vgg16_bn"]) == {"prune", "speedup", "finetune", "evaluate"}
+    model = out / "report" / "vgg16_bn-seed1" / "seed1" / "harp-0.5" / "pruned.pt"
+    stamp = model.stat().st_mtime_ns
+    assert allocation.main(argv) == 0 and model.stat().st_mtime_ns == stamp  # resumes: nothing retrains
+    capsys.readouterr()
+    assert allocation.main(argv + ["--set", "finetune.lr=0.02"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "holds a run of a different config" in error and "\n" not in error
 
 
 def test_joint_removal_of_one_unit_is_its_curve_and_the_table_ranks_rows(fashion, calibration, monkeypatch):
@@ -226,125 +201,6 @@ def test_joint_removal_of_one_unit_is_its_curve_and_the_table_ranks_rows(fashion
     text = joint.table(entries)
     assert "| m | 0.9 | uniform-l1 | 2 | 0.100 | 3.000 | 1.00 |" in text
     assert "| m | 2 | -1.00 | +1.00 | -1.00 |" in text  # the prediction orders them backwards, the joint rise right
-
-
-def test_allocation_benchmark_select_shards_partition_the_rows():
-    allocation = load_script("allocation")
-    every = allocation.select_rows(list(allocation.CANDIDATES))
-    assert every[-1] == "uniform-l1" and len(every) == len(allocation.CANDIDATES) + 1
-    shards = [allocation.select_rows(list(allocation.CANDIDATES), i, 2) for i in range(2)]
-    assert sorted(shards[0] + shards[1]) == sorted(every) and not set(shards[0]) & set(shards[1])
-
-
-def test_allocation_benchmark_fast_fine_tuning_and_a_folder_keeps_one_recipe(tmp_path, capsys):
-    """--finetune-method fast fine-tunes (and trains HARP) with FGSM + random start while dense fits stay PGD; a
-    folder remembers the recipe its rows were measured with and refuses another in one line, before any work."""
-    import argparse
-
-    allocation = load_script("allocation")
-    args = argparse.Namespace(train_steps=5, finetune_method="fast")
-    assert allocation.trainer(args).method == "fast"
-    assert allocation.trainer(args, dense=True).method == "pgd" and allocation.trainer(args, dense=True).steps == 5
-    assert allocation.trainer(argparse.Namespace(train_steps=3)).steps == 3  # rows of older callers: PGD
-    out = tmp_path / "run"
-    common = ["--output", str(out), "--phases", "dense", "--seeds", "0", "--models", "vgg16_bn", "--widths", "0.0625"]
-    parse = allocation.build_parser().parse_args
-    legacy = {k: v for k, v in vars(parse(common)).items() if k in allocation.RECIPE}
-    del legacy["finetune_method"]  # a folder from before the option: its rows were fine-tuned with PGD
-    out.mkdir()
-    (out / "settings.json").write_text(json.dumps(legacy))
-    assert allocation.check_settings(out, parse(common)) is None
-    with pytest.raises(SystemExit) as stop:
-        allocation.main(common + ["--finetune-method", "fast", "--aa", "100"])
-    assert stop.value.code == 2
-    error = capsys.readouterr().err
-    assert "--finetune-method fast (the folder's: pgd)" in error and "--aa 100 (the folder's: 500)" in error
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    assert allocation.check_settings(fresh, parse(["--finetune-method", "fast"])) is None
-    assert json.loads((fresh / "settings.json").read_text())["finetune_method"] == "fast"
-
-
-def test_allocation_benchmark_decides_the_default_on_validation_with_uniform_as_a_candidate(tmp_path):
-    """The default phase runs uniform ratios, the shipped allocation and the selected ones with the chosen
-    criterion; the best mean over the (model, seed) pairs all candidates share wins, uniform ratios included."""
-    allocation = load_script("allocation")
-    assert allocation.default_rows({"selected": ["budget-curve-bn", "power-feature"]}) == [
-        "uniform-taylor", "power-feature-taylor", "budget-curve-bn-taylor"]  # no criterion chosen: the shipped one
-    assert allocation.default_rows({"selected": ["budget-curve"], "criterion": "l1"}) == [
-        "uniform-l1", "power-feature-l1", "budget-curve-l1"]
-
-    def run(row, model, seed, pgd):
-        return {"model": model, "target": 0.9, "row": row, "seed": seed, "finetuned": {"pgd20": pgd}}
-    results = []
-    for seed, (u, p, b) in enumerate([(0.60, 0.58, 0.61), (0.62, 0.59, 0.60), (0.64, 0.62, 0.63)]):
-        for model, shift in (("vgg16_bn", 0.0), ("resnet18", 0.05)):
-            results += [run("uniform-taylor", model, seed, u + shift),
-                        run("power-feature-taylor", model, seed, p + shift),
-                        run("budget-curve-bn-taylor", model, seed, b + shift)]
-    results.append(run("power-feature-taylor", "vgg16_bn", 3, 0.99))  # a seed the others lack does not count
-    path = tmp_path / "default.json"
-    assert allocation.default_summary(results, path) == "uniform-taylor"
-    record = json.loads(path.read_text())
-    assert len(record["pairs"]) == 6 and ["vgg16_bn", 3] not in record["pairs"]
-    assert record["validation_pgd20"]["power-feature-taylor"] == pytest.approx(0.5967 + 0.025, abs=1e-4)
-    assert record["versus_uniform"]["power-feature-taylor"]["verdict"] == "loss"  # -2 points on every pair
-    assert record["versus_uniform"]["budget-curve-bn-taylor"]["verdict"] == "tie"
-    assert "uniform-taylor" not in record["versus_uniform"]
-    assert allocation.default_summary([], path) is None
-
-
-def test_allocation_benchmark_harp_row_learns_and_meets_the_target(tmp_path, fashion):
-    """The harp row: HARPPruner on the training images with the fine-tuning objective, paired with uniform-l1
-    (its starting point), no same-criterion partner; the sped-up model meets the FLOPs target."""
-    import argparse
-
-    from nni_mrs_plugin.evaluate import count_flops
-    from nni_mrs_plugin.models import build_model
-
-    allocation = load_script("allocation")
-    assert allocation.row_options("harp") == ("harp", {}) and allocation.same_criterion("harp") is None
-    assert "harp" in allocation.BASELINES
-    torch.manual_seed(0)
-    dense = build_model("vgg16_bn", in_channels=1, width=0.125).eval()
-    train = torch.utils.data.Subset(fashion.dataset, range(256))
-    args = argparse.Namespace(train_steps=1, harp_epochs=1)
-    model, report = allocation.prune(dense, "harp", 0.9, None, 0, "cpu", train, args, tmp_path / "harp.pt")
-    removed = 1 - count_flops(model, torch.zeros(1, 1, 28, 28)) / count_flops(dense, torch.zeros(1, 1, 28, 28))
-    assert report["rule"] == "harp" and abs(removed - 0.9) <= 0.01
-    assert (tmp_path / "harp.pt").is_file()  # the resume point, which run_row deletes once the row is written
-
-
-def test_allocation_benchmark_row_runs_end_to_end_and_says_where_its_time_went(tmp_path, fashion, capsys):
-    """One real row (prune, remove, adaptive BN, evaluate, adversarial fine-tuning, AutoAttack) on a few images:
-    the row meets its FLOPs target, records each stage's wall time, and a rerun reads the file instead of redoing it."""
-    import argparse
-
-    from nni_mrs_plugin.checkpoint import save_pruned
-    from nni_mrs_plugin.models import build_model
-
-    allocation = load_script("allocation")
-    torch.manual_seed(0)
-    dense = tmp_path / "dense.pt"
-    save_pruned(dense, build_model("vgg16_bn", in_channels=1, width=0.125).eval(), "vgg16_bn", in_channels=1,
-                width=0.125)
-    images = fashion.dataset
-    data = (torch.utils.data.Subset(images, range(1024)), None, torch.utils.data.Subset(images, range(1024, 1056)))
-    args = argparse.Namespace(device="cpu", test_size=32, finetune_epochs=1, finetune_lr=0.01, aa=8, train_steps=1,
-                              harp_epochs=1)
-    path = tmp_path / "row.json"
-    result = allocation.run_row(path, dense, "uniform-taylor", 0.75, 0, data, args, "report")
-    assert abs(result["flops_removed"] - 0.75) <= 0.01 and result["params"] < result["dense_params"]
-    assert set(result["finetuned"]) == {"clean", "pgd20", "autoattack"}
-    stages = result["stage_seconds"]
-    assert set(stages) == {"prune", "pruned", "finetune", "finetuned"}
-    assert set(stages["finetuned"]) == {"clean", "pgd20", "autoattack"} and stages["finetune"] > 0
-    timed = sum(stages["pruned"].values()) + stages["prune"] + stages["finetune"]
-    assert timed <= result["seconds"] + 0.5  # each stage once; 0.5 s for rounding
-    assert "fine-tuning uniform-taylor: epoch 1/1 in " in capsys.readouterr().out  # a line per epoch
-    assert json.loads(path.read_text()) == result and not path.with_suffix("").exists()  # resume point removed
-    path.write_text(json.dumps(dict(result, marker=True)))
-    assert allocation.run_row(path, dense, "uniform-taylor", 0.75, 0, data, args, "report")["marker"] is True
 
 
 def test_mrs_cost_times_each_estimator_where_it_measures_and_the_default_pruner(tmp_path, capsys):
