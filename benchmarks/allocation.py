@@ -33,20 +33,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 from scipy.stats import spearmanr
 
-from nni_mrs_plugin.checkpoint import atomic_json, atomic_save, atomic_write, load_pruned
-from nni_mrs_plugin.job.cli import add_set_argument
-from nni_mrs_plugin.job.compare import compare, compare_verdicts
-from nni_mrs_plugin.job.config import ConfigError, apply_overrides, load_config
-from nni_mrs_plugin.job.pipeline import Pipeline
+from grid import Grid, add_grid_arguments, provenance, stage_seconds, verdict_table
+from nni_mrs_plugin.checkpoint import atomic_json, atomic_write
+from nni_mrs_plugin.job.compare import compare_verdicts
+from nni_mrs_plugin.job.config import ConfigError
 from nni_mrs_plugin.job.stats import mean_std, paired
 
 BASE: Dict[str, Any] = {
@@ -93,47 +89,6 @@ def same_criterion(row: str) -> Optional[str]:
     """The uniform row with the row's own channel criterion: the difference to it is the allocation's alone."""
     criterion = row.rsplit("-", 1)[-1]
     return f"uniform-{criterion}" if criterion in ("l1", "taylor") and row != "l1-global" else None
-
-
-# -- the grids ------------------------------------------------------------------------------------------------
-def job_config(args, model: str, phase: str, seed: int, checkpoint: Optional[Path] = None):
-    overrides = {"model.name": model, "model.kwargs": {"width": args.width}, "seed": seed, **PHASES[phase],
-                 **dict(args.overrides)}
-    if checkpoint is not None:
-        overrides["model.checkpoint"] = str(checkpoint)
-    return load_config(apply_overrides(json.loads(json.dumps(BASE)), overrides))
-
-
-def dense_weights(args, model: str, seed: int) -> Path:
-    """The PGD-trained dense model of (model, seed), shared by every phase (per-epoch validation on held-out
-    images); its state dict is what each grid's ``model.checkpoint`` loads."""
-    folder = Path(args.output) / "dense" / f"{model}-seed{seed}"
-    weights = folder / "dense_state.pt"
-    if not weights.is_file():
-        print(f"[dense] {model} seed {seed}", flush=True)
-        Pipeline(job_config(args, model, "select", seed), str(folder)).run("pretrain")
-        atomic_save(load_pruned(folder / "dense.pt").state_dict(), weights)
-    return weights
-
-
-def run_grid(args, phase: str, rows: Sequence[str], targets: Dict[str, List[float]], seeds: Sequence[int]) -> None:
-    started = time.time()
-    for model in args.models:
-        for seed in seeds:
-            config = job_config(args, model, phase, seed, dense_weights(args, model, seed))
-            grid = {row: variant(row, args.harp_epochs, args.n_samples) for row in rows}
-            compare(config, grid, targets[model], str(Path(args.output) / phase / f"{model}-seed{seed}"), [seed],
-                    on_run=lambda i, n, label: print(f"[{phase} {model}] {i}/{n} {label} "
-                                                     f"({time.time() - started:.0f} s)", flush=True))
-
-
-def collect(out: Path, phase: str) -> List[Dict[str, Any]]:
-    """Every finished run of a phase, with its model."""
-    runs = []
-    for path in sorted((out / phase).glob("*-seed*/compare.json")):
-        model = path.parent.name.rsplit("-seed", 1)[0]
-        runs += [dict(run, model=model) for run in json.loads(path.read_text())["runs"]]
-    return runs
 
 
 # -- choices --------------------------------------------------------------------------------------------------
@@ -207,38 +162,15 @@ def carry_over(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return [{"model": m, "target": t, "rho": mean_std(rhos)} for (m, t), rhos in groups.items()]
 
 
-def stage_seconds(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
-    """Mean seconds per stage of a row (its ``stages.json``), per model: what a CPU budget pays for."""
-    seconds: Dict[str, Dict[str, List[float]]] = {}
-    for run in runs:
-        stages = json.loads((Path(run["folder"]) / "stages.json").read_text())["stages"]
-        for stage in ("prune", "speedup", "finetune", "evaluate"):
-            if stage in stages:
-                seconds.setdefault(run["model"], {}).setdefault(stage, []).append(stages[stage]["seconds"])
-    return {model: {s: round(sum(v) / len(v), 1) for s, v in stages.items()} for model, stages in seconds.items()}
-
-
-def verdict_table(rows: List[Dict[str, Any]]) -> List[str]:
-    return ["| model | target | row | reference | attack | difference (points, 95% interval) | verdict |",
-            "|---|---:|---|---|---|---:|---|",
-            *(f"| {v['model']} | {v['target']:g} | {v['variant']} | {v['reference']} | {v['attack']} | "
-              f"{100 * v['diff']:+.2f} ({100 * v['low']:+.2f} to {100 * v['high']:+.2f}) | {v['verdict']} |"
-              for v in rows)]
-
-
-def write_summary(out: Path, command: str) -> Dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    summary: Dict[str, Any] = {"command": command, "date": time.strftime("%Y-%m-%d"), "commit": commit,
-                               "machine": platform.platform()}
-    text = [f"Command: `{command}`; commit {commit}; {summary['machine']}.", ""]
+def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
+    out = grid.output
+    summary: Dict[str, Any] = provenance("benchmarks/allocation.py", argv)
+    text = [f"Command: `{summary['command']}`; commit {summary['commit']}; {summary['machine']}.", ""]
     for name in ("selected", "default"):
         if (out / f"{name}.json").is_file():
             summary[name] = json.loads((out / f"{name}.json").read_text())
             text += [f"{name}: `{json.dumps(summary[name].get('selected', summary[name].get('chosen')))}`", ""]
-    runs = collect(out, "report")
+    runs = grid.runs("report")
     if runs:
         summary["report"] = {"versus_uniform_l1": verdicts(runs, same=False), "same_criterion": verdicts(runs, True),
                              "carry_over": carry_over(runs), "seconds": stage_seconds(runs), "rows": len(runs)}
@@ -257,44 +189,43 @@ def write_summary(out: Path, command: str) -> Dict[str, Any]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="runs/benchmarks/allocation")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), help=f"any of {', '.join(MODELS)}")
-    parser.add_argument("--width", type=float, default=0.125, help="channel multiplier of every model")
+    add_grid_arguments(parser, "runs/benchmarks/allocation", list(MODELS))
     parser.add_argument("--targets", nargs="+", type=float, help="report targets of every model (default: MODELS)")
     parser.add_argument("--select-target", type=float, default=0.9)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--select", type=int, default=2, help="MRS candidates kept for the report")
     parser.add_argument("--select-criteria", nargs="+", default=["l1"], choices=["l1", "taylor"])
     parser.add_argument("--harp-epochs", type=int, default=1, help="passes over the training set of the harp row")
     parser.add_argument("--n-samples", type=int, default=512, help="calibration images of the MRS rows")
     parser.add_argument("--phases", nargs="+", default=["select", "report"], choices=list(PHASES))
-    parser.add_argument("--summary-only", action="store_true")
-    add_set_argument(parser, "override a job config key of every row, e.g. --set finetune.method=fast")
     args = parser.parse_args(argv)
-    out = Path(args.output)
+    grid, out = Grid(BASE, PHASES, args), Path(args.output)
     targets = {m: args.targets or MODELS.get(m, [args.select_target]) for m in args.models}
     select = {m: [args.select_target] for m in args.models}
+
+    def rows(names: List[str]) -> Dict[str, Dict[str, Any]]:
+        return {row: variant(row, args.harp_epochs, args.n_samples) for row in names}
+
     try:
         if not args.summary_only:
             if "select" in args.phases:
-                rows = [f"{c}-{k}" for k in args.select_criteria for c in ["uniform", *args.candidates]]
-                run_grid(args, "select", rows, select, args.seeds[:1])
-                atomic_json(out / "selected.json", choose_candidates(collect(out, "select"), args.select))
+                grid.run("select", rows([f"{c}-{k}" for k in args.select_criteria
+                                         for c in ["uniform", *args.candidates]]), select, args.seeds[:1])
+                atomic_json(out / "selected.json", choose_candidates(grid.runs("select"), args.select))
             selected = json.loads((out / "selected.json").read_text()) if (out / "selected.json").is_file() else None
             if selected is None and set(args.phases) - {"select"}:
                 parser.error(f"{out / 'selected.json'} is missing: run the select phase first")
             if "default" in args.phases:
                 criterion = selected.get("criterion", "taylor")
                 names = ["uniform", SHIPPED, *(c for c in selected["selected"] if c != SHIPPED)]
-                run_grid(args, "default", [f"{n}-{criterion}" for n in names], select, args.seeds)
-                atomic_json(out / "default.json", choose_default(collect(out, "default")))
+                grid.run("default", rows([f"{n}-{criterion}" for n in names]), select, args.seeds)
+                atomic_json(out / "default.json", choose_default(grid.runs("default")))
             if "report" in args.phases:
-                run_grid(args, "report", report_rows(selected), targets, args.seeds)
+                grid.run("report", rows(report_rows(selected)), targets, args.seeds)
     except ConfigError as err:
         print(f"allocation: {err}", file=sys.stderr)
         return 2
-    write_summary(out, " ".join(["python benchmarks/allocation.py", *(argv if argv is not None else sys.argv[1:])]))
+    write_summary(grid, argv)
     print((out / "summary.md").read_text())
     return 0
 

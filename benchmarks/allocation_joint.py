@@ -26,7 +26,7 @@ import torch
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from allocation import collect  # the run's report rows
+from grid import finished  # the run's report rows
 from nni_mrs_plugin.checkpoint import atomic_json, atomic_write, load_pruned
 from nni_mrs_plugin.job import build
 from nni_mrs_plugin.job.config import load_config
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, required=True, help="an allocation run folder (its report rows)")
     args = parser.parse_args(argv)
-    results = collect(args.output, "report")
+    results = finished(args.output, "report")
     if not results:
         print(f"no report rows under {args.output}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Smoke tests for the benchmark scripts (benchmarks/ is not a package: loaded by path)."""
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def load_script(name: str):
+    if str(BENCHMARKS) not in sys.path:  # scripts import their neighbours (grid.py), as when run from benchmarks/
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -145,7 +148,7 @@ def test_allocation_grid_runs_every_phase_on_the_harness_and_resumes(tmp_path, c
     assert allocation.main(argv) == 0
     selected = json.loads((out / "selected.json").read_text())["selected"]
     assert len(selected) == 1 and json.loads((out / "default.json").read_text())["chosen"]
-    runs = allocation.collect(out, "report")
+    runs = load_script("grid").finished(out, "report")
     assert {r["variant"] for r in runs} == set(allocation.report_rows({"selected": selected}))
     assert {r["seed"] for r in runs} == {0, 1} and len(runs) == 2 * 7
     for run in runs:
@@ -164,6 +167,47 @@ def test_allocation_grid_runs_every_phase_on_the_harness_and_resumes(tmp_path, c
     assert allocation.main(argv + ["--set", "finetune.lr=0.02"]) == 2
     error = capsys.readouterr().err.strip()
     assert "holds a run of a different config" in error and "\n" not in error
+
+
+def test_finetune_grid_ranks_recipes_on_validation_and_judges_them_against_pgd_at_equal_epochs():
+    finetune = load_script("finetune")
+    grid = finetune.variants(["pgd", "rslad-ema"], [3, 10])
+    assert grid["rslad-ema-10"] == {"finetune.method": "rslad", "finetune.ema": finetune.EMA, "finetune.epochs": 10}
+    runs = [dict(_run(f"{r}-{e}", 0, pgd), target=t) for (r, e, pgd) in
+            [("pgd", 3, 0.50), ("rslad-ema", 3, 0.55), ("pgd", 10, 0.60), ("rslad-ema", 10, 0.58)] for t in (0.75, 0.9)]
+    selected = finetune.choose(runs)
+    assert selected["best"] == {"3": "rslad-ema", "10": "pgd"}
+    rows = finetune.allocation_rows(selected, 10, harp_epochs=2)
+    assert rows["pgd-10-mrs"]["pruning.options.tau"] == 1.0 and rows["pgd-10-harp"]["pruning.pruner"] == "harp"
+    report = [_run(v, s, 0.5 + d + 0.01 * s) for s in range(3) for v, d in
+              [("pgd-3", 0.0), ("rslad-ema-3", 0.03), ("pgd-10", 0.05), ("rslad-ema-10", 0.04), ("pgd-10-mrs", 0.05)]]
+    judged = {(v["variant"], v["reference"]): v["verdict"] for v in finetune.verdicts(report) if v["attack"] == "pgd20"}
+    assert judged == {("rslad-ema-3", "pgd-3"): "win", ("rslad-ema-10", "pgd-10"): "loss",
+                      ("pgd-10-mrs", "pgd-10"): "tie"}
+
+
+@pytest.mark.slow
+def test_finetune_grid_runs_select_and_report_on_the_harness(tmp_path):
+    finetune = load_script("finetune")
+    out = tmp_path / "out"
+    argv = ["--output", str(out), "--models", "vgg16_bn", "--width", "0.0625", "--targets", "0.5", "--seeds", "0",
+            "1", "--recipes", "pgd", "rslad-ema", "nfgsm", "--epochs", "1",
+            "--set", "data.train_subset=128", "--set", "data.validation=64", "--set", "data.test_subset=32",
+            "--set", "data.batch_size=64", "--set", "pretrain.epochs=1", "--set", "pretrain.steps=1",
+            "--set", "finetune.steps=1", "--set", "eval.samples=32", "--set", "eval.autoattack_samples=2",
+            "--set", "pruning.adapt_bn=32", "--set", "pruning.options.n_samples=32"]
+    with pytest.warns(UserWarning, match="ema=0.995 averages over about 200 steps"):
+        assert finetune.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    best = summary["selected"]["best"]["1"]
+    assert best in ("pgd", "rslad-ema", "nfgsm")
+    runs = load_script("grid").finished(out, "report")
+    assert {r["variant"] for r in runs} == {"pgd-1", "rslad-ema-1", "nfgsm-1", f"{best}-1-mrs"}
+    assert all(abs(1 - r["pruned"]["flops"] / r["dense_measure"]["flops"] - 0.5) <= 0.01 for r in runs)
+    assert {(v["variant"], v["reference"]) for v in summary["report"]["verdicts"]} == {
+        ("rslad-ema-1", "pgd-1"), ("nfgsm-1", "pgd-1"), (f"{best}-1-mrs", f"{best}-1")}
+    assert summary["report"]["seconds"]["rslad-ema-1"]["finetune"] > 0 and len(summary["report"]["dense"]) == 2
+    assert "| vgg16_bn | 0.5 | rslad-ema-1 | 2 |" in (out / "summary.md").read_text()
 
 
 def test_joint_removal_of_one_unit_is_its_curve_and_the_table_ranks_rows(fashion, calibration, monkeypatch):

@@ -103,6 +103,8 @@ def test_nan_loss_stops_with_an_error_naming_epoch_and_step(tmp_path):
     ({"resume": True}, "resume=True needs checkpoint_dir"),
     ({"val_steps": 0}, "val_steps must be an integer >= 1"),
     ({"lr": -1.0}, "lr must be > 0, got -1.0"),
+    ({"ema": 1.5}, "ema must be a decay in (0, 1), e.g. 0.999, got 1.5"),
+    ({"lr_schedule": "step"}, "unknown lr_schedule 'step'; choose one of cosine, onecycle"),
 ])
 def test_fit_bad_input_is_one_clear_value_error(kwargs, message):
     train, _ = loaders(64, 64)
@@ -119,6 +121,73 @@ def test_resume_refuses_a_checkpoint_made_with_other_settings(tmp_path):
         fit(small_cnn(), train, epochs=3, trainer=trainer, checkpoint_dir=tmp_path, resume=True, progress=False)
 
 
+def test_ema_is_the_closed_form_of_the_steps_weights_what_fit_returns_and_resumes_exactly(tmp_path):
+    """e_1 = w_1, e_k = d e_(k-1) + (1 - d) w_k over weights and BatchNorm statistics; the model fit leaves and
+    best.pt hold it; a run stopped after an epoch and resumed ends with the same average."""
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3), torch.nn.BatchNorm1d(3))
+
+    data = TensorDataset(torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,)))
+    loader = DataLoader(data, batch_size=8)  # one optimizer step per epoch
+    decay, trained, raw = 0.6, model(), []
+    fit(trained, loader, None, 4, AdversarialTrainer("natural"), ema=decay, restore_best=False, progress=False,
+        checkpoint_dir=tmp_path / "a", on_epoch=lambda row: raw.append(
+            {k: v.clone() for k, v in trained.state_dict().items() if v.is_floating_point()}))
+    expected = raw[0]
+    for weights in raw[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in expected}
+    assert not torch.allclose(expected["1.weight"], raw[-1]["1.weight"])  # the average is not the last weights
+    for source in (trained.state_dict(), torch.load(tmp_path / "a" / BEST, weights_only=True)["model"]):
+        for key, value in expected.items():
+            assert torch.allclose(source[key], value, atol=1e-6), key
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(row):
+        if row["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(model(), loader, None, 4, AdversarialTrainer("natural"), ema=decay, restore_best=False, progress=False,
+            checkpoint_dir=tmp_path / "b", on_epoch=stop_after_two)
+    resumed = model()
+    fit(resumed, loader, None, 4, AdversarialTrainer("natural"), ema=decay, restore_best=False, progress=False,
+        checkpoint_dir=tmp_path / "b", resume=True)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+    with pytest.warns(UserWarning, match="ema=0.999 averages over about 1000 steps, but the run has 4"):
+        fit(model(), loader, None, 4, AdversarialTrainer("natural"), ema=0.999, progress=False)
+    with pytest.raises(ValueError, match="made with ema=0.6, this call has ema=None"):
+        fit(model(), loader, None, 4, AdversarialTrainer("natural"), progress=False, checkpoint_dir=tmp_path / "b",
+            resume=True)
+
+
+def test_onecycle_warms_up_then_anneals_and_resumes_on_its_schedule(tmp_path):
+    from nni_mrs_plugin.train.loop import scheduled_sgd
+
+    optimizer, schedule = scheduled_sgd(torch.nn.Linear(2, 2), 0.1, 100, schedule="onecycle")
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    peak = max(range(100), key=rates.__getitem__)
+    assert rates[0] == pytest.approx(0.1 / 25) and rates[peak] == pytest.approx(0.1, rel=1e-3) and 25 <= peak <= 35
+    assert all(a <= b for a, b in zip(rates[:peak], rates[1:peak + 1]))  # warm-up
+    assert all(a >= b for a, b in zip(rates[peak:], rates[peak + 1:])) and rates[-1] < 0.001  # annealing
+    data = TensorDataset(torch.rand(16, 1, 4, 4), torch.randint(0, 3, (16,)))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    result = fit(model, DataLoader(data, batch_size=4), None, 3, AdversarialTrainer("natural"), progress=False,
+                 lr_schedule="onecycle", checkpoint_dir=tmp_path)
+    lrs = [row["lr"] for row in result.history]
+    assert lrs[0] > lrs[1] > lrs[2]  # after the warm-up in epoch 1, each epoch ends lower
+    with pytest.raises(ValueError, match="made with lr_schedule='onecycle', this call has lr_schedule='cosine'"):
+        fit(model, DataLoader(data, batch_size=4), None, 3, AdversarialTrainer("natural"), progress=False,
+            checkpoint_dir=tmp_path, resume=True)
+
+
 def without_timing(history: list) -> list:
     return [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for row in history]
 
@@ -133,8 +202,9 @@ def run_job(out: Path, *args: str, processes: int = 1) -> subprocess.CompletedPr
 
 
 @pytest.mark.slow
-def test_kill_and_resume_gives_the_uninterrupted_state(tmp_path):
-    job = ["--epochs", "3", "--train", "256", "--steps", "2"]
+@pytest.mark.parametrize("method", ["pgd", "rslad"])
+def test_kill_and_resume_gives_the_uninterrupted_state(tmp_path, method):
+    job = ["--epochs", "3", "--train", "256", "--steps", "2", "--method", method]
     run_job(tmp_path / "reference", *job)
 
     killed = tmp_path / "killed"

@@ -67,6 +67,12 @@ def test_shipped_configs_load():
     ({"data": {"validation": 0}}, "data.validation: must be >= 1 or null (none held out), got 0"),
     ({"pruning": {"adapt_bn": -5}}, "pruning.adapt_bn: must be >= 0 (images; 0: off), got -5"),
     ({"eval": {"after_pruning": ["pgd0"]}}, "eval.after_pruning: unknown attack 'pgd0'"),
+    ({"pretrain": {"method": "rslad"}}, "pretrain.teacher: pre-training with rslad needs a teacher model"),
+    ({"finetune": {"teacher": "dense.pt"}}, "finetune.teacher: only rslad and ard distil from a teacher, not method "
+                                            "'pgd'"),
+    ({"finetune": {"method": "ard", "teacher": "/no/such/model.pt"}}, "finetune.teacher: file not found"),
+    ({"finetune": {"ema": 1.0}}, "finetune.ema: must be a decay in (0, 1), e.g. 0.999, or null, got 1.0"),
+    ({"finetune": {"schedule": "step"}}, "finetune.schedule: must be one of cosine, onecycle, got 'step'"),
     ({"pruning": {"rule": "budget", "estimator": "feature"}},
      "pruning.rule: rule='budget' trades per-unit loss curves against cost: it needs estimator='curve'"),
     ({"pruning": {"rule": "knapsack", "estimator": "curve"}}, "unknown allocation rule 'knapsack'"),
@@ -176,7 +182,9 @@ def test_old_run_folders_resume(tmp_path):
     config = tiny(tmp_path, pretrain={"epochs": 0})
     old = config.to_dict()
     for section, key in (("data", "normalization"), ("data", "validation"), ("model", "kwargs"), ("eval", "split"),
-                         ("eval", "after_pruning")):
+                         ("eval", "after_pruning"), ("pretrain", "teacher"), ("finetune", "teacher"),
+                         ("pretrain", "ema"), ("finetune", "ema"), ("pretrain", "schedule"),
+                         ("finetune", "schedule")):
         old[section].pop(key)  # keys added since, at their defaults
     old["pruning"] = {"pruner": "mrs", "target": 0.5, "budget": "flops", "estimator": "feature", "criterion": "taylor",
                       "tau": 0.0, "rho": 0.1, "steps": 5, "samples": 64, "eps": None, "r_max": 0.9,
@@ -320,3 +328,24 @@ def test_validation_split_adaptive_bn_and_the_evaluation_before_fine_tuning(tmp_
     assert not torch.allclose(adapted.get_submodule(norm).running_var, plain.get_submodule(norm).running_var)
     report = (tmp_path / "run" / "report.md").read_text()
     assert "pgd20 accuracy, before fine-tuning" in report
+
+
+def test_rslad_fine_tuning_distils_from_the_runs_dense_model_or_the_named_teacher(tmp_path):
+    from nni_mrs_plugin.checkpoint import save_pruned
+    from nni_mrs_plugin.models import build_model
+
+    config = tiny(tmp_path, pretrain={"epochs": 0}, finetune={"method": "rslad"})
+    pipeline = Pipeline(config)
+    stages = pipeline.run()["stages"]
+    assert stages["finetune"]["fit"]["history"][-1]["train_loss"] > 0
+    teacher = pipeline.trainer(config.finetune).teacher
+    dense = load_pruned(tmp_path / "run" / "dense.pt")
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), dense.state_dict().values()))
+    assert pipeline.trainer(config.pretrain).teacher is None
+    torch.manual_seed(5)
+    other = tmp_path / "teacher.pt"
+    save_pruned(other, build_model("small_cnn", in_channels=1), "small_cnn", in_channels=1)
+    named = tiny(tmp_path / "named", pretrain={"epochs": 0}, finetune={"method": "ard", "teacher": str(other)})
+    teacher = Pipeline(named).trainer(named.finetune).teacher
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(),
+                                                 load_pruned(other).state_dict().values()))

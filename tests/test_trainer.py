@@ -109,7 +109,13 @@ def test_attack_bn_override_and_custom_attack():
 @pytest.mark.parametrize("kwargs,message", [
     ({"eps": -0.1}, "eps must be an L-inf radius in [0, 1]"),
     ({"eps": float("nan")}, "eps must be"),
-    ({"method": "free"}, "unknown method 'free'; choose one of pgd, trades, mart, fast, natural"),
+    ({"method": "free"}, "unknown method 'free'; choose one of pgd, trades, mart, fast, nfgsm, rslad, ard, natural"),
+    ({"method": "rslad", "steps": 0}, "for method 'rslad'"),
+    ({"method": "pgd", "teacher": nn.Linear(4, 3)}, "teacher: method 'pgd' learns from labels, not a teacher; the "
+                                                    "methods that distil are rslad, ard"),
+    ({"method": "ard", "teacher": "dense.pt"}, "teacher must be a torch.nn.Module, got str"),
+    ({"method": "ard", "temperature": 0}, "temperature must be > 0, got 0"),
+    ({"method": "ard", "distill_weight": 1.5}, "distill_weight (ARD's alpha) must be in [0, 1], got 1.5"),
     ({"method": "pgd", "steps": 0}, "steps must be an integer >= 1 for method 'pgd', got 0"),
     ({"method": "trades", "steps": 0}, "for method 'trades'"),
     ({"method": "mart", "steps": 0}, "for method 'mart'"),
@@ -158,12 +164,12 @@ def test_bf16_autocast_and_channels_last_cover_attack_and_loss(device):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_training_steps_do_not_synchronise_with_the_host():
-    from nni_mrs_plugin.train.loop import cosine_sgd
+    from nni_mrs_plugin.train.loop import scheduled_sgd
 
     model = small_cnn().cuda()
     trainer = AdversarialTrainer("trades", eps=0.1, steps=3, amp=True, channels_last=True)
     model.to(memory_format=torch.channels_last)
-    optimizer, schedule = cosine_sgd(model, 0.01, 10)
+    optimizer, schedule = scheduled_sgd(model, 0.01, 10)
     batches = [(torch.rand(32, 1, 28, 28, device="cuda"), torch.randint(0, 10, (32,), device="cuda"))
                for _ in range(3)]
     torch.cuda.synchronize()
@@ -177,3 +183,104 @@ def test_cuda_training_steps_do_not_synchronise_with_the_host():
             schedule.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# -- robust distillation and N-FGSM ---------------------------------------------------------------------------
+T = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0], [1.0, 2.5, 0.5]])  # fixed teacher logits
+
+
+class FixedTeacher(nn.Module):
+    """Returns ``T`` whatever the input: the losses can be checked by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return T * self.scale
+
+
+def hand_kl(p_rows: list, q_rows: list) -> float:
+    """KL(q || p) summed over classes, averaged over the batch."""
+    return sum(q[k] * (math.log(q[k]) - math.log(p[k])) for p, q in zip(p_rows, q_rows) for k in range(3)) / len(p_rows)
+
+
+def scaled_softmax(logits: torch.Tensor, temperature: float = 1.0) -> list:
+    rows = []
+    for row in (logits / temperature).tolist():
+        exps = [math.exp(v) for v in row]
+        rows.append([e / sum(exps) for e in exps])
+    return rows
+
+
+def test_rslad_loss_equals_its_formula():
+    teacher = scaled_softmax(T)
+    expected = 5 / 6 * hand_kl(softmax_rows(X_ADV), teacher) + 1 / 6 * hand_kl(softmax_rows(X), teacher)
+    got = AdversarialTrainer("rslad", teacher=FixedTeacher()).loss(linear_model(), X, Y, x_adv=X_ADV)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature,weight", [(30.0, 1.0), (4.0, 0.7)])
+def test_ard_loss_equals_its_formula(temperature, weight):
+    student = [[v / temperature for v in row] for row in (X_ADV @ W.T + B).tolist()]
+    kl = hand_kl(scaled_softmax(torch.tensor(student)), scaled_softmax(T, temperature))
+    ce = sum(-math.log(p[y]) for p, y in zip(softmax_rows(X), Y.tolist())) / len(Y)
+    trainer = AdversarialTrainer("ard", teacher=FixedTeacher(), temperature=temperature, distill_weight=weight)
+    got = trainer.loss(linear_model(), X, Y, x_adv=X_ADV)
+    # T^2 = 900 scales float32 rounding of a small divergence: 1e-4 relative
+    assert got.item() == pytest.approx(weight * temperature ** 2 * kl + (1 - weight) * ce, rel=1e-4)
+
+
+@pytest.mark.parametrize("normalization", [None, ((0.3,), (0.2,))])
+def test_rslad_attack_raises_the_divergence_from_the_teacher_inside_the_ball(normalization):
+    from nni_mrs_plugin.attacks import PixelSpace
+    from nni_mrs_plugin.train.losses import kl
+
+    model, teacher = small_cnn(), build_model("small_cnn", in_channels=1).eval()
+    space = PixelSpace(normalization)
+    pixels = torch.rand(16, 1, 28, 28)
+    x = space.normalized(pixels)  # what a normalising loader yields
+    trainer = AdversarialTrainer("rslad", eps=0.1, steps=5, teacher=teacher, normalization=normalization)
+    target = trainer.teacher_logits(x)
+    x_adv = trainer.adversarial_examples(model, x, target)
+    assert model.training  # the student's mode is restored
+    model.eval()
+    with torch.no_grad():
+        assert kl(model(x_adv), target) > 1.2 * kl(model(x), target)  # untrained models: small, but 20% up
+    moved = space.pixels(x_adv)
+    assert (moved - pixels).abs().max() <= 0.1 + 1e-5 and moved.min() >= -1e-6 and moved.max() <= 1 + 1e-6
+
+
+def test_nfgsm_starts_from_twice_eps_noise_and_is_not_projected():
+    torch.manual_seed(0)
+    model = small_cnn()
+    x, y = torch.rand(64, 1, 28, 28) * 0.5 + 0.25, torch.randint(0, 10, (64,))  # no clipping at 0 or 1 here
+    trainer = AdversarialTrainer("nfgsm", eps=0.05)
+    assert trainer.alpha == pytest.approx(0.05) and trainer.attack_bn == "train"
+    delta = (trainer.adversarial_examples(model, x, y) - x).abs()
+    assert delta.max() <= 3 * 0.05 + 1e-6  # noise within 2 eps, then one step of eps
+    assert (delta > 0.05 + 1e-3).float().mean() > 0.2  # outside the eps-ball: no projection
+    edge = trainer.adversarial_examples(model, torch.zeros(4, 1, 28, 28), y[:4])
+    assert edge.min() >= 0 and edge.max() <= 1
+
+
+def test_a_teacher_is_frozen_and_unchanged_by_fit_and_must_fit_the_task(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from nni_mrs_plugin.train.fit import fit
+
+    student, teacher = small_cnn(), build_model("small_cnn", in_channels=1)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}  # BatchNorm statistics included
+    data = TensorDataset(torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,)))
+    for method in ("rslad", "ard"):
+        trainer = AdversarialTrainer(method, eps=0.1, steps=2, teacher=teacher)
+        fit(student, DataLoader(data, batch_size=16), None, 1, trainer, progress=False)
+        assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+        assert all(p.grad is None for p in teacher.parameters()) and not teacher.training
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    with pytest.raises(ValueError, match="^method 'rslad' distils from a teacher: pass teacher="):
+        AdversarialTrainer("rslad").loss(student, x, y)
+    with pytest.raises(ValueError, match="^the teacher gives 5 classes, the student 10: distil from a model"):
+        AdversarialTrainer("ard", teacher=build_model("small_cnn", num_classes=5, in_channels=1)).loss(student, x, y)
+    with pytest.raises(ValueError, match=r"^the teacher cannot take the student's inputs \(4, 1, 28, 28\)"):
+        AdversarialTrainer("rslad", teacher=build_model("small_cnn", image_size=32)).loss(student, x, y)

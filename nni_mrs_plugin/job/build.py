@@ -52,19 +52,30 @@ def dummy_input(config: Any) -> torch.Tensor:
     return torch.zeros(1, info.in_channels, info.image_size, info.image_size)
 
 
-def trainer(config: Any, section: Any):
-    from ..train.trainer import AdversarialTrainer
+def trainer(config: Any, section: Any, teacher: Optional[nn.Module] = None):
+    """The section's objective; rslad and ard distil from ``section.teacher`` (a save_pruned file) if given,
+    else from ``teacher`` (the job passes the run's dense model)."""
+    from ..checkpoint import load_pruned
+    from ..train.trainer import DISTILLING, AdversarialTrainer
+    from .schema import ConfigError
 
+    if section.method in DISTILLING and section.teacher:
+        try:
+            teacher = load_pruned(section.teacher)
+        except ValueError as err:
+            raise ConfigError(f"teacher: {err}") from None
     return AdversarialTrainer(section.method, eps=eps(config, section.eps), alpha=section.alpha, steps=section.steps,
-                              beta=section.beta, normalization=normalization(config))
+                              beta=section.beta, normalization=normalization(config),
+                              teacher=teacher if section.method in DISTILLING else None)
 
 
-def pruning_context(config: Any, data: Any, checkpoint: Optional[Path] = None):
-    """What the job offers every pruner: its training data, the fine-tuning objective, a resume file, the data
-    set's radius, the loaders' normalisation, the seed and progress bars."""
+def pruning_context(config: Any, data: Any, checkpoint: Optional[Path] = None, teacher: Optional[nn.Module] = None):
+    """What the job offers every pruner: its training data, the fine-tuning objective (distilling from
+    ``teacher`` for rslad/ard), a resume file, the data set's radius, the loaders' normalisation, the seed and
+    progress bars."""
     from ..budget.pruner import PruningContext
 
-    return PruningContext(data=data, trainer=trainer(config, config.finetune), checkpoint=checkpoint,
+    return PruningContext(data=data, trainer=trainer(config, config.finetune, teacher), checkpoint=checkpoint,
                           eps=eps(config, None), normalization=normalization(config), seed=config.seed,
                           progress=config.progress)
 

@@ -123,7 +123,16 @@ class Pipeline:
         return build.dummy_input(self.config)
 
     def trainer(self, section):
-        return build.trainer(self.config, section)
+        return build.trainer(self.config, section, self._teacher(section))
+
+    def _teacher(self, section) -> Optional[nn.Module]:
+        """rslad/ard fine-tuning (and pruners that train on its objective) distil from the run's dense model,
+        unless ``finetune.teacher`` names another."""
+        from ..train.trainer import DISTILLING
+
+        dense = self.dir / "dense.pt"
+        wanted = section is self.config.finetune and section.method in DISTILLING and not section.teacher
+        return load_pruned(dense) if wanted and dense.is_file() else None
 
     def _fit(self, model: nn.Module, section, stage: str) -> Dict[str, Any]:
         from ..train.fit import fit
@@ -132,7 +141,8 @@ class Pipeline:
         report = (lambda row: self.on_epoch(stage, row)) if self.on_epoch is not None else None
         result = fit(model, train, test, section.epochs, self.trainer(section), lr=section.lr,
                      checkpoint_dir=self.dir / stage, resume=True, seed=self.config.seed, device=self.device,
-                     val_samples=min(len(test.dataset), 500), progress=self.config.progress, on_epoch=report)
+                     val_samples=min(len(test.dataset), 500), progress=self.config.progress, on_epoch=report,
+                     ema=section.ema, lr_schedule=section.schedule)
         return result.to_dict()
 
     def measure(self, model: nn.Module) -> Dict[str, Any]:
@@ -172,7 +182,8 @@ class Pipeline:
         model = load_pruned(self.dir / "dense.pt").to(self.device)
         cfg = self.config.pruning
         dummy = self.dummy.to(self.device)
-        context = build.pruning_context(self.config, self.loaders[0], self.dir / "prune-harp.pt")
+        context = build.pruning_context(self.config, self.loaders[0], self.dir / "prune-harp.pt",
+                                        self._teacher(self.config.finetune))
         allocation, masks = baseline_masks(model, build.config_list(self.config), dummy, get_pruner(cfg.pruner),
                                            cfg.budget, cfg.r_max, **build.pruner_keywords(self.config, model, context,
                                                                                           dummy))

@@ -1,7 +1,9 @@
 """Standalone adversarial fine-tuning of a (sped-up) model: ``fit``.
 
 Each epoch: train with the ``AdversarialTrainer``'s loss (SGD, per-step cosine decay), measure clean and PGD
-accuracy on the validation set, keep the weights with the best PGD accuracy, and write a checkpoint. A killed
+accuracy on the validation set, keep the weights with the best PGD accuracy, and write a checkpoint. With
+``ema``, an exponential moving average of the weights (``torch.optim.swa_utils.AveragedModel``) is what is
+validated, chosen and returned. A killed
 run resumed with ``resume=True`` loses at most the epoch in progress and then continues exactly as the
 uninterrupted run would have: the checkpoint holds model, optimizer, schedule and every rank's RNG state, and
 the data order depends only on (seed, epoch). Under ``torchrun`` the same call trains with
@@ -10,12 +12,14 @@ DistributedDataParallel; rank 0 alone writes checkpoints and logs.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -23,11 +27,12 @@ from . import distributed
 from .trainer import AdversarialTrainer
 from ..checkpoint import atomic_json, atomic_save
 from ..evaluate import evaluate_robustness
-from .loop import cosine_sgd, train_epoch
+from .loop import SCHEDULES, scheduled_sgd, train_epoch
 
 __all__ = ["fit", "FitResult", "LAST", "BEST", "HISTORY"]
 
 LAST, BEST, HISTORY = "last.pt", "best.pt", "history.json"
+_BEFORE = {"ema": None, "lr_schedule": "cosine"}  # what checkpoints made before these settings existed used
 
 
 @dataclass
@@ -58,10 +63,11 @@ def _validate(model: nn.Module, loader: DataLoader, trainer: AdversarialTrainer,
 def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
              config: Dict[str, Any], ctx: distributed.Context) -> Dict[str, Any]:
     checkpoint = torch.load(path, map_location=ctx.device, weights_only=True)
-    for key in ("epochs", "steps_per_epoch", "method"):
-        if checkpoint["config"][key] != config[key]:
-            raise ValueError(f"cannot resume from {path}: it was made with {key}={checkpoint['config'][key]!r}, "
-                             f"this call has {key}={config[key]!r}; use a new checkpoint_dir or the same settings")
+    for key in ("epochs", "steps_per_epoch", "method", "ema", "lr_schedule"):
+        made = checkpoint["config"].get(key, _BEFORE.get(key))
+        if made != config[key]:
+            raise ValueError(f"cannot resume from {path}: it was made with {key}={made!r}, this call has "
+                             f"{key}={config[key]!r}; use a new checkpoint_dir or the same settings")
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     schedule.load_state_dict(checkpoint["schedule"])
@@ -75,8 +81,10 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoa
         weight_decay: float = 5e-4, checkpoint_dir: Union[str, Path, None] = None, resume: bool = False,
         seed: int = 0, device: Optional[torch.device | str] = None, val_steps: int = 10,
         val_samples: Optional[int] = None, restore_best: bool = True, progress: bool = True,
-        log_every: int = 50, on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> FitResult:
-    """Fine-tune ``model`` in place with ``trainer`` (default: PGD-10 at 8/255) for ``epochs``.
+        log_every: int = 50, on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
+        ema: Optional[float] = None, lr_schedule: str = "cosine") -> FitResult:
+    """Fine-tune ``model`` in place with ``trainer`` (default: PGD-10 at 8/255) for ``epochs``, SGD with the
+    ``lr_schedule`` per step ('cosine' to 0, or 'onecycle': warm-up then cosine annealing; ``loop.scheduled_sgd``).
 
     ``train_loader`` gives the dataset, global batch size and workers; ``fit`` reshuffles it per epoch with
     ``seed`` (see ``distributed``). Validation: clean and PGD-``val_steps`` accuracy at the trainer's eps on
@@ -85,6 +93,12 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoa
     ``restore_best`` loads the best weights into ``model`` at the end. A NaN/inf loss raises
     ``NonFiniteLossError`` naming epoch and step. ``on_epoch(row)`` is called on rank 0 after each epoch's
     checkpoint (e.g. to report NNI intermediate results).
+
+    ``ema`` (a decay in (0, 1), e.g. 0.999) keeps e = ema · e + (1 - ema) · w after every optimizer step, starting
+    from the weights after the first step; BatchNorm statistics are averaged the same way (``use_buffers``).
+    Validation, the best epoch and the weights left in ``model`` are the averaged ones; ``last.pt`` keeps both,
+    so a resumed run continues the average exactly. An average over more steps than the run has (1 / (1 - ema)
+    against epochs x batches) mostly remembers the starting weights: that gets a warning.
     """
     trainer = trainer or AdversarialTrainer()
     if not isinstance(epochs, int) or epochs < 1:
@@ -93,11 +107,15 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoa
         raise ValueError(f"val_steps must be an integer >= 1, got {val_steps!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (where last.pt is)")
+    if lr_schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if ema is not None and not (isinstance(ema, float) and 0 < ema < 1):
+        raise ValueError(f"ema must be a decay in (0, 1), e.g. 0.999, got {ema!r}")
     ctx = distributed.init(device)
     try:
         return _fit(model, train_loader, val_loader, epochs, trainer, lr, momentum, weight_decay,
                     Path(checkpoint_dir) if checkpoint_dir is not None else None, resume, seed, ctx, val_steps,
-                    val_samples, restore_best, progress, log_every, on_epoch)
+                    val_samples, restore_best, progress, log_every, on_epoch, ema, lr_schedule)
     finally:
         if ctx.started_here:
             torch.distributed.destroy_process_group()
@@ -107,22 +125,31 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
          trainer: AdversarialTrainer, lr: float, momentum: float, weight_decay: float, out: Optional[Path],
          resume: bool, seed: int, ctx: distributed.Context, val_steps: int, val_samples: Optional[int],
          restore_best: bool, progress: bool, log_every: int,
-         on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None) -> FitResult:
+         on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None, ema: Optional[float] = None,
+         lr_schedule: str = "cosine") -> FitResult:
     torch.manual_seed(seed + ctx.rank)
     model.to(ctx.device)
     if trainer.channels_last:
         model.to(memory_format=torch.channels_last)
     loader, sampler = distributed.shard_train_loader(train_loader, ctx, seed)
     val = distributed.shard_eval_loader(val_loader, ctx, val_samples) if val_loader is not None else None
-    optimizer, schedule = cosine_sgd(model, lr, epochs * len(loader), momentum, weight_decay)
+    optimizer, schedule = scheduled_sgd(model, lr, epochs * len(loader), momentum, weight_decay, lr_schedule)
     config = {"epochs": epochs, "steps_per_epoch": len(loader), "method": trainer.method, "lr": lr, "seed": seed,
-              "world_size": ctx.world_size, "val_steps": val_steps, "trainer": trainer.config()}
+              "world_size": ctx.world_size, "val_steps": val_steps, "trainer": trainer.config(), "ema": ema,
+              "lr_schedule": lr_schedule}
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True) if ema else None
+    if ema and epochs * len(loader) < 1 / (1 - ema) and ctx.is_main:
+        warnings.warn(f"fit: ema={ema} averages over about {1 / (1 - ema):.0f} steps, but the run has "
+                      f"{epochs * len(loader)}: the average mostly keeps the first weights; use a smaller decay")
+    judged = averaged.module if averaged is not None else model  # what is validated, kept and returned
     result = FitResult(checkpoint_dir=str(out) if out else None)
     best_state: Optional[Dict[str, torch.Tensor]] = None
     start = 0
     if resume and out is not None and (out / LAST).is_file():
         checkpoint = _restore(out / LAST, model, optimizer, schedule, config, ctx)
         start, result.history = checkpoint["epoch"], checkpoint["history"]
+        if averaged is not None:
+            averaged.load_state_dict(checkpoint["ema"])
         result.best_epoch, result.best_robust_accuracy = checkpoint["best_epoch"], checkpoint["best_robust_accuracy"]
         if restore_best and (out / BEST).is_file():
             best_state = torch.load(out / BEST, map_location=ctx.device, weights_only=True)["model"]
@@ -135,7 +162,8 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
         stats = train_epoch(net, loader, trainer.loss, optimizer, schedule, epoch=epoch, epochs=epochs,
                             device=ctx.device, desc=f"fit {trainer.method}", progress=main_progress,
                             log_every=log_every, prepare=trainer.prepare,
-                            pixels=trainer.space.pixels if trainer.attack_class is not None else None)
+                            pixels=trainer.space.pixels if trainer.attack_class is not None else None,
+                            after_step=(lambda: averaged.update_parameters(model)) if averaged is not None else None)
         seconds = time.perf_counter() - began
         distributed.sync_buffers(model, ctx)
         loss_sum, samples = distributed.all_sum([stats.loss * stats.steps, stats.samples], ctx)
@@ -143,17 +171,18 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
                                "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
                                "samples_per_s": round(samples / seconds, 1)}
         if val is not None:
-            row.update(_validate(model, val, trainer, val_steps, seed, ctx))
+            row.update(_validate(judged, val, trainer, val_steps, seed, ctx))
         improved = val is None or result.best_robust_accuracy is None or row["pgd_acc"] > result.best_robust_accuracy
         if improved:
             result.best_epoch, result.best_robust_accuracy = epoch, row.get("pgd_acc")
-            best_state = _state(model) if restore_best else None
+            best_state = _state(judged) if restore_best else None
         result.history.append(row)
         rng = distributed.gather_rng(ctx)
         if ctx.is_main and out is not None:
             if improved:
-                atomic_save({"epoch": epoch, "model": model.state_dict(), "pgd_acc": row.get("pgd_acc")}, out / BEST)
+                atomic_save({"epoch": epoch, "model": judged.state_dict(), "pgd_acc": row.get("pgd_acc")}, out / BEST)
             atomic_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         **({"ema": averaged.state_dict()} if averaged is not None else {}),
                          "schedule": schedule.state_dict(), "rng": rng, "history": result.history,
                          "best_epoch": result.best_epoch, "best_robust_accuracy": result.best_robust_accuracy,
                          "config": config}, out / LAST)
@@ -168,4 +197,6 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
 
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
+    elif averaged is not None:
+        model.load_state_dict(averaged.module.state_dict())
     return result

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..attacks import outside_pixel_range, pixel_range_error
 from ..evaluate import check_labels
 
-__all__ = ["train_natural", "train_epoch", "cosine_sgd", "cross_entropy_loss", "NonFiniteLossError", "EpochStats"]
+__all__ = ["train_natural", "train_epoch", "scheduled_sgd", "SCHEDULES", "cross_entropy_loss", "NonFiniteLossError", "EpochStats"]
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -37,16 +37,25 @@ def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
     return nn.functional.cross_entropy(model(x), y)
 
 
-def cosine_sgd(model: nn.Module, lr: float, total_steps: int, momentum: float = 0.9,
-               weight_decay: float = 5e-4) -> Tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
-    """SGD with a per-step cosine decay from ``lr`` to 0 over ``total_steps``."""
+SCHEDULES = ("cosine", "onecycle")
+
+
+def scheduled_sgd(model: nn.Module, lr: float, total_steps: int, momentum: float = 0.9, weight_decay: float = 5e-4,
+                  schedule: str = "cosine") -> Tuple[torch.optim.SGD, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with a per-step learning-rate schedule over ``total_steps``: 'cosine' decays from ``lr`` to 0;
+    'onecycle' (torch's ``OneCycleLR``, momentum held) warms up from lr/25 to ``lr`` over the first 30% of the
+    steps, then anneals along a cosine to lr/25e4."""
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     steps = max(1, total_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
+    if schedule == "onecycle" and steps >= 2:
+        return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps + 1,
+                                                              pct_start=0.3, cycle_momentum=False)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    return optimizer, schedule
 
 
 def _is_distributed() -> bool:
@@ -58,7 +67,8 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: LossFn, optimizer: 
                 epochs: int = 1, device: torch.device | str = "cpu", desc: str = "train", progress: bool = True,
                 log_every: int = 50, max_steps: Optional[int] = None,
                 prepare: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                pixels: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> EpochStats:
+                pixels: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                after_step: Optional[Callable[[], None]] = None) -> EpochStats:
     """One pass over ``loader`` (or ``max_steps`` steps), ``epoch`` counted from 1.
 
     The loss is accumulated and checked for NaN/inf on the device; the host reads it only every ``log_every``
@@ -67,6 +77,7 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: LossFn, optimizer: 
     ``scheduler`` is stepped after every optimizer step. ``prepare`` converts inputs (e.g. channels_last).
     ``pixels`` (adversarial training: inputs -> pixels, identity unless the loader normalises) checks, on the
     device and read at the same points, that pixels lie in [0, 1]: otherwise every attack would be wrong.
+    ``after_step()`` runs after each optimizer step (e.g. a weight average's update).
     """
     if log_every < 1:
         raise ValueError(f"log_every must be >= 1, got {log_every}")
@@ -116,6 +127,8 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: LossFn, optimizer: 
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if after_step is not None:
+            after_step()
         detached = loss.detach().float()
         newly_bad = ~torch.isfinite(detached) & (first_bad < 0)
         first_bad = torch.where(newly_bad, steps, first_bad)
@@ -136,7 +149,7 @@ def train_natural(model: nn.Module, loader: Iterable, epochs: int, lr: float = 0
     """Cross-entropy training; stops with a clear error naming epoch and step if the loss becomes NaN/inf."""
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
-    optimizer, schedule = cosine_sgd(model, lr, epochs * len(loader), momentum, weight_decay)
+    optimizer, schedule = scheduled_sgd(model, lr, epochs * len(loader), momentum, weight_decay)
     model.to(device)
     for epoch in range(1, epochs + 1):
         train_epoch(model, loader, cross_entropy_loss, optimizer, schedule, epoch=epoch, epochs=epochs,

@@ -1,5 +1,6 @@
-"""Adversarial training objectives as one trainer: Madry PGD, TRADES, MART, fast (FGSM with random start) and
-natural, with the training examples made by torchattacks.
+"""Adversarial training objectives as one trainer: Madry PGD, TRADES, MART, fast (FGSM with random start), N-FGSM,
+the robust distillations RSLAD and ARD from a teacher (the dense model, for a pruned student) and natural, with
+the training examples made by torchattacks attacks.
 
 MRPF's claim is that fine-tuning decides robustness more than the pruning criterion, so the same objective must
 serve NNI pruners that train (through ``TorchEvaluator``) and the fine-tuning of the sped-up model (``fit``).
@@ -15,6 +16,11 @@ trades     TPGD (KL-PGD, x + 0.001 N)  eval: TRADES' ``trades_loss`` calls model
 mart       PGD (uniform random start)  eval: MART's ``mart_loss`` calls model.eval() to craft x_adv (its own
                                        PGD starts at x + 0.001 N; torchattacks' PGD starts uniformly in the ball)
 fast       FFGSM (alpha = 1.25 eps)    train: Wong et al.'s "fast is better than free" never leaves train mode
+nfgsm      NFGSM (alpha = eps, noise   train: de Jorge et al.'s code, like fast
+           2 eps, no projection)
+rslad      TeacherKL (KL to the        eval: RSLAD's ``rslad_inner_loss`` calls model.eval() to craft x_adv
+           teacher, x + 0.001 N)
+ard        PGD (uniform random start)  train: ARD's ``AttackPGD`` runs inside the training-mode student
 natural    none                        -
 =========  ==========================  ======================================================================
 
@@ -34,43 +40,26 @@ from torch import nn
 from ..attacks import (PixelSpace, accepted_kwargs, check_alpha, check_eps, check_pixel_range, default_alpha,
                        resolve_attack)
 from ..evaluate import check_labels
+from .adversaries import NFGSM, TeacherKL
 from .loop import train_epoch
+from .losses import ard_loss, mart_loss, rslad_loss, trades_loss
 
-__all__ = ["AdversarialTrainer", "METHODS", "trades_loss", "mart_loss"]
+__all__ = ["AdversarialTrainer", "METHODS", "DISTILLING", "trades_loss", "mart_loss"]
 
-# method -> (default torchattacks class name, BatchNorm in train mode while attacking)
+# method -> (default attack: torchattacks class or name, BatchNorm in train mode while attacking)
 _DEFAULTS: Dict[str, tuple] = {
     "pgd": ("PGD", True),
     "trades": ("TPGD", False),
     "mart": ("PGD", False),
     "fast": ("FFGSM", True),
+    "nfgsm": (NFGSM, True),
+    "rslad": (TeacherKL, False),
+    "ard": ("PGD", True),
     "natural": (None, False),
 }
 METHODS = tuple(_DEFAULTS)
-_MULTI_STEP = ("pgd", "trades", "mart")
-
-
-def trades_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(f(x) || f(x_adv)), the KL summed and divided by the
-    batch size as in the reference ``trades.py``."""
-    logits_nat, logits_adv = logits_nat.float(), logits_adv.float()
-    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="sum")
-    return F.cross_entropy(logits_nat, y) + beta * kl / len(y)
-
-
-def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """MART (Wang et al. 2020), as in the reference ``mart.py``: boosted CE on x_adv (CE plus a margin term on the
-    strongest wrong class) + beta * KL(f(x) || f(x_adv)) weighted by 1 - p_y(x), so misclassified clean
-    examples count more."""
-    logits_nat, logits_adv = logits_nat.float(), logits_adv.float()
-    adv_probs = F.softmax(logits_adv, dim=1)
-    top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
-    wrong = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
-    boosted_ce = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), wrong)
-    nat_probs = F.softmax(logits_nat, dim=1)
-    true_probs = nat_probs.gather(1, y.unsqueeze(1)).squeeze(1)
-    kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(dim=1)
-    return boosted_ce + beta * (kl * (1.0000001 - true_probs)).mean()
+DISTILLING = ("rslad", "ard")  # the methods that learn from a teacher's logits
+_MULTI_STEP = ("pgd", "trades", "mart", "rslad", "ard")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -91,8 +80,11 @@ class AdversarialTrainer:
     """Makes adversarial training examples and the method's loss; plugs into NNI's ``TorchEvaluator``
     (``training_func``/``training_step``) and into ``fit``.
 
-    ``eps``/``alpha`` are L∞ radii in the model's [0, 1] input space; ``alpha`` defaults to eps/4 (PGD methods)
-    or 1.25 eps (fast). ``steps`` is the attack's iteration count (ignored by ``fast``). ``attack`` (torchattacks
+    ``eps``/``alpha`` are L∞ radii in the model's [0, 1] input space; ``alpha`` defaults to eps/4 (PGD methods),
+    1.25 eps (fast) or eps (nfgsm). ``steps`` is the attack's iteration count (ignored by ``fast``/``nfgsm``).
+    ``teacher`` (rslad, ard; required by them, refused by the others) is a model with the student's inputs and
+    classes, used frozen: eval mode, no gradients, on the student's device. ``temperature`` and
+    ``distill_weight`` are ARD's T and α (the weight of its distillation term; ``alpha`` is the attack's step). ``attack`` (torchattacks
     class or name) and ``attack_kwargs`` replace the method's default attack; eps/alpha/steps are passed to it
     when it accepts them, ``attack_kwargs`` win. ``amp`` runs attack and loss under bf16 autocast,
     ``channels_last`` converts inputs (and, in ``fit``/``training_func``, the model) to that memory format.
@@ -101,9 +93,19 @@ class AdversarialTrainer:
     def __init__(self, method: str = "pgd", eps: float = 8 / 255, alpha: Optional[float] = None, steps: int = 10,
                  beta: float = 6.0, attack: Union[str, type, None] = None,
                  attack_kwargs: Optional[Mapping[str, Any]] = None, attack_bn: Optional[str] = None,
-                 amp: bool = False, channels_last: bool = False, normalization: Optional[tuple] = None):
+                 amp: bool = False, channels_last: bool = False, normalization: Optional[tuple] = None,
+                 teacher: Optional[nn.Module] = None, temperature: float = 30.0, distill_weight: float = 1.0):
         if method not in _DEFAULTS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if teacher is not None and method not in DISTILLING:
+            raise ValueError(f"teacher: method {method!r} learns from labels, not a teacher; the methods that "
+                             f"distil are {', '.join(DISTILLING)}")
+        if teacher is not None and not isinstance(teacher, nn.Module):
+            raise ValueError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if not (isinstance(distill_weight, (int, float)) and 0 <= distill_weight <= 1):
+            raise ValueError(f"distill_weight (ARD's alpha) must be in [0, 1], got {distill_weight!r}")
         check_eps(eps)
         if alpha is not None:
             check_alpha(alpha)
@@ -116,7 +118,9 @@ class AdversarialTrainer:
         if method == "natural" and (attack is not None or attack_kwargs):
             raise ValueError("method 'natural' trains on clean inputs; do not pass attack or attack_kwargs")
         self.method, self.eps, self.steps, self.beta = method, float(eps), steps, float(beta)
-        self.alpha = float(alpha) if alpha is not None else (1.25 * eps if method == "fast" else default_alpha(eps))
+        self.alpha = float(alpha) if alpha is not None else (
+            1.25 * eps if method == "fast" else float(eps) if method == "nfgsm" else default_alpha(eps))
+        self.teacher, self.temperature, self.distill_weight = teacher, float(temperature), float(distill_weight)
         self.amp, self.channels_last = amp, channels_last
         default_name, bn_train = _DEFAULTS[method]
         self.attack_bn = attack_bn or ("train" if bn_train else "eval")
@@ -132,6 +136,7 @@ class AdversarialTrainer:
         self.adversarial_batches = 0  # how many batches got adversarial examples (NNI tests read it)
         self._range_checked = False  # training_step checks its first batch's pixels and labels (once: a GPU read syncs)
         self._cached: Optional[tuple] = None
+        self._teacher_checked = False
 
     def _check_attack_kwargs(self) -> None:
         """Build the attack once on a stand-in model, so bad kwargs fail here, not mid-training."""
@@ -147,7 +152,9 @@ class AdversarialTrainer:
         return {"method": self.method, "eps": self.eps, "alpha": self.alpha, "steps": self.steps, "beta": self.beta,
                 "attack": self.attack_class.__name__ if self.attack_class else None, "attack_kwargs": plain_kwargs,
                 "attack_bn": self.attack_bn, "amp": self.amp, "channels_last": self.channels_last,
-                "normalization": [list(map(float, v)) for v in self.normalization] if self.normalization else None}
+                "normalization": [list(map(float, v)) for v in self.normalization] if self.normalization else None,
+                **({"temperature": self.temperature, "distill_weight": self.distill_weight}
+                   if self.method == "ard" else {})}
 
     def autocast(self, device: torch.device) -> ContextManager:
         return torch.autocast(device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
@@ -166,8 +173,35 @@ class AdversarialTrainer:
             self._cached = (model, device, attack)
         return self._cached[2]
 
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's clean logits for a batch (eval mode, no gradients, moved to ``x``'s device)."""
+        if self.teacher is None:
+            raise ValueError(f"method {self.method!r} distils from a teacher: pass teacher=<the dense model> (the job "
+                             f"uses the run's dense model, or finetune.teacher)")
+        self.teacher.to(x.device).eval()
+        try:
+            with torch.no_grad(), self.autocast(x.device):
+                return self.teacher(x).float()
+        except RuntimeError as err:
+            raise ValueError(f"the teacher cannot take the student's inputs {tuple(x.shape)}: "
+                             f"{str(err).splitlines()[0]}") from None
+
+    def _check_teacher(self, model: nn.Module, x: torch.Tensor, teacher: torch.Tensor) -> None:
+        """Once: the teacher and the student predict the same classes (one eval-mode forward of one sample)."""
+        was_training = model.training
+        try:
+            with torch.no_grad(), self.autocast(x.device):
+                classes = model.eval()(x[:1]).shape[1]
+        finally:
+            model.train(was_training)
+        if teacher.shape[1] != classes:
+            raise ValueError(f"the teacher gives {teacher.shape[1]} classes, the student {classes}: distil from a "
+                             f"model of the same task")
+        self._teacher_checked = True
+
     def adversarial_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Training examples for ``x`` (under autocast when ``amp``); the model's train/eval mode is restored."""
+        """Training examples for ``x`` (under autocast when ``amp``); the model's train/eval mode is restored.
+        For rslad, ``y`` is the teacher's clean logits."""
         if self.attack_class is None:
             return x
         self.adversarial_batches += 1
@@ -184,12 +218,20 @@ class AdversarialTrainer:
         if self.method == "natural":
             with self.autocast(x.device):
                 return F.cross_entropy(model(x).float(), y)
+        teacher = self.teacher_logits(x) if self.method in DISTILLING else None
+        if teacher is not None and not self._teacher_checked:
+            self._check_teacher(model, x, teacher)
         if x_adv is None:
-            x_adv = self.adversarial_examples(model, x, y)
+            x_adv = self.adversarial_examples(model, x, teacher if self.method == "rslad" else y)
         with self.autocast(x.device):
-            if self.method in ("pgd", "fast"):
+            if self.method in ("pgd", "fast", "nfgsm"):
                 return F.cross_entropy(model(x_adv).float(), y)
-            logits_nat, logits_adv = model(x), model(x_adv)
+            logits_adv = model(x_adv)
+            logits_nat = model(x) if self.method != "ard" or self.distill_weight < 1 else logits_adv
+        if self.method == "rslad":
+            return rslad_loss(logits_adv, logits_nat, teacher)
+        if self.method == "ard":
+            return ard_loss(logits_adv, logits_nat, teacher, y, self.temperature, self.distill_weight)
         objective = trades_loss if self.method == "trades" else mart_loss
         return objective(logits_nat, logits_adv, y, self.beta)
 

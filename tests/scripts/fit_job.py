@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from nni_mrs_plugin.train.trainer import AdversarialTrainer
+from nni_mrs_plugin.train.trainer import DISTILLING, AdversarialTrainer
 from nni_mrs_plugin.data import load_dataset
 from nni_mrs_plugin.train.fit import fit
 from nni_mrs_plugin.models import build_model
@@ -38,7 +38,11 @@ def main() -> None:
     model = plain_cnn() if args.model == "plain_cnn" else build_model("small_cnn", in_channels=1)
     train = DataLoader(load_dataset("fashion_mnist", True, subset=args.train, seed=1), batch_size=args.batch)
     val = DataLoader(load_dataset("fashion_mnist", False, subset=args.val, seed=2), batch_size=64)
-    trainer = AdversarialTrainer(args.method, eps=0.1, steps=args.steps)
+    teacher = None
+    if args.method in DISTILLING:  # a fixed, seeded teacher: the resumed run must see the same one
+        torch.manual_seed(1)
+        teacher = build_model("small_cnn", in_channels=1)
+    trainer = AdversarialTrainer(args.method, eps=0.1, steps=args.steps, teacher=teacher)
     result = fit(model, train, val, epochs=args.epochs, trainer=trainer, checkpoint_dir=args.out, resume=args.resume,
                  val_steps=2, restore_best=False, progress=True, log_every=4)
     rank = int(os.environ.get("RANK", "0"))

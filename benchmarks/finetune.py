@@ -1,0 +1,179 @@
+"""Fine-tuning benchmark: which recipe makes a pruned model the most robust, and at what compute?
+
+A grid on the compare harness (``grid.py``): the job's default pruning (uniform ratios, adversarial Taylor
+channels) at ``MODELS``' targets, every row pruned from the same PGD-trained dense model of its seed, BatchNorm
+re-estimated after the removal, then fine-tuned by one recipe (``RECIPES``: PGD, TRADES, RSLAD distilling from the
+dense model, weight averaging, N-FGSM) for each of ``--epochs``. Fashion-MNIST at eps = 0.1, VGG16-bn and ResNet18
+at width 0.125, 20,000 training images, 5,000 held out for validation, 2,000 test images, AutoAttack on 500.
+
+Phases, each a compare grid per (model, seed) in ``OUTPUT/<phase>/<model>-seed<seed>/``:
+  select   the first seed, validation images: every recipe at every epoch count; the best mean fine-tuned PGD-20
+           over (model, target) per epoch count is the recipe to beat pgd with (``selected.json``).
+  report   every seed, the test images, read once: every recipe and epoch count, and at the largest epoch count
+           the selected recipe with MRS allocation (``tau=1``, ``feature``) and, with ``--harp-epochs N``, HARP
+           learning rates for N epochs: does allocation matter once fine-tuning is long?
+Then ``summary.json``/``summary.md``: each recipe's paired per-seed difference to pgd at the same epochs (95%
+t-interval, win/tie/loss), the allocation rows against their uniform recipe, the dense model's accuracy (the
+ceiling) and the mean seconds of each row's fine-tuning (robustness against compute).
+
+    python benchmarks/finetune.py --output runs/benchmarks/finetune                   # CPU: many hours
+    python benchmarks/finetune.py --output runs/benchmarks/finetune-3 --epochs 3 --models vgg16_bn   # a cut
+    python benchmarks/finetune.py --output runs/benchmarks/finetune-gpu --set device=cuda --set data.train_subset=null
+
+Every row is a resumable job run folder: rerun the same command to finish; another recipe in the same folder is
+refused in one line (the job's fingerprint).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from grid import Grid, add_grid_arguments, provenance, stage_seconds, verdict_table
+from nni_mrs_plugin.checkpoint import atomic_json, atomic_write
+from nni_mrs_plugin.job.compare import compare_verdicts
+from nni_mrs_plugin.job.config import ConfigError
+from nni_mrs_plugin.job.stats import mean_std
+
+BASE: Dict[str, Any] = {
+    "data": {"dataset": "fashion_mnist", "train_subset": 20000, "validation": 5000, "test_subset": 2000},
+    "pretrain": {"epochs": 10, "method": "pgd", "steps": 5, "lr": 0.05},
+    "pruning": {"budget": "flops", "r_max": 0.9, "adapt_bn": 512, "options": {"n_samples": 512}},
+    "finetune": {"method": "pgd", "steps": 5, "lr": 0.01},
+    "eval": {"attacks": ["clean", "pgd20", "autoattack"], "samples": 2000, "autoattack_samples": 500},
+    "device": "cpu", "progress": False,
+}
+PHASES = {"select": {"eval.split": "validation", "eval.attacks": ["clean", "pgd20"]}, "report": {}}
+MODELS = {"vgg16_bn": [0.75, 0.9], "resnet18": [0.9]}
+EMA = 0.995  # averages over about 200 steps: under the 470 of 3 epochs of 20,000 images at batch 128
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "pgd": {"finetune.method": "pgd"},
+    "trades": {"finetune.method": "trades"},
+    "rslad": {"finetune.method": "rslad"},  # the run's dense model is the teacher
+    "rslad-ema": {"finetune.method": "rslad", "finetune.ema": EMA},
+    "pgd-ema": {"finetune.method": "pgd", "finetune.ema": EMA},
+    "nfgsm": {"finetune.method": "nfgsm"},
+}
+ALLOCATION = {"mrs": {"pruning.options.tau": 1.0, "pruning.options.estimator": "feature"}}
+
+
+def variants(recipes: List[str], epochs: List[int]) -> Dict[str, Dict[str, Any]]:
+    return {f"{r}-{e}": {**RECIPES[r], "finetune.epochs": e} for e in epochs for r in recipes}
+
+
+def choose(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Per epoch count, the recipe with the best mean fine-tuned PGD-20 over (model, target) on validation."""
+    scores: Dict[int, Dict[str, List[float]]] = {}
+    for run in runs:
+        recipe, epochs = run["variant"].rsplit("-", 1)
+        scores.setdefault(int(epochs), {}).setdefault(recipe, []).append(run["accuracy"]["pgd20"])
+    means = {e: {r: sum(v) / len(v) for r, v in by.items()} for e, by in scores.items()}
+    return {"best": {str(e): max(m, key=m.get) for e, m in means.items()},
+            "validation_pgd20": {str(e): m for e, m in means.items()}}
+
+
+def allocation_rows(selected: Dict[str, Any], epochs: int, harp_epochs: int) -> Dict[str, Dict[str, Any]]:
+    """The selected recipe at ``epochs`` with MRS allocation (and HARP's learned rates), labelled after it."""
+    recipe = selected["best"][str(epochs)]
+    base = {**RECIPES[recipe], "finetune.epochs": epochs}
+    rows = {f"{recipe}-{epochs}-{name}": {**base, **overrides} for name, overrides in ALLOCATION.items()}
+    if harp_epochs:
+        rows[f"{recipe}-{epochs}-harp"] = {**base, "pruning.pruner": "harp",
+                                           "pruning.options": {"epochs": harp_epochs}}
+    return rows
+
+
+def verdicts(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per model: each recipe against pgd at the same epochs; each allocation row against its uniform recipe."""
+    out = []
+    for model in sorted({r["model"] for r in runs}):
+        mine = [r for r in runs if r["model"] == model]
+        for reference in sorted({r["variant"] for r in mine if r["variant"].startswith("pgd-")
+                                 and r["variant"].count("-") == 1}):
+            epochs = reference.rsplit("-", 1)[1]
+            group = [r for r in mine if r["variant"].count("-") <= 2 and r["variant"].endswith(f"-{epochs}")]
+            out += [dict(v, model=model) for v in compare_verdicts(group, reference)]
+        for row in sorted({r["variant"] for r in mine if not r["variant"].rsplit("-", 1)[1].isdigit()}):
+            uniform = row.rsplit("-", 1)[0]
+            group = [r for r in mine if r["variant"] in (row, uniform)]
+            out += [dict(v, model=model) for v in compare_verdicts(group, uniform) if v["variant"] == row]
+    return out
+
+
+def table(runs: List[Dict[str, Any]], seconds: Dict[str, Dict[str, float]]) -> List[str]:
+    """Mean ± std over seeds per (model, target, row), with the mean seconds of the row's fine-tuning."""
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["model"], run["target"], run["variant"]), []).append(run)
+    attacks = sorted({a for r in runs for a in r["accuracy"]}, key=["clean", "pgd20", "autoattack"].index)
+    lines = ["| model | target | row | seeds | " + " | ".join(attacks) + " | fine-tuning s |",
+             "|---|---:|---|---:|" + "---:|" * (len(attacks) + 1)]
+    for (model, target, row), members in sorted(groups.items()):
+        cells = [mean_std([m["accuracy"][a] for m in members if a in m["accuracy"]]) for a in attacks]
+        lines.append(f"| {model} | {target:g} | {row} | {len(members)} | "
+                     + " | ".join(f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}" for c in cells)
+                     + f" | {seconds.get(row, {}).get('finetune', float('nan')):.0f} |")
+    return lines
+
+
+def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
+    summary: Dict[str, Any] = provenance("benchmarks/finetune.py", argv)
+    text = [f"Command: `{summary['command']}`; commit {summary['commit']}; {summary['machine']}.", ""]
+    if (grid.output / "selected.json").is_file():
+        summary["selected"] = json.loads((grid.output / "selected.json").read_text())
+        text += [f"Selected on validation (best recipe per epoch count): `{json.dumps(summary['selected']['best'])}`",
+                 ""]
+    runs = grid.runs("report")
+    if runs:
+        seconds = stage_seconds(runs, by="variant")
+        dense = grid.runs("report", key="dense")
+        summary["report"] = {"verdicts": verdicts(runs), "seconds": seconds, "rows": len(runs),
+                             "dense": [{"model": d["model"], "seed": d["seed"], "accuracy": d["accuracy"]}
+                                       for d in dense]}
+        text += ["Mean ± std over seeds (test images):", "", *table(runs, seconds), "",
+                 "Dense models (the ceiling): " + "; ".join(
+                     f"{d['model']} seed {d['seed']}: " + ", ".join(f"{a} {100 * v:.2f}"
+                                                                   for a, v in d["accuracy"].items())
+                     for d in dense), "",
+                 "Against pgd at the same epochs, and allocation against its uniform recipe:", "",
+                 *verdict_table(summary["report"]["verdicts"]), ""]
+    atomic_json(grid.output / "summary.json", summary)
+    atomic_write(grid.output / "summary.md", lambda f: f.write("\n".join(text).encode()))
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_grid_arguments(parser, "runs/benchmarks/finetune", list(MODELS))
+    parser.add_argument("--targets", nargs="+", type=float, help="targets of every model (default: MODELS)")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--epochs", nargs="+", type=int, default=[3, 10], help="fine-tuning epochs of every recipe")
+    parser.add_argument("--harp-epochs", type=int, default=0, help="add a HARP row learning this many epochs")
+    parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
+    args = parser.parse_args(argv)
+    grid = Grid(BASE, PHASES, args)
+    targets = {m: args.targets or MODELS.get(m, [0.9]) for m in args.models}
+    try:
+        if not args.summary_only:
+            if "select" in args.phases:
+                grid.run("select", variants(args.recipes, args.epochs), targets, args.seeds[:1])
+                atomic_json(grid.output / "selected.json", choose(grid.runs("select")))
+            if "report" in args.phases:
+                path = grid.output / "selected.json"
+                if not path.is_file():
+                    parser.error(f"{path} is missing: run the select phase first")
+                rows = {**variants(args.recipes, args.epochs),
+                        **allocation_rows(json.loads(path.read_text()), max(args.epochs), args.harp_epochs)}
+                grid.run("report", rows, targets, args.seeds)
+    except ConfigError as err:
+        print(f"finetune: {err}", file=sys.stderr)
+        return 2
+    write_summary(grid, argv)
+    print((grid.output / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
