@@ -11,7 +11,8 @@ Phases, each a compare grid per (model, seed) in ``OUTPUT/<phase>/<model>-seed<s
            over (model, target) per epoch count is the recipe to beat pgd with (``selected.json``).
   report   every seed, the test images, read once: every recipe and epoch count, and at the largest epoch count
            the selected recipe with MRS allocation (``tau=1``, ``feature``) and, with ``--harp-epochs N``, HARP
-           learning rates for N epochs: does allocation matter once fine-tuning is long?
+           learning rates on its reference schedule for N epochs (20 is the reference): does allocation matter
+           once fine-tuning is long?
 Then ``summary.json``/``summary.md``: each recipe's paired per-seed difference to pgd at the same epochs (95%
 t-interval, win/tie/loss), the allocation rows against their uniform recipe, the dense model's accuracy (the
 ceiling) and the mean seconds of each row's fine-tuning (robustness against compute).
@@ -33,6 +34,7 @@ from typing import Any, Dict, List, Optional
 
 from grid import Grid, add_grid_arguments, provenance, stage_seconds, verdict_table
 from nni_mrs_plugin.checkpoint import atomic_json, atomic_write
+from nni_mrs_plugin.harp import HARPPruner
 from nni_mrs_plugin.job.compare import compare_verdicts
 from nni_mrs_plugin.job.config import ConfigError
 from nni_mrs_plugin.job.stats import mean_std
@@ -79,9 +81,9 @@ def allocation_rows(selected: Dict[str, Any], epochs: int, harp_epochs: int) -> 
     recipe = selected["best"][str(epochs)]
     base = {**RECIPES[recipe], "finetune.epochs": epochs}
     rows = {f"{recipe}-{epochs}-{name}": {**base, **overrides} for name, overrides in ALLOCATION.items()}
-    if harp_epochs:
-        rows[f"{recipe}-{epochs}-harp"] = {**base, "pruning.pruner": "harp",
-                                           "pruning.options": {"epochs": harp_epochs}}
+    if harp_epochs:  # HARP's reference schedule (dense start, gamma + 0.01 per epoch) over harp_epochs epochs
+        rows[f"{recipe}-{epochs}-harp"] = {**base, "pruning.pruner": "harp", "pruning.options": {
+            **HARPPruner.REFERENCE, "epochs": harp_epochs, "stages": harp_epochs}}
     return rows
 
 
@@ -150,7 +152,8 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", nargs="+", type=float, help="targets of every model (default: MODELS)")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--epochs", nargs="+", type=int, default=[3, 10], help="fine-tuning epochs of every recipe")
-    parser.add_argument("--harp-epochs", type=int, default=0, help="add a HARP row learning this many epochs")
+    parser.add_argument("--harp-epochs", type=int, default=0,
+                        help="add a HARP row on its reference schedule over this many epochs (the reference: 20)")
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     args = parser.parse_args(argv)
     grid = Grid(BASE, PHASES, args)

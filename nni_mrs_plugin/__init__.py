@@ -41,8 +41,10 @@ _EXPORTS = {
     "save_pruned": "checkpoint", "load_pruned": "checkpoint", "architecture": "checkpoint", "rebuild": "checkpoint",
     # training: natural and adversarial, NNI TorchEvaluator hooks, standalone fine-tuning, robust evaluation
     "train_natural": "train.loop", "NonFiniteLossError": "train.loop",
-    "AdversarialTrainer": "train.trainer", "trades_loss": "train.trainer", "mart_loss": "train.trainer",
-    "fit": "train.fit", "FitResult": "train.fit", "evaluate_robustness": "evaluate",
+    "AdversarialTrainer": "train.trainer", "trades_loss": "train.losses", "mart_loss": "train.losses",
+    "rslad_loss": "train.losses", "ard_loss": "train.losses",
+    "fit": "train.fit", "FitResult": "train.fit", "TrainingCollapsedError": "train.guard",
+    "evaluate_robustness": "evaluate",
     # learned robust allocation (HARP)
     "HARPPruner": "harp.pruner",
     # the MRPF job

@@ -179,6 +179,7 @@ def test_finetune_grid_ranks_recipes_on_validation_and_judges_them_against_pgd_a
     assert selected["best"] == {"3": "rslad-ema", "10": "pgd"}
     rows = finetune.allocation_rows(selected, 10, harp_epochs=2)
     assert rows["pgd-10-mrs"]["pruning.options.tau"] == 1.0 and rows["pgd-10-harp"]["pruning.pruner"] == "harp"
+    assert rows["pgd-10-harp"]["pruning.options"] == {"epochs": 2, "stages": 2, "gamma": 0.01, "start": "dense"}
     report = [_run(v, s, 0.5 + d + 0.01 * s) for s in range(3) for v, d in
               [("pgd-3", 0.0), ("rslad-ema-3", 0.03), ("pgd-10", 0.05), ("rslad-ema-10", 0.04), ("pgd-10-mrs", 0.05)]]
     judged = {(v["variant"], v["reference"]): v["verdict"] for v in finetune.verdicts(report) if v["attack"] == "pgd20"}

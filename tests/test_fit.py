@@ -105,6 +105,7 @@ def test_nan_loss_stops_with_an_error_naming_epoch_and_step(tmp_path):
     ({"lr": -1.0}, "lr must be > 0, got -1.0"),
     ({"ema": 1.5}, "ema must be a decay in (0, 1), e.g. 0.999, got 1.5"),
     ({"lr_schedule": "step"}, "unknown lr_schedule 'step'; choose one of cosine, onecycle"),
+    ({"collapse_retries": -1}, "collapse_retries must be an integer >= 0 (0: no collapse guard), got -1"),
 ])
 def test_fit_bad_input_is_one_clear_value_error(kwargs, message):
     train, _ = loaders(64, 64)
@@ -186,6 +187,55 @@ def test_onecycle_warms_up_then_anneals_and_resumes_on_its_schedule(tmp_path):
     with pytest.raises(ValueError, match="made with lr_schedule='onecycle', this call has lr_schedule='cosine'"):
         fit(model, DataLoader(data, batch_size=4), None, 3, AdversarialTrainer("natural"), progress=False,
             checkpoint_dir=tmp_path, resume=True)
+
+
+class Fragile(torch.nn.Module):
+    """A linear classifier that goes dead (constant logits, so no gradient ever again) once its weights' norm
+    passes ``limit``: a collapse a large learning rate causes and a smaller one avoids."""
+
+    def __init__(self, limit: float = 3.0):
+        super().__init__()
+        self.linear, self.limit = torch.nn.Linear(16, 4), limit
+        with torch.no_grad():  # right from the start, with little confidence
+            self.linear.weight.copy_(0.1 * (torch.eye(4).repeat_interleave(4, dim=1) - 0.25))
+            self.linear.bias.zero_()
+
+    def forward(self, x):
+        logits = self.linear(x.flatten(1))
+        return logits * 0 if self.linear.weight.norm() > self.limit else logits
+
+
+def fragile_data() -> DataLoader:
+    y = torch.arange(4).repeat(32)
+    x = 0.5 * torch.eye(4).repeat_interleave(4, dim=1)[y] + 0.25 + 0.15 * torch.rand(
+        128, 16, generator=torch.Generator().manual_seed(0))
+    return DataLoader(TensorDataset(x, y), batch_size=32)
+
+
+def test_collapse_guard_rolls_back_halves_the_learning_rate_and_gives_up_in_one_line(tmp_path, capsys):
+    from nni_mrs_plugin.train.fit import TrainingCollapsedError
+
+    data, natural = fragile_data(), AdversarialTrainer("natural")
+    model = Fragile()
+    result = fit(model, data, data, 2, natural, lr=2.0, weight_decay=0, progress=False, checkpoint_dir=tmp_path / "a")
+    first = result.history[0]
+    assert first["collapse_retries"] == 2 and first["lr_scale"] == 0.25 and first["clean_acc"] == 1.0
+    assert "fit: epoch 1 collapsed (validation clean accuracy 25.0% at chance (25.0%)); back to epoch 0, learning " \
+           "rate x 0.25" in capsys.readouterr().out
+    assert model.linear.weight.norm() <= model.limit and result.history[1]["clean_acc"] == 1.0
+    assert torch.load(tmp_path / "a" / LAST, weights_only=True)["optimizer"]["param_groups"][0]["initial_lr"] == 0.5
+
+    model, start = Fragile(), Fragile().state_dict()
+    with pytest.raises(TrainingCollapsedError) as info:
+        fit(model, data, data, 2, natural, lr=4.0, weight_decay=0, progress=False, checkpoint_dir=tmp_path / "b")
+    assert str(info.value) == (f"fit: epoch 1 collapsed (validation clean accuracy 25.0% at chance (25.0%)) 3 times, "
+                               f"the last with the learning rate x 0.25; {tmp_path / 'b' / LAST} holds epoch 0: lower "
+                               f"lr or use a multi-step method")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.items())  # the last good state
+    unguarded = fit(Fragile(), data, data, 1, natural, lr=2.0, weight_decay=0, progress=False, collapse_retries=0)
+    assert unguarded.history[0]["clean_acc"] == 0.25
+    at_chance = fit(Fragile(limit=0.1), data, None, 1, natural, lr=2.0, progress=False)  # dead from the start
+    assert "collapse_retries" not in at_chance.history[0]  # nothing to protect: the guard stays off
 
 
 def without_timing(history: list) -> list:

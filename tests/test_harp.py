@@ -122,6 +122,7 @@ def test_a_killed_run_resumes_at_its_last_stage(tmp_path, calibration):
     ({"budget": "latency"}, "unknown budget 'latency'"),
     ({"train_data": None}, "learns its rates by training"),
     ({"train_data": torch.zeros(3)}, "train_data must be a DataLoader"),
+    ({"start": "full"}, "start must be 'uniform' or 'dense', got 'full'"),
 ])
 def test_bad_options_are_one_line_errors(options, message):
     model = make_model("small_cnn")
@@ -150,3 +151,21 @@ def test_registered_by_name():
     assert get_pruner("harp") is HARPPruner
     from nni.compression.pruning import HARPPruner as exposed
     assert exposed is HARPPruner
+
+
+def test_the_reference_schedule_starts_dense_and_raises_gamma_by_its_step_each_stage_until_the_budget_is_met():
+    model = make_model("small_cnn")
+    x, y = dummy_input("small_cnn", batch=16), torch.arange(16) % 10
+    before = count_flops(copy.deepcopy(model), x[:1])
+    assert HARPPruner.REFERENCE == {"epochs": 20, "stages": 20, "gamma": 0.01, "start": "dense"}
+    options = {**HARPPruner.REFERENCE, "steps": 6, "stages": 6}  # six stages of one step: a short run
+    pruner = HARPPruner(model, CONFIG, train_data=(x, y), attack_steps=1, progress=False, **options)
+    _, masks = pruner.compress()
+    history = pruner.history["history"]
+    first = history[0]["rates"]
+    assert sum(first.values()) / len(first) > 0.9  # one step from every rate at 1.0
+    gammas = [row["gamma"] for row in history]
+    assert gammas[0] == 0.01 and all(b - a == pytest.approx(0.01) or b == a for a, b in zip(gammas, gammas[1:]))
+    pruner.unwrap_model()
+    speedup_model(model, masks, x[:1])
+    assert abs(1 - count_flops(model, x[:1]) / before - 0.6) <= 0.01  # the end meets the budget all the same

@@ -27,13 +27,17 @@ from .gates import ChannelGates, resource_loss
 __all__ = ["learn_allocation"]
 
 
-def _start(problem: BudgetProblem) -> ChannelGates:
-    """Gates at uniform ratios that meet the budget, channels ranked by L1 norm: the uniform-L1 pruned model, with
-    the next channel of each block 0.3 open (at a whole count the rate's gradient would read a closed channel)."""
+def _start(problem: BudgetProblem, start: str = "uniform") -> ChannelGates:
+    """Gates with channels ranked by L1 norm, at ``start``: 'uniform', the ratios that meet the budget uniformly
+    (the uniform-L1 pruned model, with the next channel of each block 0.3 open: at a whole count the rate's
+    gradient would read a closed channel), or 'dense', every rate 1.0 (HARP's reference code)."""
     model, units = problem.model, problem.units
-    uniform = problem.scale({u.name: 1.0 for u in units})
     modules = dict(model.named_modules())
-    keep = {u.name: min((u.per_block - uniform[u.name] + 0.3) / u.per_block, 1.0) for u in units}
+    if start == "dense":
+        keep = {u.name: 1.0 for u in units}
+    else:
+        uniform = problem.scale({u.name: 1.0 for u in units})
+        keep = {u.name: min((u.per_block - uniform[u.name] + 0.3) / u.per_block, 1.0) for u in units}
     scores = {u.name: torch.stack([channel_importance(modules[layer].weight, "l1") for layer in u.layers]).mean(0)
               for u in units}
     return ChannelGates(units, keep, scores).to(next(model.parameters()).device)
@@ -51,15 +55,17 @@ def _batches(data: Iterable) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
 
 def learn_allocation(problem: BudgetProblem, data: Iterable, trainer: Any, steps: int, *, gamma: float = 1.0,
                      stages: int = 4, lr: float = 0.01, seed: int = 0, progress: bool = True,
-                     checkpoint: Optional[Path] = None) -> Tuple[Allocation, Dict[str, torch.Tensor], dict]:
+                     checkpoint: Optional[Path] = None, start: str = "uniform"
+                     ) -> Tuple[Allocation, Dict[str, torch.Tensor], dict]:
     """(allocation, |score| per unit channel, history) after ``steps`` optimiser steps of HARP on ``data``."""
     model, units, cost, target, budget = problem.model, problem.units, problem.cost, problem.target, problem.budget
-    gates = _start(problem)
+    gates = _start(problem, start)
     optimizer = torch.optim.Adam(gates.parameters(), lr=lr)
     stage_length = max(1, math.ceil(steps / stages))
     state = {"step": 0, "gamma": float(gamma), "frozen": False, "history": []}
     fingerprint = {"units": [u.name for u in units], "steps": steps, "target": target, "budget": budget,
-                   "gamma": gamma, "stages": stages, "lr": lr, "seed": seed}
+                   "gamma": gamma, "stages": stages, "lr": lr, "seed": seed,
+                   **({"start": start} if start != "uniform" else {})}
     if checkpoint is not None and Path(checkpoint).is_file():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if saved.get("fingerprint") != fingerprint:

@@ -42,19 +42,26 @@ class HARPPruner(BudgetPruner):
     passes over it). ``trainer`` is the objective: an ``AdversarialTrainer`` or a method name ('pgd', 'trades',
     'mart', 'fast', 'natural') built with ``eps`` and ``attack_steps``. ``gamma`` is the resource term's initial
     weight and step of HARP's schedule over ``stages``; ``lr`` is Adam's on rates and scores. ``checkpoint`` (a
-    file) makes a killed run resume at its last stage. After ``compress()``, ``allocation`` holds the report
+    file) makes a killed run resume at its last stage. ``start`` is where the rates begin: 'uniform' (the ratios
+    that meet the budget uniformly, L1 channels) or 'dense' (every rate 1.0, as HARP's reference code);
+    ``HARPPruner.REFERENCE`` holds the reference's CIFAR/SVHN schedule (20 epochs, one gamma step of 0.01 per
+    epoch, from dense rates), to pass as ``**HARPPruner.REFERENCE``. After ``compress()``, ``allocation`` holds the report
     (its ``score`` column is each unit's learned keep rate) and ``history`` the schedule. With ``verify`` (default)
     ``compress()`` has removed the channels from a copy and checked it computes what the masked model does.
     """
+
+    REFERENCE = {"epochs": 20, "stages": 20, "gamma": 0.01, "start": "dense"}  # HARP's code: gamma_e = (e + 1) 0.01
 
     def __init__(self, model: nn.Module, config_list: List[Dict[str, Any]], evaluator: Any = None, *,
                  train_data: Any = None, trainer: Union[str, AdversarialTrainer] = "pgd", epochs: int = 1,
                  steps: Optional[int] = None, eps: Optional[float] = None, attack_steps: int = 10, gamma: float = 1.0,
                  stages: int = 4, lr: float = 0.01, budget: str = "flops", dummy_input: Any = None,
                  r_max: float = 0.9, tolerance: float = 0.01, seed: int = 0, progress: bool = True,
-                 checkpoint: Union[str, Path, None] = None, verify: bool = True,
+                 checkpoint: Union[str, Path, None] = None, verify: bool = True, start: str = "uniform",
                  existed_wrappers: Optional[Dict[str, Any]] = None):
         check_arguments(model, config_list, budget, 0.0, r_max, tolerance)
+        if start not in ("uniform", "dense"):
+            raise ValueError(f"start must be 'uniform' or 'dense', got {start!r}")
         if train_data is None:
             raise ValueError("HARPPruner learns its rates by training: pass train_data=DataLoader of (inputs, labels) "
                              "or an (x, y) pair")
@@ -76,7 +83,7 @@ class HARPPruner(BudgetPruner):
         self.trainer = trainer
         self.steps = steps if steps is not None else epochs * len(self.train_data)
         self.options = dict(gamma=float(gamma), stages=stages, lr=float(lr), seed=seed, progress=progress,
-                            checkpoint=Path(checkpoint) if checkpoint else None)
+                            checkpoint=Path(checkpoint) if checkpoint else None, start=start)
         self.history: dict = {}
         self._scores: Dict[str, torch.Tensor] = {}
 

@@ -27,9 +27,10 @@ from . import distributed
 from .trainer import AdversarialTrainer
 from ..checkpoint import atomic_json, atomic_save
 from ..evaluate import evaluate_robustness
+from .guard import CollapseGuard, TrainingCollapsedError, starting_point
 from .loop import SCHEDULES, scheduled_sgd, train_epoch
 
-__all__ = ["fit", "FitResult", "LAST", "BEST", "HISTORY"]
+__all__ = ["fit", "FitResult", "LAST", "BEST", "HISTORY", "TrainingCollapsedError"]
 
 LAST, BEST, HISTORY = "last.pt", "best.pt", "history.json"
 _BEFORE = {"ema": None, "lr_schedule": "cosine"}  # what checkpoints made before these settings existed used
@@ -82,7 +83,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoa
         seed: int = 0, device: Optional[torch.device | str] = None, val_steps: int = 10,
         val_samples: Optional[int] = None, restore_best: bool = True, progress: bool = True,
         log_every: int = 50, on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
-        ema: Optional[float] = None, lr_schedule: str = "cosine") -> FitResult:
+        ema: Optional[float] = None, lr_schedule: str = "cosine", collapse_retries: int = 2) -> FitResult:
     """Fine-tune ``model`` in place with ``trainer`` (default: PGD-10 at 8/255) for ``epochs``, SGD with the
     ``lr_schedule`` per step ('cosine' to 0, or 'onecycle': warm-up then cosine annealing; ``loop.scheduled_sgd``).
 
@@ -99,6 +100,10 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoa
     Validation, the best epoch and the weights left in ``model`` are the averaged ones; ``last.pt`` keeps both,
     so a resumed run continues the average exactly. An average over more steps than the run has (1 / (1 - ema)
     against epochs x batches) mostly remembers the starting weights: that gets a warning.
+
+    An epoch that ends at chance, from a model that started above it, is run again from the last good state at
+    half the learning rate, up to ``collapse_retries`` times (0: off), then ``TrainingCollapsedError``
+    (``train/guard.py``); the row of a retried epoch says ``collapse_retries`` and ``lr_scale``.
     """
     trainer = trainer or AdversarialTrainer()
     if not isinstance(epochs, int) or epochs < 1:
@@ -109,13 +114,15 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoa
         raise ValueError("resume=True needs checkpoint_dir (where last.pt is)")
     if lr_schedule not in SCHEDULES:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if not isinstance(collapse_retries, int) or collapse_retries < 0:
+        raise ValueError(f"collapse_retries must be an integer >= 0 (0: no collapse guard), got {collapse_retries!r}")
     if ema is not None and not (isinstance(ema, float) and 0 < ema < 1):
         raise ValueError(f"ema must be a decay in (0, 1), e.g. 0.999, got {ema!r}")
     ctx = distributed.init(device)
     try:
         return _fit(model, train_loader, val_loader, epochs, trainer, lr, momentum, weight_decay,
                     Path(checkpoint_dir) if checkpoint_dir is not None else None, resume, seed, ctx, val_steps,
-                    val_samples, restore_best, progress, log_every, on_epoch, ema, lr_schedule)
+                    val_samples, restore_best, progress, log_every, on_epoch, ema, lr_schedule, collapse_retries)
     finally:
         if ctx.started_here:
             torch.distributed.destroy_process_group()
@@ -126,7 +133,7 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
          resume: bool, seed: int, ctx: distributed.Context, val_steps: int, val_samples: Optional[int],
          restore_best: bool, progress: bool, log_every: int,
          on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None, ema: Optional[float] = None,
-         lr_schedule: str = "cosine") -> FitResult:
+         lr_schedule: str = "cosine", collapse_retries: int = 2) -> FitResult:
     torch.manual_seed(seed + ctx.rank)
     model.to(ctx.device)
     if trainer.channels_last:
@@ -155,23 +162,47 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
             best_state = torch.load(out / BEST, map_location=ctx.device, weights_only=True)["model"]
     net = distributed.wrap(model, ctx)
     main_progress = progress and ctx.is_main
+    guard = None
+    if collapse_retries and start < epochs:
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):  # RNG untouched
+            classes, baseline = starting_point(judged, next(iter(loader)), ctx.device)
+        guard = CollapseGuard(classes, checkpoint.get("baseline", baseline) if start else baseline, trainer.method,
+                              collapse_retries)
+        guard.save(model, optimizer, schedule, averaged, ctx)
 
     for epoch in range(start + 1, epochs + 1):
-        sampler.set_epoch(epoch)
-        began = time.perf_counter()
-        stats = train_epoch(net, loader, trainer.loss, optimizer, schedule, epoch=epoch, epochs=epochs,
-                            device=ctx.device, desc=f"fit {trainer.method}", progress=main_progress,
-                            log_every=log_every, prepare=trainer.prepare,
-                            pixels=trainer.space.pixels if trainer.attack_class is not None else None,
-                            after_step=(lambda: averaged.update_parameters(model)) if averaged is not None else None)
-        seconds = time.perf_counter() - began
-        distributed.sync_buffers(model, ctx)
-        loss_sum, samples = distributed.all_sum([stats.loss * stats.steps, stats.samples], ctx)
-        row: Dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(1, stats.steps * ctx.world_size),
-                               "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
-                               "samples_per_s": round(samples / seconds, 1)}
-        if val is not None:
-            row.update(_validate(judged, val, trainer, val_steps, seed, ctx))
+        for retry in range(collapse_retries + 1):
+            sampler.set_epoch(epoch)
+            began = time.perf_counter()
+            stats = train_epoch(net, loader, trainer.loss, optimizer, schedule, epoch=epoch, epochs=epochs,
+                                device=ctx.device, desc=f"fit {trainer.method}", progress=main_progress,
+                                log_every=log_every, prepare=trainer.prepare,
+                                pixels=trainer.space.pixels if trainer.attack_class is not None else None,
+                                after_step=None if averaged is None else lambda: averaged.update_parameters(model))
+            seconds = time.perf_counter() - began
+            distributed.sync_buffers(model, ctx)
+            loss_sum, samples = distributed.all_sum([stats.loss * stats.steps, stats.samples], ctx)
+            row: Dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(1, stats.steps * ctx.world_size),
+                                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+                                   "samples_per_s": round(samples / seconds, 1)}
+            if val is not None:
+                row.update(_validate(judged, val, trainer, val_steps, seed, ctx))
+            why = guard.collapsed(row) if guard is not None else None
+            if why is None:
+                break
+            if retry == collapse_retries:
+                guard.roll_back(model, optimizer, schedule, averaged, ctx, 1.0)
+                raise TrainingCollapsedError(f"fit: epoch {epoch} collapsed ({why}) {retry + 1} times, the last with "
+                                             f"the learning rate x {0.5 ** retry:g}; {out / LAST if out else 'model'} "
+                                             f"holds epoch {epoch - 1}: lower lr or use a multi-step method")
+            guard.roll_back(model, optimizer, schedule, averaged, ctx, 0.5 ** (retry + 1))
+            if ctx.is_main:
+                tqdm.write(f"fit: epoch {epoch} collapsed ({why}); back to epoch {epoch - 1}, learning rate x "
+                           f"{0.5 ** (retry + 1):g}")
+        if retry:
+            row.update(collapse_retries=retry, lr_scale=0.5 ** retry)
+        if guard is not None:
+            guard.save(model, optimizer, schedule, averaged, ctx)
         improved = val is None or result.best_robust_accuracy is None or row["pgd_acc"] > result.best_robust_accuracy
         if improved:
             result.best_epoch, result.best_robust_accuracy = epoch, row.get("pgd_acc")
@@ -185,7 +216,7 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
                          **({"ema": averaged.state_dict()} if averaged is not None else {}),
                          "schedule": schedule.state_dict(), "rng": rng, "history": result.history,
                          "best_epoch": result.best_epoch, "best_robust_accuracy": result.best_robust_accuracy,
-                         "config": config}, out / LAST)
+                         "config": config, **({"baseline": guard.baseline} if guard is not None else {})}, out / LAST)
             atomic_json(out / HISTORY, {"config": config, "history": result.history, "best_epoch": result.best_epoch})
         if ctx.is_main and on_epoch is not None:
             on_epoch(row)
