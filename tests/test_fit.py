@@ -217,7 +217,8 @@ def test_collapse_guard_rolls_back_halves_the_learning_rate_and_gives_up_in_one_
 
     data, natural = fragile_data(), AdversarialTrainer("natural")
     model = Fragile()
-    result = fit(model, data, data, 2, natural, lr=2.0, weight_decay=0, progress=False, checkpoint_dir=tmp_path / "a")
+    result = fit(model, data, data, 2, natural, lr=2.0, weight_decay=0, progress=False, checkpoint_dir=tmp_path / "a",
+                 collapse_retries=2)
     first = result.history[0]
     assert first["collapse_retries"] == 2 and first["lr_scale"] == 0.25 and first["clean_acc"] == 1.0
     assert "fit: epoch 1 collapsed (validation clean accuracy 25.0% at chance (25.0%)); back to epoch 0, learning " \
@@ -227,14 +228,15 @@ def test_collapse_guard_rolls_back_halves_the_learning_rate_and_gives_up_in_one_
 
     model, start = Fragile(), Fragile().state_dict()
     with pytest.raises(TrainingCollapsedError) as info:
-        fit(model, data, data, 2, natural, lr=4.0, weight_decay=0, progress=False, checkpoint_dir=tmp_path / "b")
+        fit(model, data, data, 2, natural, lr=4.0, weight_decay=0, progress=False, checkpoint_dir=tmp_path / "b",
+            collapse_retries=2)
     assert str(info.value) == (f"fit: epoch 1 collapsed (validation clean accuracy 25.0% at chance (25.0%)) 3 times, "
                                f"the last with the learning rate x 0.25; {tmp_path / 'b' / LAST} holds epoch 0: lower "
                                f"lr or use a multi-step method")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.items())  # the last good state
     unguarded = fit(Fragile(), data, data, 1, natural, lr=2.0, weight_decay=0, progress=False, collapse_retries=0)
     assert unguarded.history[0]["clean_acc"] == 0.25
-    at_chance = fit(Fragile(limit=0.1), data, None, 1, natural, lr=2.0, progress=False)  # dead from the start
+    at_chance = fit(Fragile(limit=0.1), data, None, 1, natural, lr=2.0, progress=False, collapse_retries=2)  # dead from the start
     assert "collapse_retries" not in at_chance.history[0]  # nothing to protect: the guard stays off
 
 

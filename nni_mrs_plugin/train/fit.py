@@ -83,7 +83,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoa
         seed: int = 0, device: Optional[torch.device | str] = None, val_steps: int = 10,
         val_samples: Optional[int] = None, restore_best: bool = True, progress: bool = True,
         log_every: int = 50, on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
-        ema: Optional[float] = None, lr_schedule: str = "cosine", collapse_retries: int = 2) -> FitResult:
+        ema: Optional[float] = None, lr_schedule: str = "cosine", collapse_retries: int = 0) -> FitResult:
     """Fine-tune ``model`` in place with ``trainer`` (default: PGD-10 at 8/255) for ``epochs``, SGD with the
     ``lr_schedule`` per step ('cosine' to 0, or 'onecycle': warm-up then cosine annealing; ``loop.scheduled_sgd``).
 
@@ -102,7 +102,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoa
     against epochs x batches) mostly remembers the starting weights: that gets a warning.
 
     An epoch that ends at chance, from a model that started above it, is run again from the last good state at
-    half the learning rate, up to ``collapse_retries`` times (0: off), then ``TrainingCollapsedError``
+    half the learning rate, up to ``collapse_retries`` times (default 0: off; 2 is the usual setting), then ``TrainingCollapsedError``
     (``train/guard.py``); the row of a retried epoch says ``collapse_retries`` and ``lr_scale``.
     """
     trainer = trainer or AdversarialTrainer()
@@ -133,7 +133,7 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
          resume: bool, seed: int, ctx: distributed.Context, val_steps: int, val_samples: Optional[int],
          restore_best: bool, progress: bool, log_every: int,
          on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None, ema: Optional[float] = None,
-         lr_schedule: str = "cosine", collapse_retries: int = 2) -> FitResult:
+         lr_schedule: str = "cosine", collapse_retries: int = 0) -> FitResult:
     torch.manual_seed(seed + ctx.rank)
     model.to(ctx.device)
     if trainer.channels_last:
