@@ -58,13 +58,15 @@ def test_a_new_budget_pruner_is_one_class_and_meets_the_budget_after_speedup(nam
 
 
 def test_the_job_builds_a_registered_budget_pruner_by_name(tmp_path, deep_first):
-    config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"pruner": "deep-first", "target": 0.6})
+    config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"pruner": "deep-first", "target": 0.6, "round_to": 8})
     state = Pipeline(config).run(until="speedup")["stages"]
     assert abs(state["prune"]["predicted_removed"] - 0.6) <= 0.01
     dense, pruned = state["pretrain"]["dense"]["flops"], state["speedup"]["pruned"]["flops"]
     assert abs(1 - pruned / dense - 0.6) <= 0.01
-    units = json.loads((tmp_path / "run" / "allocation.json").read_text())["units"]
-    assert all(row["score"] == row["mrs"] for row in units)  # the neutral name and the one old readers know
+    allocation = json.loads((tmp_path / "run" / "allocation.json").read_text())
+    assert all(row["score"] == row["mrs"] for row in allocation["units"])  # the neutral name, the one old readers know
+    assert allocation["round_to"] == 8  # pruning.round_to reached the pruner
+    assert all(row["channels_after"] % 8 == 0 for row in allocation["units"])
 
 
 def test_a_budget_pruner_s_own_option_comes_from_the_config(tmp_path):

@@ -66,6 +66,8 @@ def test_shipped_configs_load():
     ({"eval": {"split": "val"}}, "eval.split: must be 'test' or 'validation', got 'val'"),
     ({"data": {"validation": 0}}, "data.validation: must be >= 1 or null (none held out), got 0"),
     ({"pruning": {"adapt_bn": -5}}, "pruning.adapt_bn: must be >= 0 (images; 0: off), got -5"),
+    ({"pruning": {"round_to": 0}}, "pruning.round_to: round_to must be an integer >= 1 (pruned units keep a multiple "
+                                   "of it), got 0"),
     ({"eval": {"after_pruning": ["pgd0"]}}, "eval.after_pruning: unknown attack 'pgd0'"),
     ({"pretrain": {"method": "rslad"}}, "pretrain.teacher: pre-training with rslad needs a teacher model"),
     ({"finetune": {"teacher": "dense.pt"}}, "finetune.teacher: only rslad and ard distil from a teacher, not method "

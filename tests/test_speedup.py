@@ -289,6 +289,65 @@ def test_torchvision_models_meet_the_budget_and_removal_equals_masking(name, kwa
     assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-4
 
 
+ALIGNED = [("resnet18", None), ("vgg16_bn", None), ("mobilenet_v2", None), ("mobilevit_xxs", None),
+           ("resnet50", {}), ("mobilenet_v3_small", {}), ("regnet_x_400mf", {})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kwargs", ALIGNED, ids=[name for name, _ in ALIGNED])
+def test_round_to_keeps_a_multiple_of_n_channels_and_the_budget_after_removal(name, kwargs):
+    """Issue 31: with round_to=8 every layer the removal shrinks keeps a multiple of 8 output channels, on the
+    shipped models and on torchvision's (64-px inputs), and the sped-up model still loses 0.5 of its FLOPs within
+    ±1 point; MRSPruner, HARPPruner and the global L1 ranking each meet it on one of them."""
+    from nni_mrs_plugin import GlobalL1NormPruner, HARPPruner, MRSPruner
+    from nni_mrs_plugin.models import build_model
+
+    torch.manual_seed(0)
+    if kwargs is None:
+        model = make_model(name) if name in MODEL_SHAPES else build_model(name).eval()
+        x = dummy_input(name, 4) if name in MODEL_SHAPES else torch.rand(4, 3, 32, 32)
+    else:
+        model, x = _torchvision_model(name, kwargs), torch.rand(4, 3, 64, 64)
+    y, select = torch.arange(4), [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}]
+    dense_flops = count_flops(model, x[:1])
+    dense = {layer: m.weight.shape[0] for layer, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    if name in ("vgg16_bn", "resnet50"):
+        pruner = GlobalL1NormPruner(model, select, dummy_input=x[:1], round_to=8)
+    elif name == "mobilenet_v2":
+        pruner = HARPPruner(model, select, train_data=(x, y), eps=0.03, attack_steps=1, steps=2, stages=2,
+                            progress=False, round_to=8)
+    else:
+        pruner = MRSPruner(model, select, calibration=(x, y), n_samples=4, progress=False, round_to=8)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    speedup_model(model, masks, x[:2])
+    assert abs(1 - count_flops(model, x[:1]) / dense_flops - 0.5) <= 0.01
+    after = {layer: m.weight.shape[0] for layer, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    shrunk = {layer: (dense[layer], after[layer]) for layer in dense if after[layer] != dense[layer]}
+    assert shrunk and all(kept % 8 == 0 for _, kept in shrunk.values()), shrunk
+    assert pruner.allocation.round_to == 8
+    assert all(row.channels_after % 8 == 0 for row in pruner.allocation.report
+               if row.channels_after != row.channels_before)
+
+
+def test_round_to_leaves_a_unit_with_no_smaller_multiple_whole_and_says_so():
+    """A unit of 8 channels at round_to=8 cannot be pruned: it is skipped with the reason, the rest meets the
+    target; round_to=1 on the same model prunes it (the alignment, not the model, left it whole)."""
+    from nni_mrs_plugin import BudgetProblem
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 100, 3), nn.ReLU(), nn.Conv2d(100, 36, 3),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(36 * 4 * 4, 10))
+    x, select = torch.rand(1, 3, 10, 10), [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.4}]
+    problem = BudgetProblem.build(model, select, x, round_to=8)
+    assert "round_to=8 allows no smaller multiple of 8 than its 8 channels" in problem.skipped["0"]
+    assert [unit.name for unit in problem.units] == ["2", "4"]
+    assert problem.units[1].allowed[:3] == (0, 4, 12)  # 36 channels: keep 32, 24, ... (r_max 0.9: at least 8)
+    counts = problem.allocation(problem.scale({unit.name: 1.0 for unit in problem.units}))
+    assert abs(counts.achieved - 0.4) <= 0.01 and counts.round_to == 8
+    assert all(row.channels_after % 8 == 0 for row in counts.report if row.channels_after != row.channels_before)
+    assert "0" in {unit.name for unit in BudgetProblem.build(model, select, x).units}
+
+
 class _Flows(nn.Module):
     """``a`` reaches the next conv through ops removal follows (BN, upsample, flatten into a Linear); ``b`` through
     a chunk, ``c`` through a channel shuffle's view and transpose."""

@@ -99,14 +99,17 @@ def global_l1_allocation(problem: BudgetProblem) -> Allocation:
 
 
 def baseline_masks(model: nn.Module, config_list: List[Dict[str, Any]], dummy_input: Any, pruner_cls: type,
-                   budget: str = "flops", r_max: float = 0.9, **pruner_kwargs) -> Tuple[Allocation, Masks]:
-    """(allocation, NNI masks) of a pruner at the budget the config_list's ``sparse_ratio`` asks for."""
+                   budget: str = "flops", r_max: float = 0.9, round_to: int = 1,
+                   **pruner_kwargs) -> Tuple[Allocation, Masks]:
+    """(allocation, NNI masks) of a pruner at the budget the config_list's ``sparse_ratio`` asks for, every pruned
+    unit keeping a multiple of ``round_to`` channels."""
     if isinstance(pruner_cls, type) and issubclass(pruner_cls, BudgetPruner):
-        pruner = pruner_cls(model, config_list, dummy_input=dummy_input, budget=budget, r_max=r_max, **pruner_kwargs)
+        pruner = pruner_cls(model, config_list, dummy_input=dummy_input, budget=budget, r_max=r_max,
+                            round_to=round_to, **pruner_kwargs)
         _, masks = pruner.compress()
         pruner.unwrap_model()
         return pruner.allocation, masks
-    problem = BudgetProblem.build(model, config_list, dummy_input, budget, 0.0, r_max)
+    problem = BudgetProblem.build(model, config_list, dummy_input, budget, 0.0, r_max, round_to=round_to)
     scores = {unit.name: 1.0 for unit in problem.units}
     allocation = problem.allocation(problem.scale(scores), scores)
     return allocation, compute_masks(model, allocation.config_list, pruner_cls, **pruner_kwargs)

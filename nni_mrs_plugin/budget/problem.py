@@ -4,7 +4,7 @@ ratios removes and one way to meet the target from rough ratios.
 
 Ratios are per-unit fractions of channels to prune; counts are channels pruned per block (what NNI prunes). A rule
 may return any ratios: ``meet`` scales them by one factor c (r_u = clip(c * w_u, bounds), c found by bisection on
-the cost model), then moves single channels until the removed fraction is within the tolerance of the target.
+the cost model), then moves single steps (a channel, or ``round_to`` channels) until the removed fraction is within the tolerance of the target.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from torch import nn
 
 from .cost import BUDGETS, CostModel
 from .report import Allocation, UnitReport
-from .units import Unit, find_units, parse_config_list
+from .selection import parse_config_list
+from .units import Unit, check_round_to, find_units
 
 __all__ = ["BudgetProblem", "check_budget", "check_bounds", "check_target", "check_tolerance", "refine"]
 
@@ -59,6 +60,10 @@ class BudgetProblem:
     graph_module: Optional[torch.fx.GraphModule] = None
     dummy_input: Any = None
 
+    @property
+    def round_to(self) -> int:
+        return max((unit.round_to for unit in self.units), default=1)
+
     def __post_init__(self):
         check_target(self.target, self.budget)
         check_tolerance(self.tolerance)
@@ -66,13 +71,15 @@ class BudgetProblem:
 
     @classmethod
     def build(cls, model: nn.Module, config_list: Sequence[Dict[str, Any]], dummy_input: Any, budget: str = "flops",
-              r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01) -> "BudgetProblem":
+              r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01, round_to: int = 1) -> "BudgetProblem":
         """The problem an NNI config_list poses: its ``sparse_ratio`` is the global fraction of ``budget`` to
-        remove, ``min/max_sparse_ratio`` bound layers, ``r_min``/``r_max`` bound the rest."""
+        remove, ``min/max_sparse_ratio`` bound layers, ``r_min``/``r_max`` bound the rest; every pruned unit
+        keeps a multiple of ``round_to`` channels."""
         check_bounds(r_min, r_max)
         check_budget(budget)
+        check_round_to(round_to)
         selection = parse_config_list(model, config_list)
-        units, skipped, graph_module = find_units(model, selection, dummy_input, r_min, r_max)
+        units, skipped, graph_module = find_units(model, selection, dummy_input, r_min, r_max, round_to=round_to)
         cost = CostModel(model, graph_module, units, dummy_input)
         return cls(units, cost, selection.target, budget, tolerance, skipped, model, graph_module, dummy_input)
 
@@ -88,8 +95,7 @@ class BudgetProblem:
             ratio = float(ratios.get(unit.name, 0.0))
             if not math.isfinite(ratio):
                 raise ValueError(f"ratio of unit {unit.name!r} must be a finite number, got {ratio}")
-            count = math.floor(unit.per_block * min(max(ratio, 0.0), 1.0) + 1e-9)
-            out[unit.name] = min(max(count, unit.min_pruned_per_block()), unit.max_pruned_per_block())
+            out[unit.name] = unit.snap(math.floor(unit.per_block * min(max(ratio, 0.0), 1.0) + 1e-9))
         return out
 
     def removed_counts(self, pruned: Mapping[str, int]) -> float:
@@ -146,10 +152,20 @@ class BudgetProblem:
         """``refine`` on this problem: single-channel moves into the tolerance, largest weight pruned first."""
         return refine(self.units, weights, pruned, self.removed_counts, self.target, self.tolerance)
 
+    def align(self, pruned: Mapping[str, int]) -> Dict[str, int]:
+        """Counts a rule chose, each moved to an allowed one (a multiple of ``round_to`` kept, within bounds) and
+        refined back into the tolerance, the units the rule pruned most giving first."""
+        if all(pruned[u.name] in u.allowed for u in self.units):
+            return dict(pruned)
+        nearest = {u.name: min(u.allowed, key=lambda p: (abs(p - pruned[u.name]), p)) for u in self.units}
+        weights = {u.name: pruned[u.name] / u.per_block + 1e-6 for u in self.units}
+        return self.refine(nearest, weights)
+
     def allocation(self, pruned: Mapping[str, int], scores: Optional[Mapping[str, float]] = None,
                    rule: str = "power") -> Allocation:
-        """The ``Allocation`` for per-unit counts: one NNI config_list entry (``op_names``, ``sparse_ratio``,
-        ``dependency_group_id``) and one report row per unit (``scores``, default the ratio)."""
+        """The ``Allocation`` for per-unit counts (``align``ed): one NNI config_list entry (``op_names``,
+        ``sparse_ratio``, ``dependency_group_id``) and one report row per unit (``scores``, default the ratio)."""
+        pruned = self.align(pruned)
         kept = {unit.name: unit.kept(pruned[unit.name]) for unit in self.units}
         shares = self.cost.unit_share(self.budget)
         config_list: List[dict] = []
@@ -164,11 +180,11 @@ class BudgetProblem:
             rows.append(UnitReport(unit.name, list(unit.layers), float(scores[unit.name]) if scores else ratio,
                                    ratio, unit.channels, kept[unit.name], shares[unit.name]))
         return Allocation(config_list, rows, self.target, self.cost.removed_fraction(kept, self.budget), self.budget,
-                          dict(self.skipped), rule=rule)
+                          dict(self.skipped), rule=rule, round_to=self.round_to)
 
 
 def refine(units, weights, pruned, removed, target, tolerance) -> Dict[str, int]:
-    """Move single channels until the removed fraction is within tolerance: prune more from the units with the
+    """Move single steps (to a unit's next allowed count) until the removed fraction is within tolerance: prune more from the units with the
     largest weight first, give back to the smallest first. Where single channels are too coarse (one channel of a
     small early conv can be worth 10% of a model's FLOPs), trade channels between two units; if the target still
     cannot be met, a ValueError names the nearest reachable fractions."""
@@ -206,8 +222,9 @@ def refine(units, weights, pruned, removed, target, tolerance) -> Dict[str, int]
 
 
 def _moved(pruned: Mapping[str, int], unit: Unit, step: int) -> Optional[Dict[str, int]]:
-    count = pruned[unit.name] + step
-    if not unit.min_pruned_per_block() <= count <= unit.max_pruned_per_block():
+    """One allowed count more (step 1) or fewer (-1) in ``unit``; None at its bound."""
+    count = unit.shift(pruned[unit.name], step)
+    if count == pruned[unit.name]:
         return None
     return dict(pruned, **{unit.name: count})
 
@@ -229,8 +246,7 @@ def _best_trade(units, pruned, removed, target, seen) -> Optional[Dict[str, int]
                 delta = removed(one) - base if one is not None else 0.0
                 if delta == 0.0:
                     continue
-                count = moved[fine.name] + direction * max(1, round((target - base) / delta))
-                count = min(max(count, fine.min_pruned_per_block()), fine.max_pruned_per_block())
+                count = fine.shift(moved[fine.name], direction * max(1, round((target - base) / delta)))
                 trial = dict(moved, **{fine.name: count})
                 value = removed(trial)
                 seen[value] = None

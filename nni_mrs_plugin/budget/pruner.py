@@ -22,7 +22,8 @@ from nni.compression.pruning.tools import active_sparse_targets_filter, fpgm_met
 from ..host.speedup import mask_like_removal, speedup_model
 from .problem import BudgetProblem, check_bounds, check_budget, check_tolerance
 from .report import Allocation
-from .units import Selection, normalize_config, parse_config_list
+from .selection import Selection, normalize_config, parse_config_list
+from .units import check_round_to
 
 __all__ = ["BudgetPruner", "PruningContext", "check_arguments", "apply_allocation", "unwrapped", "compress_or_unwrap",
            "verify_removal"]
@@ -99,12 +100,13 @@ def apply_allocation(target_spaces: Dict[str, Dict[str, Any]], allocation: Optio
 
 
 def check_arguments(model: nn.Module, config_list: List[Dict[str, Any]], budget: str = "flops", r_min: float = 0.0,
-                    r_max: float = 0.9, tolerance: float = 0.01) -> Selection:
+                    r_max: float = 0.9, tolerance: float = 0.01, round_to: int = 1) -> Selection:
     """A budget pruner's arguments checked, one line naming the bad value, before NNI wraps the model (a subclass
     that checks its own options first calls this before them)."""
     check_budget(budget)
     check_bounds(r_min, r_max)
     check_tolerance(tolerance)
+    check_round_to(round_to)
     return parse_config_list(model, config_list)  # a clear error now, not NNI's schema traceback later
 
 
@@ -129,7 +131,9 @@ class BudgetPruner(Pruner):
     ``config_list`` is NNI's: op selection and exclusions, ``min_sparse_ratio``/``max_sparse_ratio`` bounds, and
     ``sparse_ratio`` as the global fraction of ``budget`` ('flops', 'params' or 'channels') to remove.
     ``dummy_input`` (else the evaluator's, else ``default_dummy_input()``) traces the model and measures the budget.
-    Each unit keeps at least 1 - ``r_max`` of its channels; the target is met to ``tolerance``. Inside each unit
+    Each unit keeps at least 1 - ``r_max`` of its channels; the target is met to ``tolerance``. With ``round_to``
+    N > 1 every pruned unit keeps a multiple of N channels (a unit that cannot is left whole; the allocation's
+    ``skipped`` says so), the channel counts hardware blocks run fastest. Inside each unit
     the channels go by ``criterion`` ('l1', 'l2', 'fpgm'; a subclass may rank them itself in ``channel_data``).
     After ``compress()``, ``allocation`` holds the per-unit report and ``problem`` the problem it solved.
     """
@@ -138,12 +142,13 @@ class BudgetPruner(Pruner):
 
     def __init__(self, model: nn.Module, config_list: List[Dict[str, Any]], evaluator: Any = None, *,
                  dummy_input: Any = None, budget: str = "flops", r_min: float = 0.0, r_max: float = 0.9,
-                 tolerance: float = 0.01, verify: bool = True, existed_wrappers: Optional[Dict[str, Any]] = None):
-        selection = check_arguments(model, config_list, budget, r_min, r_max, tolerance)
+                 tolerance: float = 0.01, round_to: int = 1, verify: bool = True,
+                 existed_wrappers: Optional[Dict[str, Any]] = None):
+        selection = check_arguments(model, config_list, budget, r_min, r_max, tolerance, round_to)
         super().__init__(model, [normalize_config(config) for config in config_list], evaluator, existed_wrappers)
         self.goal = selection.target
         self.dummy_input, self.budget, self.r_min, self.r_max = dummy_input, budget, r_min, r_max
-        self.tolerance, self.verify, self.measured_input = tolerance, verify, None
+        self.tolerance, self.round_to, self.verify, self.measured_input = tolerance, round_to, verify, None
         self.problem: Optional[BudgetProblem] = None
         self.allocation: Optional[Allocation] = None
 
@@ -183,7 +188,7 @@ class BudgetPruner(Pruner):
         with unwrapped(self) as model:
             self.measured_input = dummy = self.resolve_dummy_input(model)
             self.problem = BudgetProblem.build(model, self.config_list, dummy, self.budget, self.r_min, self.r_max,
-                                               self.tolerance)
+                                               self.tolerance, self.round_to)
             result = self.allocate(self.problem)
         if not isinstance(result, Allocation):
             ratios = dict(result)

@@ -41,11 +41,13 @@ class Allocation:
     curves: Dict[str, List[float]] = field(default_factory=dict)  # unit -> Delta L at ``ratios`` (budget rule)
     ratios: List[float] = field(default_factory=list)
     measured: bool = True  # False: the score column holds placeholders (uniform ratios), not measurements
+    round_to: int = 1  # every pruned unit keeps a multiple of this many channels
 
     def as_dict(self) -> dict:
         units = [dict(asdict(row), mrs=row.score) for row in self.report]  # "mrs": the key old readers know
         out = {"target": self.target, "achieved": self.achieved, "budget": self.budget, "skipped": self.skipped,
-               "rule": self.rule, "units": units, "config_list": self.config_list, "measured": self.measured}
+               "rule": self.rule, "units": units, "config_list": self.config_list, "measured": self.measured,
+               "round_to": self.round_to}
         if self.curves:
             out.update(curves=self.curves, ratios=self.ratios)
         return out

@@ -8,22 +8,21 @@ the model's output (the classifier) are never pruned: removing their channels wo
 """
 from __future__ import annotations
 
-import copy
+import bisect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..host.graph import new_users
-from ..host.speedup import ZERO_KEEPING_CALLS, ZERO_KEEPING_MODULES, check_op_names, group_dependencies, trace
+from ..host.speedup import ZERO_KEEPING_CALLS, ZERO_KEEPING_MODULES, group_dependencies, trace
+from .selection import PRUNABLE_TYPES, Selection
 
-__all__ = ["Unit", "Selection", "PRUNABLE_TYPES", "parse_config_list", "normalize_config", "find_units", "output_layers",
-           "unfollowable"]
+__all__ = ["Unit", "PRUNABLE_TYPES", "find_units", "output_layers", "unfollowable", "check_round_to"]
 
-PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_RATIO_KEYS = ("sparse_ratio", "min_sparse_ratio", "max_sparse_ratio")
 # what a unit's output channels may pass through on their way to the next Conv/Linear, so that removing a channel
 # removes exactly it downstream: per-channel maps, pooling, adds, channel concatenation, flatten into a Linear
 _FOLLOWED_MODULES = ZERO_KEEPING_MODULES + (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Sigmoid,
@@ -38,7 +37,8 @@ _RESHAPES = {"view", "reshape", "flatten", "unflatten"}
 
 @dataclass(frozen=True)
 class Unit:
-    """Layers pruned together: same output channels removed from each, chosen by one fused importance."""
+    """Layers pruned together: same output channels removed from each, chosen by one fused importance. A pruned
+    unit keeps a multiple of ``round_to`` channels (hardware runs aligned channel counts faster)."""
 
     name: str
     layers: Tuple[str, ...]
@@ -46,17 +46,37 @@ class Unit:
     block: int = 1
     min_ratio: float = 0.0
     max_ratio: float = 0.9
+    round_to: int = 1
 
     @property
     def per_block(self) -> int:
         return self.channels // self.block
 
+    @cached_property
+    def allowed(self) -> Tuple[int, ...]:
+        """The per-block prune counts this unit may take, ascending: within its bounds, always keeping one
+        channel per block, and (but for 0) keeping a multiple of ``round_to`` channels. Empty when the bounds
+        force pruning that no aligned count satisfies."""
+        high = min(self.per_block - 1, math.floor(self.per_block * self.max_ratio + 1e-9))
+        low = min(high, math.ceil(self.per_block * self.min_ratio - 1e-9))
+        return tuple(p for p in range(low, high + 1) if p == 0 or self.kept(p) % self.round_to == 0)
+
     def max_pruned_per_block(self) -> int:
-        """Largest per-block prune count the bounds allow, always keeping one channel per block."""
-        return min(self.per_block - 1, math.floor(self.per_block * self.max_ratio + 1e-9))
+        """Largest per-block prune count allowed."""
+        return self.allowed[-1]
 
     def min_pruned_per_block(self) -> int:
-        return min(self.max_pruned_per_block(), math.ceil(self.per_block * self.min_ratio - 1e-9))
+        return self.allowed[0]
+
+    def snap(self, count: int) -> int:
+        """The largest allowed count not above ``count`` (the smallest allowed one if none is)."""
+        index = bisect.bisect_right(self.allowed, count) - 1
+        return self.allowed[max(index, 0)]
+
+    def shift(self, count: int, steps: int) -> int:
+        """The allowed count ``steps`` positions away from ``count`` (snapped first), clipped to the allowed."""
+        index = bisect.bisect_right(self.allowed, count) - 1
+        return self.allowed[min(max(index + steps, 0), len(self.allowed) - 1)]
 
     def kept(self, pruned_per_block: int) -> int:
         return (self.per_block - pruned_per_block) * self.block
@@ -72,84 +92,6 @@ class Unit:
         while int(self.per_block * ratio) < pruned_per_block:
             ratio = math.nextafter(ratio, 1.0)
         return ratio
-
-
-@dataclass
-class Selection:
-    """What a config_list asks for: the global target, per-layer bounds, and the layers it selects."""
-
-    target: float
-    layers: List[str]
-    bounds: Dict[str, Tuple[Optional[float], Optional[float]]] = field(default_factory=dict)
-
-
-def _check_ratio(value: Any, key: str, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{key} must be a number, got {value!r}")
-    value = float(value)
-    if low_open and not 0.0 < value < 1.0:
-        raise ValueError(f"{key} must be in (0, 1) (the fraction of the budget to remove), got {value}")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{key} must be in [0, 1], got {value}")
-    return value
-
-
-def normalize_config(config: Dict[str, Any]) -> Dict[str, Any]:
-    """NNI's schema wants float ratios; ``0`` and ``1`` as ints are what users write."""
-    return {key: float(value) if key in _RATIO_KEYS and isinstance(value, int) and not isinstance(value, bool)
-            else value for key, value in config.items()}
-
-
-def parse_config_list(model: nn.Module, config_list: Sequence[Dict[str, Any]]) -> Selection:
-    """Validate an NNI config_list and read the global target (``sparse_ratio``) and per-layer bounds.
-
-    NNI's semantics: each entry selects layers by ``op_*`` keys minus ``exclude_op_*``; a layer's setting comes
-    from the last entry that selects it. All entries carrying ``sparse_ratio`` must agree: it is the global
-    fraction of the budget to remove, not a per-layer ratio.
-    """
-    from nni.compression.base.config import default_config_schema, select_modules_by_config
-
-    if isinstance(config_list, dict) or not isinstance(config_list, Sequence) or not config_list:
-        raise ValueError(f"config_list must be a non-empty list of dicts, got {config_list!r}")
-    schema = default_config_schema("pruning")
-    modules = dict(model.named_modules())
-    targets, settings = set(), {}
-    for index, config in enumerate(config_list):
-        if not isinstance(config, dict):
-            raise ValueError(f"config_list[{index}] must be a dict, got {config!r}")
-        if "sparse_ratio" in config:
-            targets.add(_check_ratio(config["sparse_ratio"], "sparse_ratio", low_open=True))
-        config = normalize_config(config)
-        try:
-            schema.validate(copy.deepcopy(config))
-        except Exception as err:
-            raise ValueError(f"config_list[{index}] = {config} is not a valid NNI pruning config: {err}") from None
-        if "sparse_threshold" in config or "global_group_id" in config:
-            raise ValueError(f"config_list[{index}]: sparse_threshold/global_group_id are set by the MRS allocator; "
-                             f"give the global target as sparse_ratio")
-        low = config.get("min_sparse_ratio")
-        high = config.get("max_sparse_ratio")
-        low = None if low is None else _check_ratio(low, "min_sparse_ratio")
-        high = None if high is None else _check_ratio(high, "max_sparse_ratio")
-        if low is not None and high is not None and low > high:
-            raise ValueError(f"config_list[{index}]: min_sparse_ratio {low} > max_sparse_ratio {high}")
-        check_op_names(model, config, index)
-        selected, _, _ = select_modules_by_config(model, config)
-        for name in selected:
-            settings[name] = (low, high)
-    if not targets:
-        raise ValueError("config_list gives no sparse_ratio: set it to the fraction of the budget to remove, e.g. 0.5")
-    if len(targets) > 1:
-        raise ValueError(f"config_list entries give different sparse_ratio values {sorted(targets)}: MRS allocates "
-                         f"one global target; give it once and bound layers with min/max_sparse_ratio")
-    wrong = {name: type(modules[name]).__name__ for name in settings if not isinstance(modules[name], PRUNABLE_TYPES)}
-    if wrong:
-        raise ValueError(f"config_list selects layers that channel pruning cannot handle: {wrong}; allowed types are "
-                         f"{', '.join(t.__name__ for t in PRUNABLE_TYPES)} (use op_types=['Conv2d', 'Linear'])")
-    if not settings:
-        raise ValueError(f"config_list {list(config_list)} selects no layer of {type(model).__name__}")
-    order = [name for name, _ in model.named_modules() if name in settings]
-    return Selection(target=targets.pop(), layers=order, bounds=settings)
 
 
 def output_layers(graph_module: torch.fx.GraphModule) -> List[str]:
@@ -230,12 +172,19 @@ def unfollowable(graph_module: torch.fx.GraphModule, layers: Sequence[str]) -> s
     return ""
 
 
+def check_round_to(round_to: Any) -> None:
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be an integer >= 1 (pruned units keep a multiple of it), got {round_to!r}")
+
+
 def find_units(model: nn.Module, selection: Selection, dummy_input: Any, r_min: float = 0.0, r_max: float = 0.9,
-               graph_module: Optional[torch.fx.GraphModule] = None
+               graph_module: Optional[torch.fx.GraphModule] = None, round_to: int = 1
                ) -> Tuple[List[Unit], Dict[str, str], torch.fx.GraphModule]:
-    """Group the selected layers into units; returns (units, {skipped layer: reason}, traced graph)."""
+    """Group the selected layers into units; returns (units, {skipped layer: reason}, traced graph). With
+    ``round_to`` > 1 a unit that cannot keep a smaller multiple of it within its bounds is left whole (skipped)."""
     if not 0.0 <= r_min <= r_max < 1.0:
         raise ValueError(f"need 0 <= r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
+    check_round_to(round_to)
     graph_module = graph_module if graph_module is not None else trace(model, dummy_input)
     modules = dict(model.named_modules())
     every_layer = [name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
@@ -277,8 +226,16 @@ def find_units(model: nn.Module, selection: Selection, dummy_input: Any, r_min: 
                              f"min_sparse_ratio {low} > max_sparse_ratio {high}")
         first = modules[layers[0]]
         channels = first.out_features if isinstance(first, nn.Linear) else first.out_channels
-        units.append(Unit(name=layers[0], layers=tuple(layers), channels=channels, block=blocks[key],
-                          min_ratio=low, max_ratio=min(high, 1.0)))
+        unit = Unit(name=layers[0], layers=tuple(layers), channels=channels, block=blocks[key], min_ratio=low,
+                    max_ratio=min(high, 1.0), round_to=round_to)
+        if not unit.allowed:
+            raise ValueError(f"layers {layers} ({channels} channels) cannot be pruned by min_sparse_ratio {low} to a "
+                             f"multiple of round_to={round_to} within max_sparse_ratio {high}")
+        if round_to > 1 and unit.allowed == (0,):
+            skipped.update({name: f"left whole: round_to={round_to} allows no smaller multiple of {round_to} than its "
+                                  f"{channels} channels within its bounds" for name in chosen})
+            continue
+        units.append(unit)
     units.sort(key=lambda unit: order[unit.layers[0]])
     if not units:
         raise ValueError(f"nothing left to prune in {type(model).__name__}: {skipped}")

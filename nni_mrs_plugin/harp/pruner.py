@@ -58,8 +58,8 @@ class HARPPruner(BudgetPruner):
                  stages: int = 4, lr: float = 0.01, budget: str = "flops", dummy_input: Any = None,
                  r_max: float = 0.9, tolerance: float = 0.01, seed: int = 0, progress: bool = True,
                  checkpoint: Union[str, Path, None] = None, verify: bool = True, start: str = "uniform",
-                 existed_wrappers: Optional[Dict[str, Any]] = None):
-        check_arguments(model, config_list, budget, 0.0, r_max, tolerance)
+                 round_to: int = 1, existed_wrappers: Optional[Dict[str, Any]] = None):
+        check_arguments(model, config_list, budget, 0.0, r_max, tolerance, round_to)
         if start not in ("uniform", "dense"):
             raise ValueError(f"start must be 'uniform' or 'dense', got {start!r}")
         if train_data is None:
@@ -79,7 +79,7 @@ class HARPPruner(BudgetPruner):
         elif not isinstance(trainer, AdversarialTrainer):
             raise ValueError(f"trainer must be an AdversarialTrainer or a method name, got {type(trainer).__name__}")
         super().__init__(model, config_list, evaluator, dummy_input=dummy_input, budget=budget, r_max=r_max,
-                         tolerance=tolerance, verify=verify, existed_wrappers=existed_wrappers)
+                         tolerance=tolerance, round_to=round_to, verify=verify, existed_wrappers=existed_wrappers)
         self.trainer = trainer
         self.steps = steps if steps is not None else epochs * len(self.train_data)
         self.options = dict(gamma=float(gamma), stages=stages, lr=float(lr), seed=seed, progress=progress,

@@ -125,7 +125,7 @@ def check_pruner(config: Any) -> None:
     context = pruning_context(config, (x, torch.zeros(2, dtype=torch.long)))
     keywords = pruner_keywords(config, model, context, x)
     budget_pruner = isinstance(cls, type) and issubclass(cls, BudgetPruner)
-    fixed = dict(dummy_input=x, budget=cfg.budget, r_max=cfg.r_max) if budget_pruner else {}
+    fixed = dict(dummy_input=x, budget=cfg.budget, r_max=cfg.r_max, round_to=cfg.round_to) if budget_pruner else {}
     try:
         inspect.signature(cls).bind(model, config_list(config), **fixed, **keywords)
     except TypeError as err:

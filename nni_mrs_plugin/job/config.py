@@ -103,6 +103,7 @@ ADDED_KEYS: Dict[Tuple[str, str], Any] = {("data", "normalization"): None, ("mod
                                           ("pretrain", "ema"): None, ("finetune", "ema"): None,
                                           ("pretrain", "schedule"): "cosine", ("finetune", "schedule"): "cosine",
                                           ("data", "validation"): None, ("pruning", "adapt_bn"): 0,
+                                          ("pruning", "round_to"): 1,
                                           ("eval", "split"): "test", ("eval", "after_pruning"): []}
 
 
@@ -115,6 +116,7 @@ class PruningSection:
     op_types: List[str] = field(default_factory=lambda: ["Conv2d", "Linear"])
     exclude: List[str] = field(default_factory=list)
     adapt_bn: int = 0  # training images BatchNorm statistics are re-estimated on after the removal (0: none)
+    round_to: int = 1  # every pruned unit keeps a multiple of this many channels (8 or 16 suit hardware blocks)
     options: Dict[str, Any] = field(default_factory=dict)  # the pruner's own constructor keywords, as they are
     MOVED: ClassVar[Dict[str, str]] = {name: f"options.{name}" for name in FLAT}  # where an old key lives now
 
@@ -124,6 +126,7 @@ class PruningSection:
 
     def check(self, key: str) -> None:
         from ..budget.problem import check_bounds, check_budget
+        from ..budget.units import check_round_to
         from ..host.registry import available_pruners
 
         require(self.pruner in available_pruners(), f"{key}.pruner",
@@ -134,6 +137,7 @@ class PruningSection:
         require(self.adapt_bn >= 0, f"{key}.adapt_bn", "must be >= 0 (images; 0: off)", self.adapt_bn)
         constructor_checks(key, self, lambda: check_budget(self.budget), "budget")
         constructor_checks(key, self, lambda: check_bounds(0.0, self.r_max), "r_max")
+        constructor_checks(key, self, lambda: check_round_to(self.round_to), "round_to")
 
 
 @dataclass

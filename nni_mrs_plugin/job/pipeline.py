@@ -185,8 +185,8 @@ class Pipeline:
         context = build.pruning_context(self.config, self.loaders[0], self.dir / "prune-harp.pt",
                                         self._teacher(self.config.finetune))
         allocation, masks = baseline_masks(model, build.config_list(self.config), dummy, get_pruner(cfg.pruner),
-                                           cfg.budget, cfg.r_max, **build.pruner_keywords(self.config, model, context,
-                                                                                          dummy))
+                                           cfg.budget, cfg.r_max, cfg.round_to,
+                                           **build.pruner_keywords(self.config, model, context, dummy))
         atomic_save({k: {t: m.cpu() for t, m in v.items() if m is not None} for k, v in masks.items()},
                     self.dir / "masks.pt")
         atomic_json(self.dir / "allocation.json", allocation.as_dict())
@@ -199,8 +199,8 @@ class Pipeline:
 
         cfg = self.config.pruning
         model = build_model(self.config.model.name, **self.model_kwargs)
-        BudgetProblem.build(model, build.config_list(self.config), self.dummy, cfg.budget, 0.0,
-                            cfg.r_max).check_reachable()
+        BudgetProblem.build(model, build.config_list(self.config), self.dummy, cfg.budget, 0.0, cfg.r_max,
+                            round_to=cfg.round_to).check_reachable()
 
     def speedup(self) -> Dict[str, Any]:
         from ..host.speedup import recalibrate_batchnorm, speedup_model

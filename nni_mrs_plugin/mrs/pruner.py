@@ -48,7 +48,7 @@ class MRSPruner(BudgetPruner):
                  calibration: Any = None, attack: Any = None, estimator: Any = None, criterion: str = "taylor",
                  budget: str = "flops", tau: Optional[float] = None, rule: Any = "power", dummy_input: Any = None,
                  training_steps: int = 10, r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01,
-                 verify: bool = True, existed_wrappers: Optional[Dict[str, Any]] = None, **allocator_options: Any):
+                 round_to: int = 1, verify: bool = True, existed_wrappers: Optional[Dict[str, Any]] = None, **allocator_options: Any):
         self.allocator = MRSSparsityAllocator(estimator, budget, tau, rule=rule, criterion=criterion, attack=attack,
                                               r_min=r_min, r_max=r_max, tolerance=tolerance, **allocator_options)
         if calibration is None and evaluator is None:
@@ -57,7 +57,8 @@ class MRSPruner(BudgetPruner):
         if training_steps < 1:
             raise ValueError(f"training_steps must be >= 1, got {training_steps}")
         super().__init__(model, config_list, evaluator, dummy_input=dummy_input, budget=budget, r_min=r_min,
-                         r_max=r_max, tolerance=tolerance, verify=verify, existed_wrappers=existed_wrappers)
+                         r_max=r_max, tolerance=tolerance, round_to=round_to, verify=verify,
+                         existed_wrappers=existed_wrappers)
         self.calibration, self.training_steps = calibration, training_steps
         # NNI's scheduled pruning (LinearPruner/AGPPruner wrapping this pruner) sets these: masks every
         # ``interval_steps`` optimizer steps, ``total_times`` times, the ratios growing to the allocation
