@@ -37,6 +37,8 @@ _EXPORTS = {
     "get_pruner": "host.registry", "register_pruner": "host.registry", "available_pruners": "host.registry",
     "pruner_spec": "host.registry", "PrunerSpec": "host.registry", "unregister_pruner": "host.registry",
     "RandomPruner": "budget.baselines", "GlobalL1NormPruner": "budget.baselines", "baseline_masks": "budget.baselines",
+    # deployment: BatchNorm folded, ONNX / OpenVINO / AOTInductor, checked in the runtime
+    "export": "deploy", "fold_batchnorm": "deploy", "load_artifact": "deploy", "MissingExtraError": "deploy",
     # checkpoints
     "save_pruned": "checkpoint", "load_pruned": "checkpoint", "architecture": "checkpoint", "rebuild": "checkpoint",
     # training: natural and adversarial, NNI TorchEvaluator hooks, standalone fine-tuning, robust evaluation

@@ -17,7 +17,7 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   echo "setup: installing nni-mrs-plugin and its dependencies into .venv (first time: a few minutes, ~5 GB)"
   # torch/torchvision come as the registry's CUDA build pair in constraints.txt: it also runs on CPU,
   # and PyPI has no CPU build of torchvision.
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]" \
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,deploy]" \
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
   echo "$want" > "$stamp"
 fi

@@ -63,6 +63,19 @@ def test_eval_scores_a_saved_model_with_the_runs_config(tmp_path):
     assert scores["clean"]["samples"] == 32 and scores["pgd5"]["samples"] == 32
     assert scores["settings"]["eps"] == 0.1  # Fashion-MNIST's default radius, from the run's config
     assert 0 <= scores["pgd5"]["accuracy"] <= scores["clean"]["accuracy"]
+    # the same model exported to ONNX, checked on the run's test images at its radius
+    result = run_python(["-m", "nni_mrs_plugin", "export", str(out / "pruned_init.pt"), "--samples", "32"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "pruned_init.onnx.export.json").read_text())
+    assert (out / "pruned_init.onnx").is_file() and record["input_shape"] == [1, 28, 28]
+    checks = record["verify"]
+    assert checks["labels"] == "given" and checks["samples"] == 32 and checks["eps"] == 0.1
+    assert checks["relative_difference_batch_32"] <= 1e-3
+    result = run_python(["-m", "nni_mrs_plugin", "export", str(out / "pruned_init.pt"), "--format", "openvino", "--out",
+                         str(tmp_path / "model.onnx")])
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"nni-mrs: error: an OpenVINO model is an .xml file with a .bin beside it: give a path ending in .xml, got "
+        f"'{tmp_path / 'model.onnx'}'")
 
 
 def test_eval_of_a_missing_checkpoint_is_one_line(tmp_path):

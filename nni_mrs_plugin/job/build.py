@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 __all__ = ["dataset_info", "normalization", "eps", "model_kwargs", "dummy_input", "trainer", "pruning_context",
-           "config_list", "pruner_keywords", "check_pruner"]
+           "config_list", "pruner_keywords", "check_pruner", "check_model_fits_data"]
 
 
 def dataset_info(config: Any):
@@ -141,3 +141,28 @@ def check_pruner(config: Any) -> None:
             cls(model, config_list(config), **fixed, **keywords)
         except TypeError as err:  # a keyword that a **kwargs constructor passed on to one that does not take it
             raise ValueError(str(err)) from None
+
+
+def check_model_fits_data(model: Any, config: Any) -> None:
+    """A one-line error when a model cannot take the config's data (channels, image size) or predicts another number
+    of classes: evaluating it anyway prints a near-chance accuracy that looks like a result."""
+    from ..models import Normalize
+    from .schema import ConfigError
+
+    info = dataset_info(config)
+    first = next((m for m in model.modules() if isinstance(m, (Normalize, torch.nn.Conv2d))), None)
+    channels = first.mean.shape[1] if isinstance(first, Normalize) else getattr(first, "in_channels", None)
+    if channels is not None and channels != info.in_channels:  # a Normalize layer would broadcast 1 channel to 3
+        raise ConfigError(f"the model cannot take {config.data.dataset} inputs: it expects {channels} input "
+                          f"channels, the data has {info.in_channels}")
+    x = torch.rand(1, info.in_channels, info.image_size, info.image_size)
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except RuntimeError as err:
+        raise ConfigError(f"the model cannot take {config.data.dataset} inputs ({info.in_channels}x{info.image_size}x"
+                          f"{info.image_size}): {str(err).splitlines()[0]}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != info.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"the model outputs {shape} for one {config.data.dataset} image; the data has "
+                          f"{info.num_classes} classes (logits of shape (1, {info.num_classes}) expected)")

@@ -4,9 +4,10 @@
 evaluation -> report) for a YAML config; without CONFIG, the shipped Fashion-MNIST small-CNN config. A rerun
 resumes after the last finished stage.
 
-``eval CHECKPOINT``: the config's robust evaluation of a saved model. ``compare [CONFIG]``: the job across pruners
-and targets from one dense model, one table and one plot. ``experiment [CONFIG]``: an NNI experiment searching the
-config (``nni.experiment.Experiment``); ``trial [CONFIG]``: one NNI trial (what the experiment runs).
+``eval CHECKPOINT``: the config's robust evaluation of a saved model. ``export RUN_DIR_OR_CHECKPOINT``: the pruned
+model as ONNX, OpenVINO IR or an AOTInductor package, BatchNorm folded, checked in its runtime. ``compare [CONFIG]``:
+the job across pruners and targets from one dense model, one table and one plot. ``experiment [CONFIG]``: an NNI
+experiment searching the config (``nni.experiment.Experiment``); ``trial [CONFIG]``: one NNI trial.
 """
 from __future__ import annotations
 
@@ -80,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="fractions of the budget removed (default: 0.5 0.75 0.9)")
     cmp.add_argument("--seeds", nargs="+", type=int, default=None, metavar="N", help="default: the config's seed")
     _common(cmp, "default: the config's output.dir + '-compare'")
+    out = sub.add_parser("export", help="a run's pruned model (or a saved model) as ONNX, OpenVINO IR or an "
+                                        "AOTInductor package, checked in its runtime")
+    out.add_argument("source", help="a run folder (its pruned.pt) or a model saved by nni-mrs")
+    out.add_argument("--format", choices=["onnx", "openvino", "pt2"], default="onnx", help="default: onnx")
+    out.add_argument("--out", default=None, help="the artifact (default: beside the model, e.g. pruned.onnx)")
+    out.add_argument("--config", default=None, help="YAML config (default: config.yaml beside the model)")
+    add_set_argument(out, "override a config key (repeatable)")
+    out.add_argument("--samples", type=int, default=64, help="test images the artifact is checked on (default: 64)")
+    out.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers as they are")
+    out.add_argument("--static-batch", action="store_true", help="fix the batch size at 1")
+    out.add_argument("--no-verify", action="store_true", help="write without running the artifact's checks")
     exp = sub.add_parser("experiment", help="an NNI experiment (nni.experiment.Experiment) searching the config")
     exp.add_argument("config", nargs="?", default=None, help="YAML config (default: the shipped Fashion-MNIST one)")
     exp.add_argument("--search-space", default=None, metavar="JSON",
@@ -143,42 +155,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_model_fits_data(model: Any, config: Any) -> None:
-    """A one-line error when a model cannot take the config's data (channels, image size) or predicts another number
-    of classes: evaluating it anyway prints a near-chance accuracy that looks like a result."""
-    import torch
-
-    from .config import ConfigError
-    from .build import dataset_info
-
-    from ..models import Normalize
-
-    info = dataset_info(config)
-    first = next((m for m in model.modules() if isinstance(m, (Normalize, torch.nn.Conv2d))), None)
-    channels = first.mean.shape[1] if isinstance(first, Normalize) else getattr(first, "in_channels", None)
-    if channels is not None and channels != info.in_channels:  # a Normalize layer would broadcast 1 channel to 3
-        raise ConfigError(f"the model cannot take {config.data.dataset} inputs: it expects {channels} input "
-                          f"channels, the data has {info.in_channels}")
-    x = torch.rand(1, info.in_channels, info.image_size, info.image_size)
-    try:
-        with torch.no_grad():
-            out = model.eval()(x)
-    except RuntimeError as err:
-        raise ConfigError(f"the model cannot take {config.data.dataset} inputs ({info.in_channels}x{info.image_size}x"
-                          f"{info.image_size}): {str(err).splitlines()[0]}") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != info.num_classes:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"the model outputs {shape} for one {config.data.dataset} image; the data has "
-                          f"{info.num_classes} classes (logits of shape (1, {info.num_classes}) expected)")
-
-
-def _eval(args: argparse.Namespace) -> int:
-
-    from ..checkpoint import atomic_json, load_pruned
+def _saved_model(args: argparse.Namespace, checkpoint: Path):
+    """(model, config) of a saved model and the config beside it (or ``--config``), checked against each other."""
+    from ..checkpoint import load_pruned
+    from .build import check_model_fits_data
     from .config import ConfigError, load_config
-    from .pipeline import robust_evaluation
 
-    checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint {str(checkpoint)!r} does not exist")
     if args.config is not None and not Path(args.config).is_file():
@@ -189,11 +171,31 @@ def _eval(args: argparse.Namespace) -> int:
         model = load_pruned(checkpoint)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    _check_model_fits_data(model, config)
+    check_model_fits_data(model, config)
+    return model, config
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..checkpoint import atomic_json
+    from .pipeline import robust_evaluation
+
+    model, config = _saved_model(args, Path(args.checkpoint))
     result = robust_evaluation(config, model)
     if args.out:
         atomic_json(args.out, result)
     print(json.dumps(result, indent=2, default=float))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_saved
+
+    source = Path(args.source)
+    checkpoint = source / "pruned.pt" if source.is_dir() else source
+    model, config = _saved_model(args, checkpoint)
+    record = export_saved(config, model, checkpoint, args.format, args.out, fold_bn=not args.no_fold_bn,
+                          dynamic_batch=not args.static_batch, verify=not args.no_verify, samples=args.samples)
+    print(json.dumps(record, indent=2, default=float))
     return 0
 
 
@@ -251,6 +253,7 @@ def _main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     from .config import ConfigError
     from ..data import DataNotFoundError
+    from ..deploy import MissingExtraError
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every process would prune on its own and hang
         print(f"nni-mrs: {args.command} runs as one process, not under torchrun (WORLD_SIZE="
@@ -264,12 +267,17 @@ def _main(argv: Optional[List[str]] = None) -> int:
             return _eval(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "experiment":
             return _experiment(args)
         if args.command == "trial":
             return _trial(args)
     except ConfigError as err:
         print(f"nni-mrs: config error: {err}", file=sys.stderr)
+        return 2
+    except MissingExtraError as err:
+        print(f"nni-mrs: {err}", file=sys.stderr)
         return 2
     except DataNotFoundError as err:
         print(f"nni-mrs: {err}", file=sys.stderr)

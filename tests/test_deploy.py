@@ -1,0 +1,132 @@
+"""``export``: BatchNorm folding is exact, each format runs in its own runtime (ONNX Runtime, OpenVINO,
+AOTInductor) and computes what the eager pruned model does, and bad input is one line that leaves nothing behind."""
+import json
+import random
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import dummy_input, make_model
+from nni_mrs_plugin import GlobalL1NormPruner, build_model, export, fold_batchnorm, load_artifact
+from nni_mrs_plugin.deploy import MissingExtraError, report_path
+from nni_mrs_plugin.host.speedup import speedup_model
+
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _with_statistics(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine terms: folding a default BatchNorm would hide a wrong formula."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, BATCHNORMS):
+            for tensor, low, high in ((module.weight, 0.5, 1.5), (module.bias, -0.5, 0.5),
+                                      (module.running_mean, -0.3, 0.3), (module.running_var, 0.5, 2.0)):
+                tensor.data = torch.rand(tensor.shape, generator=generator) * (high - low) + low
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg16_bn", "mobilenet_v2", "small_cnn", "mobilevit_xxs"])
+def test_folding_batchnorm_is_exact_and_leaves_none_after_a_conv(name):
+    if name == "mobilevit_xxs":
+        model, x = _with_statistics(build_model(name)), torch.rand(4, 3, 32, 32)
+    else:
+        model, x = _with_statistics(make_model(name)), dummy_input(name, 4)
+    before = sum(isinstance(m, BATCHNORMS) for m in model.modules())
+    folded = fold_batchnorm(model, x)
+    assert before > 0 and not any(isinstance(m, BATCHNORMS) for m in folded.modules())
+    assert sum(isinstance(m, BATCHNORMS) for m in model.modules()) == before  # on a copy
+    with torch.no_grad():
+        expected, got = model(x), folded(x)
+    assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-5
+
+
+def test_a_batchnorm_after_an_add_stays():
+    class AddThenNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.bn = nn.Conv2d(3, 8, 3), nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            return self.bn(self.a(x) + self.b(x)).mean((2, 3))
+
+    model, x = _with_statistics(AddThenNorm()), torch.rand(2, 3, 8, 8)
+    folded = fold_batchnorm(model, x)
+    assert isinstance(folded.bn, nn.BatchNorm2d)
+    assert torch.allclose(folded(x), model(x))
+
+
+@pytest.fixture(scope="module")
+def pruned_resnet():
+    """ResNet18 with 0.75 of its FLOPs removed by the global L1 ranking, channels kept in multiples of 8."""
+    torch.manual_seed(0)
+    model, x = _with_statistics(make_model("resnet18")), dummy_input("resnet18", 1)
+    pruner = GlobalL1NormPruner(model, [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.75}], dummy_input=x,
+                                round_to=8)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    speedup_model(model, masks, x)
+    return model.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("format, suffix", [("onnx", ".onnx"), ("openvino", ".xml"), ("pt2", ".pt2")])
+def test_each_format_runs_in_its_runtime_and_computes_what_the_eager_model_does(pruned_resnet, format, suffix,
+                                                                               tmp_path):
+    x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    path = tmp_path / "deploy" / f"resnet18{suffix}"
+    record = export(pruned_resnet, x[:1], path, format, data=(x, y), samples=16)
+    assert path.is_file() and json.loads(report_path(path).read_text()) == json.loads(json.dumps(record))
+    if format == "openvino":
+        assert path.with_suffix(".bin").is_file()
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []  # no staging left
+    assert record["batchnorm_left"] == 0 and record["batchnorm_folded"] == 20
+    checks = record["verify"]
+    assert checks["labels"] == "given" and checks["samples"] == 16
+    assert checks["relative_difference_batch_1"] <= 1e-3 and checks["relative_difference_batch_16"] <= 1e-3
+    assert checks["top1_agreement_clean"] >= 0.9 and checks["top1_agreement_pgd20"] >= 0.9
+    assert abs(checks["pgd20_accuracy_folded"] - checks["pgd20_accuracy_eager"]) <= checks["pgd20_interval"]
+    assert record["latency_ms_batch_1"][format] > 0
+    artifact = load_artifact(path, format)  # any batch size: the batch dimension is dynamic
+    with torch.no_grad():
+        expected, got = pruned_resnet(x[:5]), artifact(x[:5])
+    assert got.shape == (5, 10) and float((got - expected).abs().max() / expected.abs().max()) <= 1e-3
+
+
+class _Unexportable(nn.Module):
+    """Draws a Python random number each call: an exporter can only bake one in, which computes something else."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * (1.0 + random.random())
+
+
+def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
+    model, x = _with_statistics(make_model("small_cnn")), dummy_input("small_cnn", 1)
+    folder = tmp_path / "out"
+    cases = [
+        (lambda: export(model, x, folder / "m.onnx", "tflite"), ValueError,
+         "unknown export format 'tflite'; choose one of onnx, openvino, pt2"),
+        (lambda: export(model, x, folder / "m.onnx", "onnx", dtype=torch.bfloat16), ValueError,
+         "is for the pt2 and openvino formats"),
+        (lambda: export(model, x, folder / "m.bin", "openvino"), ValueError, "give a path ending in .xml"),
+        (lambda: export(model, "x", folder / "m.onnx"), ValueError, "example_inputs must be one batched input tensor"),
+        (lambda: export(_Unexportable(), torch.rand(1, 3, 2, 2), folder / "u.onnx", "onnx", fold_bn=False),
+         ValueError, "computes something else than the eager one"),
+    ]
+    (tmp_path / "a-file").write_text("")
+    cases.append((lambda: export(model, x, tmp_path / "a-file" / "m.onnx"), ValueError,
+                  "a-file is a file, not a folder"))
+    for call, error, message in cases:
+        with pytest.raises(error) as info:
+            call()
+        assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # how Python marks a package as not importable
+    with pytest.raises(MissingExtraError, match=r'export to openvino needs openvino: pip install '
+                                                r'"nni-mrs-plugin\[deploy\]"'):
+        export(model, x, folder / "m.xml", "openvino")
+    assert not folder.exists() or not any(folder.iterdir())
