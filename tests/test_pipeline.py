@@ -66,6 +66,7 @@ def test_shipped_configs_load():
     ({"eval": {"split": "val"}}, "eval.split: must be 'test' or 'validation', got 'val'"),
     ({"data": {"validation": 0}}, "data.validation: must be >= 1 or null (none held out), got 0"),
     ({"pruning": {"adapt_bn": -5}}, "pruning.adapt_bn: must be >= 0 (images; 0: off), got -5"),
+    ({"export": {"formats": ["tflite"]}}, "export.formats: must name formats among onnx, openvino, pt2, got 'tflite'"),
     ({"pruning": {"round_to": 0}}, "pruning.round_to: round_to must be an integer >= 1 (pruned units keep a multiple "
                                    "of it), got 0"),
     ({"eval": {"after_pruning": ["pgd0"]}}, "eval.after_pruning: unknown attack 'pgd0'"),
@@ -151,6 +152,15 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     # a different config in the same folder is refused, not mixed in
     with pytest.raises(ConfigError, match="holds a run of a different config"):
         Pipeline(tiny(tmp_path, pruning={"target": 0.6}))
+    # export.formats added to the finished run: the export stage and the report run again, nothing else
+    exported = Pipeline(tiny(tmp_path, export={"formats": ["onnx"], "samples": 16})).run()["stages"]
+    assert {k: v for k, v in exported.items() if k not in ("export", "report")} == \
+        {k: v for k, v in state["stages"].items() if k not in ("export", "report")}
+    assert {p: p.stat().st_mtime_ns for p in run.glob("*.pt")} == stamps
+    for name in ("dense", "pruned"):
+        record = json.loads((run / f"{name}.onnx.export.json").read_text())
+        assert record["verify"]["labels"] == "given" and record["verify"]["relative_difference_batch_16"] <= 1e-3
+    assert "| cpu_latency_ms (onnx) |" in (run / "report.md").read_text()
 
 
 def test_the_report_of_the_uniform_default_shows_no_mrs_it_did_not_measure(tmp_path):
@@ -188,6 +198,7 @@ def test_old_run_folders_resume(tmp_path):
                          ("pretrain", "ema"), ("finetune", "ema"), ("pretrain", "schedule"),
                          ("finetune", "schedule")):
         old[section].pop(key)  # keys added since, at their defaults
+    old.pop("export")  # a section added since (never part of a fingerprint)
     old["pruning"] = {"pruner": "mrs", "target": 0.5, "budget": "flops", "estimator": "feature", "criterion": "taylor",
                       "tau": 0.0, "rho": 0.1, "steps": 5, "samples": 64, "eps": None, "r_max": 0.9,
                       "op_types": ["Conv2d", "Linear"], "exclude": []}

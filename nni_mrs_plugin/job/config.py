@@ -163,6 +163,23 @@ class EvalSection:
 
 
 @dataclass
+class ExportSection:
+    """The pruned model (and the dense one, for the same-backend speedup) as deployment artifacts (``deploy.py``);
+    not part of a run's fingerprint: adding a format to a finished run exports it."""
+
+    formats: List[str] = field(default_factory=list)  # onnx, openvino, pt2
+    samples: int = 64  # test images each artifact is checked on
+
+    def check(self, key: str) -> None:
+        from ..deploy import FORMATS
+
+        for name in self.formats:
+            require(name in FORMATS, f"{key}.formats", f"must name formats among {', '.join(FORMATS)}", name)
+        require(len(set(self.formats)) == len(self.formats), f"{key}.formats", "names a format twice", self.formats)
+        require(self.samples >= 2, f"{key}.samples", "must be >= 2", self.samples)
+
+
+@dataclass
 class OutputSection:
     dir: str = "runs/mrpf"
 
@@ -175,6 +192,7 @@ class Config:
     pruning: PruningSection = field(default_factory=PruningSection)
     finetune: TrainingSection = field(default_factory=TrainingSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    export: ExportSection = field(default_factory=ExportSection)
     output: OutputSection = field(default_factory=OutputSection)
     seed: int = 0
     device: str = "auto"

@@ -22,7 +22,7 @@ from .config import Config, ConfigError
 
 __all__ = ["STAGES", "Pipeline", "run_pipeline", "robust_evaluation"]
 
-STAGES = ("pretrain", "prune", "speedup", "finetune", "evaluate", "report")
+STAGES = ("pretrain", "prune", "speedup", "finetune", "evaluate", "export", "report")
 
 
 def _device(config: Config) -> torch.device:
@@ -75,7 +75,7 @@ class Pipeline:
         # the dense model's robust_evaluation when the caller already has it (compare shares one across runs)
         self.dense_evaluation = dense_evaluation
         # what the results depend on: progress bars and the folder's own name do not
-        what = {k: v for k, v in config.fingerprint_dict().items() if k not in ("progress", "output")}
+        what = {k: v for k, v in config.fingerprint_dict().items() if k not in ("progress", "output", "export")}
         self.fingerprint = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
         self.device = _device(config)
         if not (self.dir / "stages.json").is_file():  # an unreachable target fails now, not after pre-training
@@ -105,6 +105,8 @@ class Pipeline:
         atomic_json(self.dir / "stages.json", self.state)
 
     def done(self, stage: str) -> bool:
+        if stage == "export" and stage in self.state["stages"]:  # a format added to the config since: export again
+            return set(self.config.export.formats) <= set(self.state["stages"]["export"]["formats"])
         return stage in self.state["stages"]
 
     # -- shared pieces ----------------------------------------------------------------------------------------
@@ -242,6 +244,19 @@ class Pipeline:
         atomic_json(self.dir / "evaluation.json", results)
         return results
 
+    def export(self) -> Dict[str, Any]:
+        """Dense and pruned model as each ``export.formats`` artifact, checked; latency at batch 1 in its runtime."""
+        from .export import export_saved
+
+        result: Dict[str, Any] = {"formats": list(self.config.export.formats)}
+        for name in ("dense", "pruned"):
+            model = load_pruned(self.dir / f"{name}.pt")
+            for format in self.config.export.formats:
+                record = export_saved(self.config, model, self.dir / f"{name}.pt", format,
+                                      samples=self.config.export.samples)
+                result.setdefault(name, {})[format] = {key: record[key] for key in ("path", "latency_ms_batch_1")}
+        return result
+
     def report(self) -> Dict[str, Any]:
         from .report import write_report
 
@@ -257,6 +272,8 @@ class Pipeline:
                 started = time.perf_counter()
                 result = getattr(self, stage)()
                 result["seconds"] = round(time.perf_counter() - started, 2)
+                if stage == "export":  # the report shows the artifacts' latency: write it again
+                    self.state["stages"].pop("report", None)
                 self._finish(stage, result)
             if stage == until:
                 break

@@ -27,6 +27,11 @@ def summary_rows(stages: Mapping[str, Any]) -> List[Dict[str, Any]]:
             if attack in evaluation.get("pruned_init", {}):  # eval.after_pruning: what fine-tuning started from
                 rows.append({"metric": f"{label}, before fine-tuning", "dense": entry["accuracy"],
                              "pruned": evaluation["pruned_init"][attack]["accuracy"]})
+    exported = stages.get("export", {})
+    for format in exported.get("formats", []):  # export.formats: batch-1 latency in each artifact's runtime
+        rows.append({"metric": f"cpu_latency_ms ({format})",
+                     "dense": exported["dense"][format]["latency_ms_batch_1"][format],
+                     "pruned": exported["pruned"][format]["latency_ms_batch_1"][format]})
     return rows
 
 
@@ -34,7 +39,7 @@ def format_metric(value: Any, metric: str) -> str:
     """A summary value as people read it: accuracies in percent, latency in ms, counts with separators."""
     if "accuracy" in metric:
         return f"{100 * value:.2f}%"
-    if metric == "cpu_latency_ms":
+    if metric.startswith("cpu_latency_ms"):
         return f"{value:.3f}"
     return f"{value:,}"
 
