@@ -39,6 +39,8 @@ _EXPORTS = {
     "RandomPruner": "budget.baselines", "GlobalL1NormPruner": "budget.baselines", "baseline_masks": "budget.baselines",
     # deployment: BatchNorm folded, ONNX / OpenVINO / AOTInductor, checked in the runtime
     "export": "deploy", "fold_batchnorm": "deploy", "load_artifact": "deploy", "MissingExtraError": "deploy",
+    # what pruning can buy in latency at most
+    "latency_bound": "roofline", "calibrate": "roofline", "op_costs": "roofline", "Device": "roofline",
     # checkpoints
     "save_pruned": "checkpoint", "load_pruned": "checkpoint", "architecture": "checkpoint", "rebuild": "checkpoint",
     # training: natural and adversarial, NNI TorchEvaluator hooks, standalone fine-tuning, robust evaluation

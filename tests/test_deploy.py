@@ -130,3 +130,57 @@ def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
                                                 r'"nni-mrs-plugin\[deploy\]"'):
         export(model, x, folder / "m.xml", "openvino")
     assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_the_roofline_bound_of_a_two_layer_model_is_the_hand_computed_one():
+    """Linear(4, 3) -> ReLU at batch 2: addmm moves x (2x4), the weight (viewed transposed: free), the bias (3) and
+    its output (2x3), 4 bytes each, for 2*2*4*3 FLOPs; relu reads and writes 2x3. At P = 1e9 FLOP/s, W = 1e8 B/s and
+    tau = 1e-6 s, as run: max(48/P, 4*(8+12+3+6)/W) + tau + max(0, 4*12/W) + tau; fused: the addmm alone."""
+    from nni_mrs_plugin import Device, latency_bound, op_costs
+    from nni_mrs_plugin.roofline import model_time
+
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(4, 3), nn.ReLU()), torch.rand(2, 4)
+    ops = op_costs(model, x)
+    assert [(op.name, op.flops, op.bytes) for op in ops] == [("addmm", 48.0, 4 * (3 + 8 + 12 + 6)),
+                                                            ("relu", 0.0, 4 * 12)]
+    device = Device(flops_per_s=1e9, bytes_per_s=1e8, overhead_s=1e-6)
+    assert model_time(ops, device) == pytest.approx(max(48 / 1e9, 116 / 1e8) + 1e-6 + 48 / 1e8 + 1e-6)
+    assert model_time(ops, device, fused=True) == pytest.approx(116 / 1e8)
+    half = nn.Sequential(nn.Linear(4, 1), nn.ReLU())  # a third of the outputs
+    bound = latency_bound(model, half, x, device)
+    expected = (116 / 1e8 + 48 / 1e8 + 2e-6) / (4 * (1 + 8 + 4 + 2) / 1e8 + 4 * 4 / 1e8 + 2e-6)
+    assert bound["as_run"] == pytest.approx(expected) and bound["fused"] == pytest.approx(116 / 60)
+
+
+def test_the_roofline_time_is_monotone_in_flops_and_bytes():
+    from nni_mrs_plugin import Device
+    from nni_mrs_plugin.roofline import OpCost, model_time
+
+    device = Device(flops_per_s=1e9, bytes_per_s=1e8, overhead_s=1e-6)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        ops = [OpCost(name, float(f), float(b)) for name, f, b in zip(
+            ["convolution", "relu", "addmm"], torch.randint(0, 10**6, (3,), generator=generator).tolist(),
+            torch.randint(0, 10**5, (3,), generator=generator).tolist())]
+        for index in range(3):
+            for more in ({"flops": ops[index].flops * 2 + 1}, {"bytes": ops[index].bytes * 2 + 1}):
+                grown = list(ops)
+                grown[index] = OpCost(ops[index].name, more.get("flops", ops[index].flops),
+                                      more.get("bytes", ops[index].bytes))
+                for fused in (False, True):
+                    assert model_time(grown, device, fused) >= model_time(ops, device, fused)
+    with pytest.raises(ValueError, match="bytes_per_s must be > 0, got 0"):
+        Device(flops_per_s=1.0, bytes_per_s=0, overhead_s=0.0)
+
+
+def test_calibrated_constants_and_the_bound_of_a_pruned_model_are_plausible(pruned_resnet):
+    from nni_mrs_plugin import calibrate, latency_bound
+
+    device = calibrate(repeats=2)
+    assert device.flops_per_s > 1e9 and device.bytes_per_s > 1e8 and 0 < device.overhead_s < 1e-3
+    x = dummy_input("resnet18", 1)
+    bound = latency_bound(make_model("resnet18"), pruned_resnet, x, device)
+    flops_ratio = bound["flops"]["dense"] / bound["flops"]["pruned"]
+    assert 3.5 < flops_ratio < 4.5  # 0.75 of the FLOPs removed
+    assert 1.0 < bound["as_run"] <= flops_ratio and 1.0 < bound["fused"] <= flops_ratio * 1.01
