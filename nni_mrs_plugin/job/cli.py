@@ -189,12 +189,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .export import export_saved
+    from .pipeline import _make_loaders
 
     source = Path(args.source)
     checkpoint = source / "pruned.pt" if source.is_dir() else source
     model, config = _saved_model(args, checkpoint)
-    record = export_saved(config, model, checkpoint, args.format, args.out, fold_bn=not args.no_fold_bn,
-                          dynamic_batch=not args.static_batch, verify=not args.no_verify, samples=args.samples)
+    record = export_saved(config, model, checkpoint, _make_loaders(config)[1], args.format, args.out, samples=args.samples,
+                          fold_bn=not args.no_fold_bn, dynamic_batch=not args.static_batch, verify=not args.no_verify)
     print(json.dumps(record, indent=2, default=float))
     return 0
 

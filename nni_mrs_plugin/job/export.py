@@ -13,20 +13,20 @@ from . import build
 __all__ = ["export_saved"]
 
 
-def export_saved(config: Any, model: nn.Module, checkpoint: Union[str, Path], format: str = "onnx",
+def export_saved(config: Any, model: nn.Module, checkpoint: Union[str, Path], test_loader: Any, format: str = "onnx",
                  out: Union[str, Path, None] = None, samples: int = 64, **options: Any) -> Dict[str, Any]:
     """Export ``model`` (saved at ``checkpoint``) as ``format`` to ``out`` (default: beside the checkpoint, its
-    suffix the format's). Verification runs on ``samples`` test images with their labels, unless the config's
-    loaders normalise (the attack works on pixels in [0, 1]): then on uniform inputs labelled by the model."""
+    suffix the format's). Verification runs on ``samples`` images of ``test_loader`` with their labels, unless the
+    config's loaders normalise (the attack works on pixels in [0, 1]): then on uniform inputs labelled by the
+    model."""
     from ..deploy import FORMATS, export
-    from .pipeline import _make_loaders
 
     info = build.dataset_info(config)
     example = torch.rand(1, info.in_channels, info.image_size, info.image_size)
     data: Optional[tuple] = None
     if build.normalization(config) is None and options.get("verify", True):
         images, labels = [], []
-        for x, y in _make_loaders(config)[1]:
+        for x, y in test_loader:
             images.append(x)
             labels.append(y)
             if sum(len(batch) for batch in images) >= samples:

@@ -252,7 +252,7 @@ class Pipeline:
         for name in ("dense", "pruned"):
             model = load_pruned(self.dir / f"{name}.pt")
             for format in self.config.export.formats:
-                record = export_saved(self.config, model, self.dir / f"{name}.pt", format,
+                record = export_saved(self.config, model, self.dir / f"{name}.pt", self.loaders[1], format,
                                       samples=self.config.export.samples)
                 result.setdefault(name, {})[format] = {key: record[key] for key in ("path", "latency_ms_batch_1")}
         return result
