@@ -19,23 +19,27 @@ def load_script(name: str):
     return module
 
 
-def test_speedup_benchmark_small_cnn(tmp_path, capsys):
+def test_speedup_benchmark_times_each_backend_interleaved_against_the_bound(tmp_path, capsys):
     speedup = load_script("speedup")
     out = tmp_path / "s.json"
-    speedup.main(["--models", "small_cnn", "--targets", "0.5", "--batches", "1", "--dtypes", "fp32", "--runs", "2",
-                  "--warmup", "0", "--devices", "cpu", "--samples", "16", "--out", str(out), "--no-progress"])
+    speedup.main(["--models", "small_cnn", "--targets", "0.5", "--round-to", "1", "8", "--batches", "1", "--dtypes",
+                  "fp32", "--runs", "2", "--warmup", "0", "--devices", "cpu", "--backends", "eager", "onnx",
+                  "--samples", "16", "--out", str(out), "--no-progress"])
     result = json.loads(out.read_text())
-    dense, pruned = result["rows"]
-    assert dense["target"] is None and pruned["target"] == 0.5
+    rows = {(r["backend"], r["target"], r["round_to"]): r for r in result["rows"]}
+    assert set(rows) == {(b, t, n) for b in ("eager", "onnx") for t, n in ((None, None), (0.5, 1), (0.5, 8))}
+    dense, pruned = rows["eager", None, None], rows["eager", 0.5, 1]
     assert pruned["flops"] < dense["flops"] and pruned["params"] < dense["params"]
-    # counted FLOPs after ModelSpeedup are within 0.01 of the target: removed in [0.49, 0.51]
-    assert 1 / 0.51 <= pruned["flops_ratio"] <= 1 / 0.49
-    assert pruned["flops_ratio"] == pytest.approx(dense["flops"] / pruned["flops"])
-    assert dense["latency_ms"] > 0 and pruned["latency_ms"] > 0 and pruned["speedup_seconds"] > 0
-    assert pruned["efficiency"] == pytest.approx(pruned["speedup"] / pruned["flops_ratio"])
-    assert result["machine"]["torch"] and "--targets 0.5" in result["command"]
-    assert result["settings"]["tau"] == 1.0  # allocated by MRS, as the recorded tables
-    assert "| small_cnn | 0.5 |" in capsys.readouterr().out
+    assert 1 / 0.51 <= pruned["flops_ratio"] <= 1 / 0.49  # counted after ModelSpeedup: within 0.01 of the target
+    assert pruned["speedup"] == pytest.approx(dense["latency_ms"] / pruned["latency_ms"])
+    assert pruned["per_flops_ratio"] == pytest.approx(pruned["speedup"] / pruned["flops_ratio"])
+    assert 1.0 < pruned["bound"] and pruned["per_bound"] == pytest.approx(pruned["speedup"] / pruned["bound"])
+    onnx = rows["onnx", 0.5, 8]
+    assert onnx["speedup_vs_eager"] == pytest.approx(dense["latency_ms"] / onnx["latency_ms"])
+    assert onnx["speedup"] == pytest.approx(rows["onnx", None, None]["latency_ms"] / onnx["latency_ms"])
+    assert result["machine"]["threads"] >= 1 and "cpu_flags" in result["machine"]
+    assert result["device_constants"]["cpu"]["flops_per_s"] > 0 and "--round-to 1 8" in result["command"]
+    assert "| small_cnn | 0.5 | 8 | cpu | onnx | fp32 | 1 |" in capsys.readouterr().out
 
     with pytest.raises(SystemExit):
         speedup.main(["--targets", "1.5", "--out", str(tmp_path / "bad.json")])
