@@ -168,6 +168,11 @@ def runner(model: nn.Module, backend: str, device: str, dtype: torch.dtype, exam
         artifact = load_artifact(path, backend, dtype)
         return lambda x: artifact(x.float().cpu())
     folded = fold_batchnorm(model, example).to(device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    import torch._dynamo.config as dynamo
+
+    # every variant of a model shares its forward's code: each is a recompile, and past the limit dynamo would
+    # silently run the rest eagerly
+    dynamo.recompile_limit = dynamo.accumulated_recompile_limit = 4096
     if backend == "compile":
         import torch._inductor.config as inductor
 

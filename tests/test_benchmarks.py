@@ -46,6 +46,21 @@ def test_speedup_benchmark_times_each_backend_interleaved_against_the_bound(tmp_
     assert "1.5" in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_speedup_benchmark_on_cuda_times_cuda_graphs(tmp_path):
+    speedup = load_script("speedup")
+    out = tmp_path / "s.json"
+    speedup.main(["--models", "small_cnn", "--targets", "0.5", "--round-to", "8", "--batches", "1", "256", "--dtypes",
+                  "fp32", "bf16", "--runs", "3", "--warmup", "2", "--devices", "cuda", "--backends", "eager", "folded",
+                  "cudagraphs", "--samples", "16", "--out", str(out), "--no-progress"])
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["backend"], r["dtype"], r["batch"]) for r in rows} == {
+        (b, d, n) for b in ("eager", "folded", "cudagraphs") for d in ("fp32", "bf16") for n in (1, 256)}
+    assert all(r["device"] == "cuda" and r["latency_ms"] > 0 for r in rows)
+    assert all(r["bound"] > 1.0 for r in rows if r["target"] is not None)
+
+
 def test_robustness_verdicts_rule():
     """MRS against each baseline by the paired per-seed rule of every benchmark; natural rows are not baselines."""
     robustness = load_script("robustness")

@@ -1,5 +1,6 @@
 """``export``: BatchNorm folding is exact, each format runs in its own runtime (ONNX Runtime, OpenVINO,
 AOTInductor) and computes what the eager pruned model does, and bad input is one line that leaves nothing behind."""
+import copy
 import json
 import random
 import sys
@@ -8,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import dummy_input, make_model
+from conftest import DEVICES, dummy_input, make_model
 from nni_mrs_plugin import GlobalL1NormPruner, build_model, export, fold_batchnorm, load_artifact
 from nni_mrs_plugin.deploy import MissingExtraError, report_path
 from nni_mrs_plugin.host.speedup import speedup_model
@@ -92,6 +93,19 @@ def test_each_format_runs_in_its_runtime_and_computes_what_the_eager_model_does(
     with torch.no_grad():
         expected, got = pruned_resnet(x[:5]), artifact(x[:5])
     assert got.shape == (5, 10) and float((got - expected).abs().max() / expected.abs().max()) <= 1e-3
+
+
+@pytest.mark.parametrize("device", DEVICES[1:])
+def test_a_pt2_package_is_built_for_the_model_s_device_and_checked_there(pruned_resnet, device, tmp_path):
+    """On CUDA the AOTInductor package is compiled for the GPU, channels_last, and checked there, bf16 included."""
+    model = copy.deepcopy(pruned_resnet).to(device)
+    for dtype, tolerance in ((None, 1e-3), (torch.bfloat16, 3e-2)):
+        path = tmp_path / f"resnet18-{dtype}.pt2"
+        record = export(model, torch.rand(1, 3, 32, 32, device=device), path, "pt2", dtype=dtype, samples=16)
+        assert record["channels_last"] and record["verify"]["relative_difference_batch_16"] <= tolerance
+        artifact = load_artifact(path, "pt2")
+        x = torch.rand(3, 3, 32, 32, device=device, dtype=dtype or torch.float32)
+        assert artifact(x).shape == (3, 10) and artifact(x).device.type == "cuda"
 
 
 class _Unexportable(nn.Module):
