@@ -66,7 +66,7 @@ def _verdicts(summary: Dict[str, Any]) -> List[List[Any]]:
     return out
 
 
-def _section(name: str, summary: Dict[str, Any], meta: Dict[str, Any]) -> List[str]:
+def _section(name: str, summary: Dict[str, Any], meta: Dict[str, Any], kept: bool = False) -> List[str]:
     info = {**summary, **meta}
     lines = [f"## {info.get('title', name)}", ""]
     if info.get("goal"):
@@ -85,8 +85,8 @@ def _section(name: str, summary: Dict[str, Any], meta: Dict[str, Any]) -> List[s
         lines += ["```bash", run["command"], "```", ""] if run.get("command") else []
         lines += [run["caption"], ""] if run.get("caption") else []
         lines += [*_table(run["columns"], run["rows"]), ""]
-    where = (f"`benchmarks/results/{name}/summary.json`" if _judged(summary)
-             else f"`benchmarks/results/kept.json` (\"{name}\", kept as measured: not re-run)")
+    where = (f"`benchmarks/results/kept.json` (\"{name}\", kept as measured: not re-run)" if kept
+             else f"`benchmarks/results/{name}/summary.json`")
     lines += [f"Script: `{info['script']}`; data: {where}; [history]({HISTORY}#{info['history']}).", ""]
     return lines
 
@@ -95,7 +95,8 @@ def render() -> str:
     page = json.loads((RESULTS / "page.json").read_text())
     found = {p.parent.name: (json.loads(p.read_text()), page["runs"].get(p.parent.name, {}))
              for p in RESULTS.glob("*/summary.json")}
-    found.update({name: (summary, {}) for name, summary in json.loads((RESULTS / "kept.json").read_text()).items()})
+    kept = json.loads((RESULTS / "kept.json").read_text())
+    found.update({name: (summary, {}) for name, summary in kept.items()})
     names = [n for n in page["order"] if n in found] + sorted(n for n in found if n not in page["order"])
     loaded = {name: found[name] for name in names}
     lines = [INTRO, "## What they conclude", ""]
@@ -105,7 +106,7 @@ def render() -> str:
     lines += [f"- {item}" for item in page["not_measured"]]
     lines += [""]
     for name, (summary, meta) in loaded.items():
-        lines += _section(name, summary, meta)
+        lines += _section(name, summary, meta, kept=name in kept)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -90,6 +90,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="speedup.json")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--summarize", nargs="+", metavar="JSON", default=None,
+                        help="measure nothing: write the tables of these finished runs to --out (a summary.json)")
     args = parser.parse_args(argv)
     for key in ("models", "targets", "round_to", "devices", "backends", "batches", "dtypes"):
         if getattr(args, key) is not None:  # a repeated value would repeat rows
@@ -257,8 +259,47 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def summary_run(result: Dict[str, Any]) -> Dict[str, Any]:
+    """One run's table for BENCHMARKS.md: per model, target and round_to, each backend's speedup over its own
+    dense model, then (over the dense model in eager PyTorch; / the roofline bound); dense rows in ms."""
+    rows, machine, settings = result["rows"], result["machine"], result["settings"]
+    constants = result["device_constants"]["cpu"] if "cpu" in result["device_constants"] else {}
+    cells = sorted({(r["device"], r["backend"], r["dtype"], r["batch"]) for r in rows},
+                   key=lambda c: (c[0], settings["backends"].index(c[1]), c[2], c[3]))
+    table = []
+    for key in dict.fromkeys((r["model"], r["target"], r["round_to"]) for r in rows):
+        found = {(r["device"], r["backend"], r["dtype"], r["batch"]): r for r in rows
+                 if (r["model"], r["target"], r["round_to"]) == key}
+        if key[1] is None:
+            table.append([key[0], "dense", "–", *(f"{found[c]['latency_ms']:.2f} ms" for c in cells)])
+            continue
+        first = next(iter(found.values()))
+        table.append([key[0], f"{key[1]:g} ({first['flops_ratio']:.2f})", key[2], *(
+            f"{found[c]['speedup']:.2f}× ({_cell(found[c]['speedup_vs_eager'], '.2f')}×, {found[c]['per_bound']:.2f})"
+            for c in cells)])
+    single = lambda values: values[0] if len(set(values)) == 1 else None  # noqa: E731
+    label = lambda c: " ".join(str(part) for part, common in zip(  # noqa: E731
+        c, (single([x[0] for x in cells]), None, single([x[2] for x in cells]), single([x[3] for x in cells])))
+        if common is None)
+    setting = (f"{machine['cpu']} ({', '.join(machine['cpu_flags'])}), {machine['threads']} threads, torch "
+               f"{machine['torch']}; {result['date'][:10]}, commit {result['git_commit']}; calibrated P = "
+               f"{constants.get('flops_per_s', 0) / 1e9:.0f} GFLOP/s, W = {constants.get('bytes_per_s', 0) / 1e9:.1f} "
+               f"GB/s, tau = {constants.get('overhead_s', 0) * 1e6:.2f} µs; machine otherwise idle")
+    return {"label": f"{', '.join(settings['devices'])}, batch {', '.join(map(str, settings['batches']))}, "
+                     f"{', '.join(settings['dtypes'])}", "setting": setting, "command": result["command"],
+            "columns": ["model", "target (FLOPs ratio)", "round_to", *map(label, cells)], "rows": table,
+            "caption": "Each cell: speedup over the dense model in the same backend (over the dense model in eager "
+                       "PyTorch; speedup / roofline bound). Dense rows: latency."}
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
+    if args.summarize:
+        import json
+
+        summary = {"runs": [summary_run(json.loads(Path(path).read_text())) for path in args.summarize]}
+        atomic_json(args.out, summary)
+        return summary
     torch.backends.cudnn.benchmark = True
     prune_device = "cuda" if "cuda" in args.devices else "cpu"
     constants = {device: calibrate(device) for device in args.devices}

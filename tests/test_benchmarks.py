@@ -40,6 +40,13 @@ def test_speedup_benchmark_times_each_backend_interleaved_against_the_bound(tmp_
     assert result["machine"]["threads"] >= 1 and "cpu_flags" in result["machine"]
     assert result["device_constants"]["cpu"]["flops_per_s"] > 0 and "--round-to 1 8" in result["command"]
     assert "| small_cnn | 0.5 | 8 | cpu | onnx | fp32 | 1 |" in capsys.readouterr().out
+    table = speedup.main(["--summarize", str(out), "--out", str(tmp_path / "summary.json")])["runs"][0]
+    assert table["columns"] == ["model", "target (FLOPs ratio)", "round_to", "eager", "onnx"]
+    assert [row[:3] for row in table["rows"]] == [["small_cnn", "dense", "–"],
+                                                  ["small_cnn", f"0.5 ({pruned['flops_ratio']:.2f})", 1],
+                                                  ["small_cnn", f"0.5 ({rows['eager', 0.5, 8]['flops_ratio']:.2f})", 8]]
+    assert table["rows"][2][4] == (f"{onnx['speedup']:.2f}× ({onnx['speedup_vs_eager']:.2f}×, "
+                                   f"{onnx['per_bound']:.2f})")
 
     with pytest.raises(SystemExit):
         speedup.main(["--targets", "1.5", "--out", str(tmp_path / "bad.json")])
