@@ -4,7 +4,8 @@ ratios removes and one way to meet the target from rough ratios.
 
 Ratios are per-unit fractions of channels to prune; counts are channels pruned per block (what NNI prunes). A rule
 may return any ratios: ``meet`` scales them by one factor c (r_u = clip(c * w_u, bounds), c found by bisection on
-the cost model), then moves single steps (a channel, or ``round_to`` channels) until the removed fraction is within the tolerance of the target.
+the cost model), then moves single steps (a channel, or ``round_to`` channels) until the removed fraction is within
+the tolerance of the target.
 """
 from __future__ import annotations
 
@@ -184,10 +185,10 @@ class BudgetProblem:
 
 
 def refine(units, weights, pruned, removed, target, tolerance) -> Dict[str, int]:
-    """Move single steps (to a unit's next allowed count) until the removed fraction is within tolerance: prune more from the units with the
-    largest weight first, give back to the smallest first. Where single channels are too coarse (one channel of a
-    small early conv can be worth 10% of a model's FLOPs), trade channels between two units; if the target still
-    cannot be met, a ValueError names the nearest reachable fractions."""
+    """Move single steps (to a unit's next allowed count) until the removed fraction is within tolerance: prune
+    more from the units with the largest weight first, give back to the smallest first. Where single steps are
+    too coarse (one channel of a small early conv can be worth 10% of a model's FLOPs), trade steps between two
+    units; if the target still cannot be met, a ValueError names the nearest reachable fractions."""
     pruned = dict(pruned)
     order = sorted(units, key=lambda unit: -weights[unit.name])
     seen: Dict[float, None] = {}

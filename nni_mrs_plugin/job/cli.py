@@ -81,8 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="fractions of the budget removed (default: 0.5 0.75 0.9)")
     cmp.add_argument("--seeds", nargs="+", type=int, default=None, metavar="N", help="default: the config's seed")
     _common(cmp, "default: the config's output.dir + '-compare'")
-    out = sub.add_parser("export", help="a run's pruned model (or a saved model) as ONNX, OpenVINO IR or an "
-                                        "AOTInductor package, checked in its runtime")
+    out = sub.add_parser("export", help="a saved model as ONNX, OpenVINO IR or AOTInductor, checked in its runtime")
     out.add_argument("source", help="a run folder (its pruned.pt) or a model saved by nni-mrs")
     out.add_argument("--format", choices=["onnx", "openvino", "pt2"], default="onnx", help="default: onnx")
     out.add_argument("--out", default=None, help="the artifact (default: beside the model, e.g. pruned.onnx)")
@@ -194,8 +193,9 @@ def _export(args: argparse.Namespace) -> int:
     source = Path(args.source)
     checkpoint = source / "pruned.pt" if source.is_dir() else source
     model, config = _saved_model(args, checkpoint)
-    record = export_saved(config, model, checkpoint, _make_loaders(config)[1], args.format, args.out, samples=args.samples,
-                          fold_bn=not args.no_fold_bn, dynamic_batch=not args.static_batch, verify=not args.no_verify)
+    record = export_saved(config, model, checkpoint, _make_loaders(config)[1], args.format, args.out,
+                          samples=args.samples, fold_bn=not args.no_fold_bn, dynamic_batch=not args.static_batch,
+                          verify=not args.no_verify)
     print(json.dumps(record, indent=2, default=float))
     return 0
 

@@ -48,7 +48,8 @@ class MRSPruner(BudgetPruner):
                  calibration: Any = None, attack: Any = None, estimator: Any = None, criterion: str = "taylor",
                  budget: str = "flops", tau: Optional[float] = None, rule: Any = "power", dummy_input: Any = None,
                  training_steps: int = 10, r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01,
-                 round_to: int = 1, verify: bool = True, existed_wrappers: Optional[Dict[str, Any]] = None, **allocator_options: Any):
+                 round_to: int = 1, verify: bool = True, existed_wrappers: Optional[Dict[str, Any]] = None,
+                 **allocator_options: Any):
         self.allocator = MRSSparsityAllocator(estimator, budget, tau, rule=rule, criterion=criterion, attack=attack,
                                               r_min=r_min, r_max=r_max, tolerance=tolerance, **allocator_options)
         if calibration is None and evaluator is None:
