@@ -12,9 +12,11 @@ from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 PTH_NAME = "nni_mrs_plugin.pth"
+# once per process: some Pythons (pyenv's 3.11 in a venv) process site-packages' .pth files twice
 PTH_LINE = (
     "import os, sys; os.environ.get('NNI_MRS_PLUGIN_NO_AUTOLOAD', '0') in ('', '0') and "
-    "exec(\"try:\\n import nni_mrs_plugin\\nexcept Exception as e:\\n"
+    "not hasattr(sys, '_nni_mrs_pth') and "
+    "exec(\"sys._nni_mrs_pth = 1\\ntry:\\n import nni_mrs_plugin\\nexcept Exception as e:\\n"
     " sys.stderr.write('nni-mrs-plugin: NNI compat hooks not installed: %s\\\\n' % e)\")\n"
 )
 

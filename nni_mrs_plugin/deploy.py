@@ -189,7 +189,9 @@ def _verify(model: nn.Module, folded: nn.Module, artifact: nn.Module, x: torch.T
         out[f"top1_agreement_{key}"] = agree
     accuracies = {}
     for name, candidate in (("eager", model), ("folded", folded)):
-        attacked = build_attack(candidate, "PGD", eps=eps, steps=20, random_start=True)(x, labels).detach()
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(0)  # the same random start for both: only folding's rounding may tell them apart
+            attacked = build_attack(candidate, "PGD", eps=eps, steps=20, random_start=True)(x, labels).detach()
         with torch.no_grad():
             accuracies[name] = (candidate(attacked).argmax(1) == labels).float().mean().item()
     p, n = accuracies["eager"], len(x)
@@ -212,8 +214,8 @@ def export(model: nn.Module, example_inputs: Any, path: Union[str, Path], format
     With ``verify``, on ``samples`` inputs (``data``'s (x, y), else uniform in [0, 1] labelled by the model) the
     artifact in its runtime must match the eager model within ``TOLERANCE`` at batch 1 and at ``samples``;
     top-1 agreement on clean and PGD-20 inputs (crafted on the eager model, radius ``eps``) and the folded
-    model's PGD-20 accuracy beside the original's are recorded, the latter within its 95% interval. Any failure
-    is one ValueError line and leaves nothing at ``path``."""
+    model's PGD-20 accuracy beside the original's (same random start) are recorded, the latter within its 95%
+    interval. Any failure is one ValueError line and leaves nothing at ``path``."""
     _check_format(format)
     dtype = torch.float32 if dtype is None else dtype
     if dtype not in TOLERANCE:

@@ -197,9 +197,18 @@ def check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor, who: str) -
     model.eval()
     try:
         with torch.no_grad():
-            check_outputs(model(x[:2]), y, who)
+            logits = model(x[:2])
+    except RuntimeError as err:  # a batch of the wrong shape: torch's message names the layer's expectation
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            raise
+        first = next((f"{name} ({type(m).__name__}) takes {m.in_channels} channels" if hasattr(m, "in_channels")
+                      else f"{name} (Linear) takes {m.in_features} features" for name, m in model.named_modules()
+                      if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))), "")
+        raise ValueError(f"{who}: the model cannot take inputs of shape {tuple(x.shape)}"
+                         f"{f'; its first layer {first}' if first else ''} ({str(err).splitlines()[0]})") from None
     finally:
         model.train(was_training)
+    check_outputs(logits, y, who)
 
 
 def check_outputs(logits: Any, y: torch.Tensor, who: str = "evaluate_robustness") -> None:

@@ -231,10 +231,31 @@ def _api_cases():
         ("pruner-layer", lambda: MRSPruner(small(), [{"op_names": ["nope"], "sparse_ratio": 0.5}],
                                            calibration=(x, y)), "'nope'"),
         ("allocator-granularity", lambda: _granularity(), "closest reachable fractions found are"),
+        ("pruner-calibration-channels", lambda: MRSPruner(small(), select, calibration=(x.repeat(1, 3, 1, 1), y),
+                                                          dummy_input=x[:1], progress=False).compress(),
+         "calibration: the model cannot take inputs of shape (8, 3, 28, 28); its first layer features.0 (Conv2d) "
+         "takes 1 channels"),
+        ("pruner-layer-not-reached", lambda: MRSPruner(TwoBranches(), select, calibration=(x, y),
+                                                       dummy_input=x[:1]).compress(),
+         "selected layers ['cold'] never run on the dummy input"),
+        ("pruner-estimator-option", lambda: MRSPruner(small(), select, calibration=(x, y), steps=1),
+         "unknown option 'steps' for estimator 'feature' and rule 'power'; they take: tau"),
         ("pruner-unreachable", lambda: MRSPruner(small(), [{"op_names": ["features.0"], "sparse_ratio": 0.9}],
                                                  calibration=(x, y), progress=False, n_samples=8).compress(),
          "cannot remove 0.9000"),
     ]
+
+
+class TwoBranches(nn.Module):
+    """A forward that branches on the data: the dummy input (in [0, 1)) never reaches ``cold``."""
+
+    def __init__(self):
+        super().__init__()
+        self.warm, self.cold, self.head = nn.Conv2d(1, 8, 3), nn.Conv2d(1, 8, 3), nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.warm(x) if x.mean() >= 0 else self.cold(x)
+        return self.head(y.mean((2, 3)))
 
 
 def _pickled_model():

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import DEVICES
+from nni_mrs_plugin.checkpoint import seal
 from nni_mrs_plugin.train.trainer import AdversarialTrainer
 from nni_mrs_plugin.data import load_dataset
 from nni_mrs_plugin.train.fit import BEST, HISTORY, LAST, fit
@@ -79,7 +80,7 @@ def test_interrupted_fit_resumes_on_its_device(device, tmp_path):
     fit(small_cnn(), train, epochs=2, trainer=trainer, device=device, checkpoint_dir=tmp_path, progress=False)
     last = torch.load(tmp_path / LAST, weights_only=True)
     last["epoch"], last["history"] = 1, last["history"][:1]  # as if killed after the first epoch
-    torch.save(last, tmp_path / LAST)
+    torch.save(seal({k: v for k, v in last.items() if k != "sha256"}), tmp_path / LAST)
     result = fit(small_cnn(), train, epochs=2, trainer=trainer, device=device, checkpoint_dir=tmp_path,
                  resume=True, progress=False)
     assert [row["epoch"] for row in result.history] == [1, 2]
@@ -350,3 +351,54 @@ def test_a_cuda_device_this_machine_lacks_is_a_one_line_error(tmp_path):
             AdversarialTrainer("fast", eps=0.1), device=missing, checkpoint_dir=tmp_path / "run", progress=False)
     assert missing in str(info.value) and "\n" not in str(info.value)
     assert not (tmp_path / "run").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes(out: Path, *args: str) -> list:
+    """fit_job.py as two torchrun nodes (one process each) meeting at a c10d rendezvous on loopback."""
+    port, run_id = free_port(), f"nodes-{os.getpid()}-{time.time_ns()}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id, JOB,
+               "--out", str(out), *args]
+    out.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen(command, env=ENV, stdout=open(out / f"node{i}.log", "w"), stderr=subprocess.STDOUT,
+                             start_new_session=True) for i in range(2)]
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_match_one_process_and_a_lost_node_stops_the_other_without_a_hang(tmp_path):
+    exact = ["--model", "plain_cnn", "--method", "natural", "--epochs", "2"]
+    run_job(tmp_path / "one", *exact)
+    nodes = two_nodes(tmp_path / "nodes", *exact)
+    for node in nodes:
+        assert node.wait(timeout=600) == 0, (tmp_path / "nodes" / "node0.log").read_text()[-3000:]
+    one = torch.load(tmp_path / "one" / "final_rank0.pt")
+    for rank in (0, 1):
+        weights = torch.load(tmp_path / "nodes" / f"final_rank{rank}.pt")
+        for key, value in one.items():
+            torch.testing.assert_close(weights[key], value, rtol=1e-4, atol=1e-5)
+
+    # one node killed (agent and worker) mid-run: the other exits with an error within a bounded time
+    nodes = two_nodes(tmp_path / "lost", "--model", "plain_cnn", "--method", "pgd", "--epochs", "30", "--train", "2048")
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "lost" / LAST).exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "lost" / LAST).exists(), "training never started"
+        os.killpg(nodes[1].pid, signal.SIGKILL)
+        started = time.time()
+        code = nodes[0].wait(timeout=180)  # a hang fails here
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+    log = (tmp_path / "lost" / "node0.log").read_text()
+    assert code != 0 and time.time() - started < 180
+    assert any(word in log for word in ("Connection", "closed", "failed")), log[-3000:]

@@ -187,7 +187,13 @@ def find_units(model: nn.Module, selection: Selection, dummy_input: Any, r_min: 
     check_round_to(round_to)
     graph_module = graph_module if graph_module is not None else trace(model, dummy_input)
     modules = dict(model.named_modules())
-    every_layer = [name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    reached = {name for name, _ in graph_module.named_modules()}  # a traced graph keeps the layers it calls
+    unreached = [name for name in selection.layers if name not in reached]
+    if unreached:
+        raise ValueError(f"selected layers {unreached[:5]} never run on the dummy input (the forward takes another "
+                         f"branch for it, and a trace follows one), so their channels' dependencies are unknown: "
+                         f"give a dummy_input that reaches them, or leave them out with exclude_op_names")
+    every_layer = [name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and name in reached]
     grouped = group_dependencies(model, [{"op_names": every_layer, "sparse_ratio": 0.5}], dummy_input, graph_module)
     order = {name: i for i, name in enumerate(every_layer)}
     groups: Dict[str, List[str]] = {}

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..attacks import check_pixel_range
-from ..checkpoint import atomic_save
+from ..checkpoint import atomic_save, seal, unseal
 from ..evaluate import check_labels
 from ..budget.problem import BudgetProblem
 from ..budget.report import Allocation
@@ -67,7 +67,7 @@ def learn_allocation(problem: BudgetProblem, data: Iterable, trainer: Any, steps
                    "gamma": gamma, "stages": stages, "lr": lr, "seed": seed,
                    **({"start": start} if start != "uniform" else {})}
     if checkpoint is not None and Path(checkpoint).is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        saved = unseal(torch.load(checkpoint, map_location="cpu", weights_only=True), checkpoint)
         if saved.get("fingerprint") != fingerprint:
             raise ValueError(f"{checkpoint} holds a HARP run with other settings ({saved.get('fingerprint')}); "
                              f"delete it or use another path")
@@ -118,8 +118,8 @@ def learn_allocation(problem: BudgetProblem, data: Iterable, trainer: Any, steps
                         else:
                             state["gamma"] += float(gamma)
                     if checkpoint is not None:
-                        atomic_save({"fingerprint": fingerprint, "gates": gates.state_dict(), "state": state,
-                                     "optimizer": optimizer.state_dict()}, checkpoint)
+                        atomic_save(seal({"fingerprint": fingerprint, "gates": gates.state_dict(), "state": state,
+                                          "optimizer": optimizer.state_dict()}), checkpoint)
     finally:
         gates.detach()
         for p, flag in zip(params, flags):

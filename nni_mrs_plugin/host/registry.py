@@ -103,8 +103,10 @@ def get_pruner(name: str) -> type:
     module, _, attr = entry.partition(":")
     try:
         return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"pruner {name!r} is registered as {entry!r} but cannot be loaded: {err}") from err
+    except Exception as err:  # a plugin's module may fail at import in any way: one line, its first
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+        raise ValueError(f"pruner {name!r} is registered as {entry!r} but cannot be loaded ({type(err).__name__}: "
+                         f"{detail})") from None
 
 
 # --- ``from nni.compression.pruning import MRSPruner`` ------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -148,7 +149,8 @@ def _print_summary(state: Dict[str, Any], out: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
 
-    pipeline = Pipeline(_config(args), args.output)
+    pipeline = Pipeline(_config(args), args.output,
+                        on_stage=lambda stage, i, n: print(f"nni-mrs: [{i}/{n}] {stage}", flush=True))
     state = pipeline.run(args.until)
     _print_summary(state, str(pipeline.dir))
     return 0
@@ -252,48 +254,41 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    from .config import ConfigError
+    from ..checkpoint import DiskFullError, Stopped, stop_on_signals
     from ..data import DataNotFoundError
     from ..deploy import MissingExtraError
+    from .config import ConfigError
+    from .lock import FolderInUseError
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every process would prune on its own and hang
         print(f"nni-mrs: {args.command} runs as one process, not under torchrun (WORLD_SIZE="
               f"{os.environ['WORLD_SIZE']}); for several GPUs call fit() under torchrun in your own script",
               file=sys.stderr)
         return 2
+    command = {"run": _run, "eval": _eval, "compare": _compare, "export": _export, "experiment": _experiment,
+               "trial": _trial}[args.command]
+    again = shlex.join(["nni-mrs", *(sys.argv[1:] if argv is None else argv)])
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "eval":
-            return _eval(args)
-        if args.command == "compare":
-            return _compare(args)
-        if args.command == "export":
-            return _export(args)
-        if args.command == "experiment":
-            return _experiment(args)
-        if args.command == "trial":
-            return _trial(args)
+        with stop_on_signals():
+            return command(args)
     except ConfigError as err:
         print(f"nni-mrs: config error: {err}", file=sys.stderr)
-        return 2
-    except MissingExtraError as err:
+    except (MissingExtraError, DataNotFoundError, FolderInUseError) as err:
         print(f"nni-mrs: {err}", file=sys.stderr)
-        return 2
-    except DataNotFoundError as err:
-        print(f"nni-mrs: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # an output path through a regular file, a read-only folder, a full disk
+    except DiskFullError as err:
+        print(f"nni-mrs: {err.strerror}; what finished is kept: free space and run `{again}` to resume",
+              file=sys.stderr)
+    except OSError as err:  # an output path through a regular file, a read-only folder
         where = f" {err.filename}" if err.filename else ""
         print(f"nni-mrs: cannot write{where}: {err.strerror or err}", file=sys.stderr)
-        return 2
     except ValueError as err:  # a bad value found past the config checks (e.g. an unreachable target)
         print(f"nni-mrs: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("nni-mrs: interrupted", file=sys.stderr)
-        return 130
-    return 1
+    except KeyboardInterrupt as err:  # Stopped: SIGTERM or SIGINT, after the write under way
+        name, code = (err.args[0], err.exit_code) if isinstance(err, Stopped) else ("SIGINT", 130)
+        resume = f"; what finished is kept: run `{again}` to resume" if args.command in ("run", "compare") else ""
+        print(f"nni-mrs: stopped by {name}{resume}", file=sys.stderr)
+        return code
+    return 2
 
 
 if __name__ == "__main__":

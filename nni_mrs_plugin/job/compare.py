@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from ..checkpoint import atomic_json, atomic_save, atomic_write, load_pruned
 from .config import Config, ConfigError, load_config
+from .lock import FolderLock
 from .pipeline import Pipeline, robust_evaluation
 from .stats import mean_std, paired
 
@@ -105,6 +106,12 @@ def compare(config: Config, variants: Union[Sequence[str], Mapping[str, Mapping[
                 except ConfigError as err:
                     raise ConfigError(f"variant {label!r}: {err}") from None
     out = Path(output or f"{config.output.dir}-compare")
+    with FolderLock(out):  # one compare per folder; each run below also locks its own
+        return _compare(config, variants, seeds, configs, base, out, on_run)
+
+
+def _compare(config: Config, variants: Dict[str, Dict[str, Any]], seeds: List[int], configs: Dict[tuple, Config],
+             base: Dict[str, Any], out: Path, on_run: Optional[Callable[[int, int, str], None]]) -> Dict[str, Any]:
     runs: List[Dict[str, Any]] = []
     dense: Dict[str, Dict[str, Any]] = {}
     total = len(configs)

@@ -65,6 +65,8 @@ def run_trial(source: Union[str, Path, Mapping[str, Any], None] = None,
     with warnings.catch_warnings():  # outside NNI (standalone) it warns and returns {}: the config as it is
         warnings.simplefilter("ignore", RuntimeWarning)
         parameters = nni.get_next_parameter() or {}
+    for key in parameters:
+        _check_not_a_path(key, "trial parameter")
     config = load_config(source, {**(overrides or {}), **parameters, "progress": False})
     attack = robust_attack(config.eval.attacks)
     # NNI gives each trial its own folder; outside NNI (standalone), the config's output.dir
@@ -91,12 +93,23 @@ def default_search_space_path() -> Path:
     return Path(__file__).parents[1] / "configs" / "search_space.json"
 
 
+# keys that name files or folders: a tuner's pick would read or write wherever it points
+PATH_KEYS = ("output.dir", "data.root", "model.checkpoint", "pretrain.teacher", "finetune.teacher")
+
+
+def _check_not_a_path(key: str, where: str) -> None:
+    if key in PATH_KEYS:
+        raise ConfigError(f"{where} '{key}': a path is not a hyperparameter (a tuner's pick could point anywhere); "
+                          f"set it in the config")
+
+
 def check_search_space(config: Config, space: Mapping[str, Any]) -> None:
     """Every key is a config key and every value the tuner may pick (choices, range ends) is valid there."""
     if not isinstance(space, Mapping) or not space:
         raise ConfigError(f"search space: must be a non-empty mapping of config keys, got {space!r}")
     base = config.to_dict()
     for key, spec in space.items():
+        _check_not_a_path(key, "search space")
         if not isinstance(spec, Mapping) or "_type" not in spec or "_value" not in spec:
             raise ConfigError(f"search space '{key}': must be {{'_type': ..., '_value': [...]}}, got {spec!r}")
         kind, values = spec["_type"], spec["_value"]

@@ -16,9 +16,10 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_json, atomic_save, atomic_write, load_pruned, save_pruned
+from ..checkpoint import atomic_json, atomic_save, atomic_write, load_pruned, save_pruned, seal, unseal
 from . import build
 from .config import Config, ConfigError
+from .lock import FolderLock
 
 __all__ = ["STAGES", "Pipeline", "run_pipeline", "robust_evaluation"]
 
@@ -66,12 +67,13 @@ class Pipeline:
     """One run folder for one config. Call ``run()``; each stage's result is kept in ``self.state``."""
 
     def __init__(self, config: Config, output: Optional[str] = None, on_epoch: Optional[Callable] = None,
-                 dense_evaluation: Optional[Dict[str, Any]] = None):
+                 dense_evaluation: Optional[Dict[str, Any]] = None, on_stage: Optional[Callable] = None):
         import yaml
 
         self.config = config
         self.dir = Path(output or config.output.dir)
         self.on_epoch = on_epoch  # on_epoch(stage, row) after each training epoch, e.g. NNI intermediate results
+        self.on_stage = on_stage  # on_stage(stage, index, total) as a stage that is not done yet starts
         # the dense model's robust_evaluation when the caller already has it (compare shares one across runs)
         self.dense_evaluation = dense_evaluation
         # what the results depend on: progress bars and the folder's own name do not
@@ -189,7 +191,7 @@ class Pipeline:
         allocation, masks = baseline_masks(model, build.config_list(self.config), dummy, get_pruner(cfg.pruner),
                                            cfg.budget, cfg.r_max, cfg.round_to,
                                            **build.pruner_keywords(self.config, model, context, dummy))
-        atomic_save({k: {t: m.cpu() for t, m in v.items() if m is not None} for k, v in masks.items()},
+        atomic_save(seal({k: {t: m.cpu() for t, m in v.items() if m is not None} for k, v in masks.items()}),
                     self.dir / "masks.pt")
         atomic_json(self.dir / "allocation.json", allocation.as_dict())
         return {"pruner": cfg.pruner, "target": cfg.target, "budget": cfg.budget,
@@ -208,7 +210,7 @@ class Pipeline:
         from ..host.speedup import recalibrate_batchnorm, speedup_model
 
         model = load_pruned(self.dir / "dense.pt")
-        masks = torch.load(self.dir / "masks.pt", map_location="cpu", weights_only=True)
+        masks = unseal(torch.load(self.dir / "masks.pt", map_location="cpu", weights_only=True), self.dir / "masks.pt")
         started = time.perf_counter()
         speedup_model(model, masks, self.dummy)
         seconds = time.perf_counter() - started
@@ -267,16 +269,20 @@ class Pipeline:
         """Run the stages not yet finished (up to ``until``); returns ``stages.json``'s content."""
         if until is not None and until not in STAGES:
             raise ConfigError(f"until: must be one of {', '.join(STAGES)}, got {until!r}")
-        for stage in STAGES:
-            if not self.done(stage):
-                started = time.perf_counter()
-                result = getattr(self, stage)()
-                result["seconds"] = round(time.perf_counter() - started, 2)
-                if stage == "export":  # the report shows the artifacts' latency: write it again
-                    self.state["stages"].pop("report", None)
-                self._finish(stage, result)
-            if stage == until:
-                break
+        with FolderLock(self.dir):
+            self.state = self._load_state()  # what a writer before us finished
+            for index, stage in enumerate(STAGES, 1):
+                if not self.done(stage):
+                    if self.on_stage is not None:
+                        self.on_stage(stage, index, len(STAGES))
+                    started = time.perf_counter()
+                    result = getattr(self, stage)()
+                    result["seconds"] = round(time.perf_counter() - started, 2)
+                    if stage == "export":  # the report shows the artifacts' latency: write it again
+                        self.state["stages"].pop("report", None)
+                    self._finish(stage, result)
+                if stage == until:
+                    break
         return self.state
 
 

@@ -14,7 +14,10 @@ __all__ = ["ConfigError", "require", "constructor_checks", "build_section"]
 
 
 class ConfigError(ValueError):
-    """A config value or key is wrong; the message names it."""
+    """A config value or key is wrong; the message names it, on one line whatever the key or value holds."""
+
+    def __init__(self, message: str):
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def require(ok: bool, key: str, message: str, value: Any) -> None:
@@ -79,7 +82,7 @@ def build_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             close = difflib.get_close_matches(str(key), list(spelled), n=1)
             hint = (f"; did you mean '{prefix}{spelled[close[0]]}'?" if close
                     else f"; known keys: {', '.join(names)}")
-            raise ConfigError(f"unknown key '{where}'{hint}")
+            raise ConfigError(f"unknown key {where!r}{hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             values[key] = build_section(hint, value if value is not None else {}, f"{where}.")

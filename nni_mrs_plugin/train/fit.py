@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .trainer import AdversarialTrainer
-from ..checkpoint import atomic_json, atomic_save
+from ..checkpoint import atomic_json, atomic_save, seal, unseal
 from ..evaluate import evaluate_robustness
 from .guard import CollapseGuard, TrainingCollapsedError, starting_point
 from .loop import SCHEDULES, scheduled_sgd, train_epoch
@@ -63,7 +63,7 @@ def _validate(model: nn.Module, loader: DataLoader, trainer: AdversarialTrainer,
 
 def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
              config: Dict[str, Any], ctx: distributed.Context) -> Dict[str, Any]:
-    checkpoint = torch.load(path, map_location=ctx.device, weights_only=True)
+    checkpoint = unseal(torch.load(path, map_location=ctx.device, weights_only=True), path)
     for key in ("epochs", "steps_per_epoch", "method", "ema", "lr_schedule"):
         made = checkpoint["config"].get(key, _BEFORE.get(key))
         if made != config[key]:
@@ -102,7 +102,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLoa
     against epochs x batches) mostly remembers the starting weights: that gets a warning.
 
     An epoch that ends at chance, from a model that started above it, is run again from the last good state at
-    half the learning rate, up to ``collapse_retries`` times (default 0: off; 2 is the usual setting), then ``TrainingCollapsedError``
+    half the learning rate, up to ``collapse_retries`` times (default 0: off; 2 is the usual setting), then
+    ``TrainingCollapsedError``
     (``train/guard.py``); the row of a retried epoch says ``collapse_retries`` and ``lr_scale``.
     """
     trainer = trainer or AdversarialTrainer()
@@ -159,7 +160,8 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
             averaged.load_state_dict(checkpoint["ema"])
         result.best_epoch, result.best_robust_accuracy = checkpoint["best_epoch"], checkpoint["best_robust_accuracy"]
         if restore_best and (out / BEST).is_file():
-            best_state = torch.load(out / BEST, map_location=ctx.device, weights_only=True)["model"]
+            best = torch.load(out / BEST, map_location=ctx.device, weights_only=True)
+            best_state = unseal(best, out / BEST)["model"]
     net = distributed.wrap(model, ctx)
     main_progress = progress and ctx.is_main
     guard = None
@@ -211,12 +213,13 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
         rng = distributed.gather_rng(ctx)
         if ctx.is_main and out is not None:
             if improved:
-                atomic_save({"epoch": epoch, "model": judged.state_dict(), "pgd_acc": row.get("pgd_acc")}, out / BEST)
-            atomic_save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                best = {"epoch": epoch, "model": judged.state_dict(), "pgd_acc": row.get("pgd_acc")}
+                atomic_save(seal(best), out / BEST)
+            atomic_save(seal({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          **({"ema": averaged.state_dict()} if averaged is not None else {}),
                          "schedule": schedule.state_dict(), "rng": rng, "history": result.history,
                          "best_epoch": result.best_epoch, "best_robust_accuracy": result.best_robust_accuracy,
-                         "config": config, **({"baseline": guard.baseline} if guard is not None else {})}, out / LAST)
+                         "config": config, **({"baseline": guard.baseline} if guard is not None else {})}), out / LAST)
             atomic_json(out / HISTORY, {"config": config, "history": result.history, "best_epoch": result.best_epoch})
         if ctx.is_main and on_epoch is not None:
             on_epoch(row)
