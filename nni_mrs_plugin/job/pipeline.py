@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_json, atomic_save, atomic_write, load_pruned, save_pruned, seal, unseal
+from ..checkpoint import atomic_json, atomic_save, atomic_write, load_pruned, save_pruned
 from . import build
 from .config import Config, ConfigError
 from .lock import FolderLock
@@ -191,7 +191,7 @@ class Pipeline:
         allocation, masks = baseline_masks(model, build.config_list(self.config), dummy, get_pruner(cfg.pruner),
                                            cfg.budget, cfg.r_max, cfg.round_to,
                                            **build.pruner_keywords(self.config, model, context, dummy))
-        atomic_save(seal({k: {t: m.cpu() for t, m in v.items() if m is not None} for k, v in masks.items()}),
+        atomic_save({k: {t: m.cpu() for t, m in v.items() if m is not None} for k, v in masks.items()},
                     self.dir / "masks.pt")
         atomic_json(self.dir / "allocation.json", allocation.as_dict())
         return {"pruner": cfg.pruner, "target": cfg.target, "budget": cfg.budget,
@@ -210,7 +210,7 @@ class Pipeline:
         from ..host.speedup import recalibrate_batchnorm, speedup_model
 
         model = load_pruned(self.dir / "dense.pt")
-        masks = unseal(torch.load(self.dir / "masks.pt", map_location="cpu", weights_only=True), self.dir / "masks.pt")
+        masks = torch.load(self.dir / "masks.pt", map_location="cpu", weights_only=True)
         started = time.perf_counter()
         speedup_model(model, masks, self.dummy)
         seconds = time.perf_counter() - started
