@@ -1,5 +1,6 @@
 """fit: history, best-on-robust checkpoint, kill-and-resume, NaN guard, DDP with 2 gloo processes, and the
 headline check that PGD adversarial training buys PGD accuracy that natural training does not."""
+import contextlib
 import importlib.util
 import json
 import os
@@ -372,6 +373,22 @@ def two_nodes(out: Path, *args: str) -> list:
                              start_new_session=True) for i in range(2)]
 
 
+def kill_node(agent: subprocess.Popen) -> None:
+    """SIGKILL a torchrun node whole: its workers run in sessions of their own, so the agent's group is not enough."""
+    workers = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+               if _parent(stat) == agent.pid]
+    for pid in (agent.pid, *workers):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _parent(stat: Path) -> int:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
 @pytest.mark.slow
 def test_two_nodes_on_loopback_match_one_process_and_a_lost_node_stops_the_other_without_a_hang(tmp_path):
     exact = ["--model", "plain_cnn", "--method", "natural", "--epochs", "2"]
@@ -386,19 +403,19 @@ def test_two_nodes_on_loopback_match_one_process_and_a_lost_node_stops_the_other
             torch.testing.assert_close(weights[key], value, rtol=1e-4, atol=1e-5)
 
     # one node killed (agent and worker) mid-run: the other exits with an error within a bounded time
-    nodes = two_nodes(tmp_path / "lost", "--model", "plain_cnn", "--method", "pgd", "--epochs", "30", "--train", "2048")
+    nodes = two_nodes(tmp_path / "lost", "--model", "plain_cnn", "--method", "pgd", "--epochs", "500", "--train", "2048")
     try:
         deadline = time.time() + 300
         while not (tmp_path / "lost" / LAST).exists() and time.time() < deadline:
             time.sleep(0.05)
         assert (tmp_path / "lost" / LAST).exists(), "training never started"
-        os.killpg(nodes[1].pid, signal.SIGKILL)
+        kill_node(nodes[1])
         started = time.time()
         code = nodes[0].wait(timeout=180)  # a hang fails here
     finally:
         for node in nodes:
-            if node.poll() is None:
-                os.killpg(node.pid, signal.SIGKILL)
+            kill_node(node)
     log = (tmp_path / "lost" / "node0.log").read_text()
     assert code != 0 and time.time() - started < 180
+    assert not list((tmp_path / "lost").glob("final_rank*.pt")), "the killed run finished: the kill came too late"
     assert any(word in log for word in ("Connection", "closed", "failed")), log[-3000:]
