@@ -324,10 +324,7 @@ def _run_until_announced(command, stage, timeout=600):
 @pytest.mark.slow
 @pytest.mark.parametrize("pruner, plan", [
     ("mrs", [s for s in STAGES for _ in range(2)]),
-    pytest.param("harp", ["prune"] * 3, marks=pytest.mark.xfail(strict=True, reason=(
-        "known bug found by this test: HARP's learning resumes from its saved gates but reseeds with seed + step and "
-        "restarts the data from the first batch, so a resumed allocation differs slightly (unit score 0.7336 vs "
-        "0.7347); to fix in harp/learn.py: keep the RNG state and the data position in prune-harp.pt")))])
+    ("harp", ["prune"] * 3)])
 def test_kill_9_at_random_moments_of_every_stage_resumes_to_the_uninterrupted_report(tmp_path, pruner, plan):
     """A seeded fault injection: SIGKILL at a random moment inside each planned stage (a delay drawn within the
     stage's length in the uninterrupted run), the same command again after each, and the report at the end."""

@@ -8,8 +8,8 @@ rate. Gradients: the mask's gradient g passes straight through to the scores (HA
 exact derivative of that interpolation, per_block x g of the partial channel, summed over blocks: the first-order
 loss change of keeping one channel more. (HARP passes sum(g) over all channels to the rate; g of a kept channel
 measures scaling it beyond 1, and g of a pruned one is zero behind a ReLU, so that sum can point the wrong way.)
-The model runs in eval mode while the gates learn: train-mode BatchNorm would renormalise a partial channel back
-to full scale. The rate is a sigmoid of a free parameter between the unit's bounds, so it never leaves them.
+The model runs in eval mode while the gates learn, the attack's passes included: train-mode BatchNorm would
+renormalise a partial channel back to full scale (and move the model's running statistics). The rate is a sigmoid of a free parameter between the unit's bounds, so it never leaves them.
 docs/method.md states the objective.
 """
 from __future__ import annotations

@@ -5,10 +5,12 @@ The weight gamma follows HARP's step-wise schedule: the run is cut into ``stages
 budget at a stage's end, gamma grows by its initial value (robustness first, then a growing push toward the
 target); once they meet it, gamma is frozen, so both terms keep the weight that balanced them. The rates are then
 rounded to channel counts and the budget solver's single-channel refine finishes the budget exactly (pruning
-first where the learned rate is lowest). State is saved at every stage's end, so a killed run resumes there.
+first where the learned rate is lowest). State, the RNG and the data position included, is saved at every stage's
+end, so a killed run resumes there and ends as an uninterrupted one would.
 """
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple
@@ -43,14 +45,48 @@ def _start(problem: BudgetProblem, start: str = "uniform") -> ChannelGates:
     return ChannelGates(units, keep, scores).to(next(model.parameters()).device)
 
 
-def _batches(data: Iterable) -> Iterable[Tuple[torch.Tensor, torch.Tensor]]:
-    while True:  # epoch after epoch; the caller counts the steps
-        empty = True
-        for batch in data:
-            empty = False
-            yield batch[0], batch[1]
-        if empty:
-            raise ValueError("HARP's train_data yielded no batches")
+def _rng() -> dict:
+    return {"cpu": torch.random.get_rng_state(),
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_initialized() else {})}
+
+
+def _set_rng(state: dict) -> None:
+    torch.random.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _Batches:
+    """The data epoch after epoch, resumable exactly: it keeps the RNG state each pass began with (a shuffling
+    DataLoader draws its order from it, workers their seeds) and how many batches of the pass were used, so a resumed
+    run replays the pass's order and skips what was used."""
+
+    def __init__(self, data: Iterable, position: Optional[dict] = None) -> None:
+        self.data, self.it = data, None
+        self.start, self.used = (position["rng"], position["used"]) if position else (None, 0)
+        if position:
+            _set_rng(self.start)
+            self.it = iter(data)
+            for _ in range(self.used):
+                next(self.it)
+
+    def position(self) -> dict:
+        return {"rng": self.start, "used": self.used}
+
+    def _new_pass(self) -> None:
+        self.start, self.used, self.it = _rng(), 0, iter(self.data)
+
+    def __next__(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.it is None:
+            self._new_pass()
+        batch = next(self.it, None)
+        if batch is None:  # the pass is over: the next one
+            self._new_pass()
+            batch = next(self.it, None)
+            if batch is None:
+                raise ValueError("HARP's train_data yielded no batches")
+        self.used += 1
+        return batch[0], batch[1]
 
 
 def learn_allocation(problem: BudgetProblem, data: Iterable, trainer: Any, steps: int, *, gamma: float = 1.0,
@@ -74,18 +110,26 @@ def learn_allocation(problem: BudgetProblem, data: Iterable, trainer: Any, steps
         gates.load_state_dict(saved["gates"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
+    generator_state = torch.random.get_rng_state()
+    if "data" in state:  # resumed: the data where the run was, then the RNG as it was
+        batches = _Batches(data, state["data"])
+        _set_rng(state["rng"])
+    else:
+        torch.manual_seed(seed)
+        batches = _Batches(data)
+    if getattr(trainer, "attack_bn", "eval") == "train":  # gates.py: eval mode, the attack's passes too (train-mode
+        trainer = copy.copy(trainer)  # BatchNorm renormalises a partial channel and moves the running statistics)
+        trainer.attack_bn = "eval"
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     was_training = model.training
     device = params[0].device
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed + state["step"])
     for p in params:
         p.requires_grad_(False)
     gates.attach(model)
     model.eval()  # see gates.py: BatchNorm's running statistics stay as they were
     try:
-        batches, checked = _batches(data), False
+        checked = False
         with tqdm(total=steps, initial=state["step"], desc="HARP", disable=not progress, leave=False) as bar:
             while state["step"] < steps:
                 x, y = next(batches)
@@ -118,6 +162,7 @@ def learn_allocation(problem: BudgetProblem, data: Iterable, trainer: Any, steps
                         else:
                             state["gamma"] += float(gamma)
                     if checkpoint is not None:
+                        state.update(rng=_rng(), data=batches.position())
                         atomic_save(seal({"fingerprint": fingerprint, "gates": gates.state_dict(), "state": state,
                                           "optimizer": optimizer.state_dict()}), checkpoint)
     finally:

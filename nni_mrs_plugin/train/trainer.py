@@ -163,14 +163,14 @@ class AdversarialTrainer:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def attack_for(self, model: nn.Module):
-        """The torchattacks attack bound to ``model`` (cached while model and device stay the same)."""
+        """The torchattacks attack bound to ``model`` (cached while model, device and ``attack_bn`` stay the same)."""
         model = _unwrap(model)
-        device = next(model.parameters()).device
-        if self._cached is None or self._cached[0] is not model or self._cached[1] != device:
+        key = (next(model.parameters()).device, self.attack_bn)
+        if self._cached is None or self._cached[0] is not model or self._cached[1] != key:
             attack = self.attack_class(self.space.model(model), **self.attack_kwargs)
             if self.attack_bn == "train":
                 attack.set_model_training_mode(model_training=True, batchnorm_training=True, dropout_training=True)
-            self._cached = (model, device, attack)
+            self._cached = (model, key, attack)
         return self._cached[2]
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
