@@ -56,6 +56,7 @@ _EXPORTS = {
     "run_pipeline": "job.pipeline", "write_report": "job.report", "compare": "job.compare",
     # NNI's experiment manager
     "run_trial": "job.experiment", "launch_experiment": "job.experiment", "check_search_space": "job.experiment",
+    "load_training_service": "job.experiment", "ExperimentError": "job.experiment",
 }
 
 __all__ = ["compat", "__version__", *_EXPORTS]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup, sourced by scripts/main.sh and scripts/test.sh:
 #   .venv with this package installed editable (re-installed only when the packaging files change),
-#   and Fashion-MNIST from Debian's dataset-fashion-mnist when apt and root are available.
+#   and Debian's dataset-fashion-mnist and openssh-server when apt and root are available.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,13 +22,18 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 
+# Debian's packages: Fashion-MNIST, and OpenSSH's server (the test of NNI's remote training service logs in over
+# SSH on loopback)
 fmnist=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-if [[ ! -f $fmnist && -z "${NNI_MRS_FASHION_MNIST:-}" ]]; then
+missing=()
+[[ -f $fmnist || -n "${NNI_MRS_FASHION_MNIST:-}" ]] || missing+=(dataset-fashion-mnist)
+[[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
+if (( ${#missing[@]} )); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    echo "setup: installing Fashion-MNIST (apt-get install dataset-fashion-mnist)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    echo "setup: installing ${missing[*]} (apt-get install)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "setup: Fashion-MNIST is missing and apt-get as root is not available here;" \
-         "install dataset-fashion-mnist, or set NNI_MRS_FASHION_MNIST to a folder holding its four .gz files" >&2
+    echo "setup: ${missing[*]} missing and apt-get as root is not available here; install them with apt" \
+         "(for Fashion-MNIST you may instead set NNI_MRS_FASHION_MNIST to a folder holding its four .gz files)" >&2
   fi
 fi

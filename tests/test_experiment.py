@@ -1,8 +1,15 @@
 """The NNI experiment manager: a real 2-trial experiment (local, loopback), trial entry, search-space checks,
 and the shipped nnictl example."""
+import contextlib
+import getpass
 import json
 import shlex
+import shutil
 import socket
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -12,7 +19,8 @@ from test_pipeline import TINY
 
 from nni_mrs_plugin.job.cli import _parser
 from nni_mrs_plugin.job.config import ConfigError, load_config
-from nni_mrs_plugin.job.experiment import check_search_space, default_search_space_path, launch_experiment
+from nni_mrs_plugin.job.experiment import (check_search_space, default_search_space_path, launch_experiment,
+                                           load_training_service)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nni_experiment"
 
@@ -50,6 +58,82 @@ def test_two_trial_experiment_end_to_end(tmp_path):
     assert allocations[0] != allocations[1], "tau changes the allocation"
     assert json.loads((out / "experiment.json").read_text())["trials"] == json.loads(json.dumps(trials))
     assert all(t["id"] in (out / "experiment.md").read_text() for t in trials)
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """Debian's OpenSSH server on 127.0.0.1 with throwaway keys (the README's setup installs openssh-server). pip
+    gets no index in its sessions: NNI's remote service runs `pip install nni --upgrade` on every machine."""
+    assert Path("/usr/sbin/sshd").is_file(), "the README's setup installs Debian's openssh-server"
+    folder = tmp_path / "ssh"
+    folder.mkdir()
+    for name in ("host_key", "client_key"):  # RSA in PEM: what NNI's bundled ssh2 reads
+        subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f", folder / name],
+                       check=True)
+    (folder / "authorized_keys").write_text((folder / "client_key.pub").read_text())
+    port = free_port()
+    (folder / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder}/host_key\nAuthorizedKeysFile {folder}/authorized_keys\n"
+        f"PasswordAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+        f"Subsystem sftp internal-sftp\nSetEnv PIP_NO_INDEX=1\n")
+    with contextlib.suppress(PermissionError):
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+    log = folder / "sshd.log"
+    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", folder / "sshd_config"], stderr=log.open("w"))
+    deadline = time.time() + 30
+    while server.poll() is None and time.time() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    assert server.poll() is None, log.read_text()
+    yield SimpleNamespace(port=port, key=folder / "client_key", log=log)
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_two_trials_through_nnis_remote_training_service_over_ssh_on_loopback(tmp_path, sshd):
+    """`nni-mrs experiment --training-service` with the shipped remote example, its machine list pointed at this
+    machine over SSH: NNI uploads the trial folder, starts its trial keeper there and both trials report back."""
+    example = yaml.safe_load((EXAMPLE / "config_remote.yml").read_text())
+    example["nniManagerIp"] = "127.0.0.1"
+    example["trainingService"]["machineList"] = [
+        {"host": "127.0.0.1", "port": sshd.port, "user": getpass.getuser(), "sshKeyFile": str(sshd.key),
+         "pythonPath": str(Path(sys.executable).parent)}]
+    service = tmp_path / "remote.yml"
+    service.write_text(yaml.safe_dump(example))
+    config, space = tmp_path / "config.yaml", tmp_path / "space.json"
+    config.write_text(yaml.safe_dump(dict(TINY)))
+    space.write_text(json.dumps({"pruning.options.tau": {"_type": "choice", "_value": [0.0, 1.0]}}))
+    out = tmp_path / "exp"
+    done = run_python(["-m", "nni_mrs_plugin", "experiment", str(config), "--search-space", str(space), "--trials", "2",
+                       "--tuner", "GridSearch", "--port", str(free_port()), "--training-service", str(service),
+                       "--output", str(out)], timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((out / "experiment.json").read_text())
+    try:
+        trials = result["trials"]
+        assert [t["status"] for t in trials] == ["SUCCEEDED", "SUCCEEDED"]
+        assert all("127.0.0.1:" in t["trial_dir"] for t in trials), "the trials ran on the remote machine"
+        assert sorted(t["parameters"]["pruning.options.tau"] for t in trials) == [0.0, 1.0]
+        for trial in trials:
+            assert abs(trial["metrics"]["flops_removed"] - 0.5) <= 0.01 and 0 <= trial["metrics"]["default"] <= 1
+            assert trial["id"] in (out / "experiment.md").read_text()
+        assert "Accepted publickey" in sshd.log.read_text()
+    finally:  # the trials' folders on the "remote" machine (reuse mode keeps them in /tmp)
+        for root in (Path.home(), Path("/tmp")):
+            shutil.rmtree(root / "nni-experiments" / result["experiment_id"], ignore_errors=True)
+
+
+def test_a_bad_training_service_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("trainingService:\n  platform: remote\n  machineList:\n    - hots: 127.0.0.1\n")
+    done = run_python(["-m", "nni_mrs_plugin", "experiment", "--training-service", str(bad), "--trials", "1"])
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "hots" in done.stderr and str(bad) in done.stderr
+    with pytest.raises(ConfigError, match="must be NNI's trainingService section"):
+        load_training_service({"machineList": []})
 
 
 @pytest.mark.parametrize("space, message", [

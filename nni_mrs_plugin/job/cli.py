@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--tuner", default="TPE", help="an NNI built-in tuner (default: TPE)")
     exp.add_argument("--port", type=int, default=8080, help="NNI manager and web portal port (default: 8080)")
     exp.add_argument("--max-duration", default=None, metavar="DURATION", help="e.g. 2h (default: no limit)")
+    exp.add_argument("--training-service", default=None, metavar="YAML", help="NNI's trainingService section or an "
+                     "nnictl config holding one, e.g. platform: remote with a machineList (default: this machine)")
     _common(exp, "default: the config's output.dir + '-experiment'")
     trial = sub.add_parser("trial", help="one NNI trial: the tuner's parameters as config overrides (run by NNI)")
     trial.add_argument("config", nargs="?", default=None, help="YAML config (default: the shipped Fashion-MNIST one)")
@@ -220,7 +222,8 @@ def _experiment(args: argparse.Namespace) -> int:
     overrides = {**dict(args.overrides), **({"progress": False} if args.no_progress else {})}
     result = launch_experiment(args.config, args.search_space or default_search_space_path(), overrides=overrides,
                                output=args.output, trials=args.trials, concurrency=args.concurrency,
-                               tuner=args.tuner, port=args.port, max_duration=args.max_duration)
+                               tuner=args.tuner, port=args.port, max_duration=args.max_duration,
+                               training_service=args.training_service)
     out = Path(result["working_directory"]).parent
     print(experiment_table(result))
     print(f"results: {out}/experiment.json; NNI's logs and each trial's run folder: {result['working_directory']}")
@@ -258,6 +261,7 @@ def _main(argv: Optional[List[str]] = None) -> int:
     from ..data import DataNotFoundError
     from ..deploy import MissingExtraError
     from .config import ConfigError
+    from .experiment import ExperimentError
     from .lock import FolderInUseError
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every process would prune on its own and hang
@@ -273,7 +277,7 @@ def _main(argv: Optional[List[str]] = None) -> int:
             return command(args)
     except ConfigError as err:
         print(f"nni-mrs: config error: {err}", file=sys.stderr)
-    except (MissingExtraError, DataNotFoundError, FolderInUseError) as err:
+    except (MissingExtraError, DataNotFoundError, FolderInUseError, ExperimentError) as err:
         print(f"nni-mrs: {err}", file=sys.stderr)
     except DiskFullError as err:
         print(f"nni-mrs: {err.strerror}; what finished is kept: free space and run `{again}` to resume",

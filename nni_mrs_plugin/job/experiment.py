@@ -5,8 +5,9 @@ as dotted config overrides (``{"pruning.tau": 0.5}``), runs the job in the trial
 each fine-tuning epoch's robust accuracy as an intermediate result, and a final dict whose ``default`` is the
 pruned model's robust accuracy, with clean accuracy, params, FLOPs and CPU latency beside it.
 
-``launch_experiment`` starts such trials through ``nni.experiment.Experiment('local')``; the search space's
-keys are config keys and every value is checked against the config before NNI starts.
+``launch_experiment`` starts such trials through ``nni.experiment.Experiment``, on this machine or on any NNI
+training service (``training_service``: NNI's ``trainingService`` section, e.g. ``remote`` over SSH); the search
+space's keys are config keys and every value is checked against the config before NNI starts.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import importlib
 import inspect
 import json
 import os
+import posixpath
 import shlex
 import sys
 import warnings
@@ -24,7 +26,7 @@ from ..checkpoint import atomic_json, atomic_write
 from .config import Config, ConfigError, load_config
 
 __all__ = ["run_trial", "trial_metrics", "robust_attack", "check_search_space", "launch_experiment",
-           "default_search_space_path", "experiment_table"]
+           "load_training_service", "ExperimentError", "default_search_space_path", "experiment_table"]
 
 # what the tuner may pick for each NNI search-space _type: the choices, a range's ends, a distribution's mean
 _PICKS = {"choice": lambda v: list(v), "randint": lambda v: [v[0], v[1] - 1],
@@ -126,15 +128,48 @@ def check_search_space(config: Config, space: Mapping[str, Any]) -> None:
                 raise ConfigError(f"search space '{key}' value {value!r}: {err}") from None
 
 
+def load_training_service(source: Union[str, Path, Mapping[str, Any]]) -> Any:
+    """NNI's training service config from a mapping or YAML file: a ``trainingService`` section (``platform:
+    remote``, ``machineList``, ...) or a whole nnictl config holding one, checked by NNI's own loader."""
+    import yaml
+    from nni.experiment.config.utils import load_training_service_config
+
+    where = str(source) if isinstance(source, (str, Path)) else "training service"
+    if isinstance(source, (str, Path)):
+        try:
+            source = yaml.safe_load(Path(source).read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"training service {where!r}: cannot read it as YAML ({str(err).splitlines()[0]})"
+                              ) from None
+    section = source.get("trainingService", source) if isinstance(source, Mapping) else source
+    if not isinstance(section, Mapping) or "platform" not in section:
+        raise ConfigError(f"{where}: must be NNI's trainingService section, a mapping with 'platform' "
+                          f"(local, remote, kubeflow, ...)")
+    if section is not source and "nniManagerIp" in source:  # a whole nnictl config: its address for the workers
+        section = {"nniManagerIp": source["nniManagerIp"], **section}
+    try:
+        return load_training_service_config(dict(section))
+    except Exception as err:  # NNI raises what its dataclasses raise: one line either way
+        raise ConfigError(f"{where}: NNI refused it: {_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def launch_experiment(source: Union[str, Path, None], search_space: Union[str, Path, Mapping[str, Any]], *,
                       overrides: Optional[Mapping[str, Any]] = None, output: Optional[str] = None,
                       trials: int = 8, concurrency: int = 1, tuner: str = "TPE", port: int = 8080,
-                      max_duration: Optional[str] = None) -> Dict[str, Any]:
+                      max_duration: Optional[str] = None,
+                      training_service: Union[str, Path, Mapping[str, Any], None] = None) -> Dict[str, Any]:
     """Run an NNI experiment over the config and wait for it; returns (and writes) every trial's result.
 
-    Writes in ``output``: ``trial_config.yaml`` (what every trial starts from), ``nni/`` (NNI's experiment
-    folder: logs, database, each trial's run folder) and ``experiment.json``/``experiment.md``.
+    Writes in ``output``: ``trial/trial_config.yaml`` (what every trial starts from: NNI copies ``trial/`` to
+    each machine), ``nni/`` (NNI's experiment folder: logs, database, local trials' run folders) and
+    ``experiment.json``/``experiment.md``. Other machines run trials with the ``python3`` that their
+    ``pythonPath`` names, which must have nni-mrs-plugin installed.
     """
+    import requests
     import yaml
     from nni.experiment import Experiment
 
@@ -151,17 +186,20 @@ def launch_experiment(source: Union[str, Path, None], search_space: Union[str, P
         raise ConfigError(f"tuner: unknown NNI tuner {tuner!r}; built in: {', '.join(sorted(tuners))}")
     if trials < 1 or concurrency < 1:
         raise ConfigError(f"trials and concurrency must be >= 1, got {trials} and {concurrency}")
+    service = load_training_service(training_service) if training_service is not None else None
     _check_port(port)
     out = Path(output or f"{config.output.dir}-experiment").resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    trial_config = out / "trial_config.yaml"
-    atomic_write(trial_config, lambda f: f.write(yaml.safe_dump(config.to_dict()).encode()))
+    (out / "trial").mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "trial" / "trial_config.yaml", lambda f: f.write(yaml.safe_dump(config.to_dict()).encode()))
 
     experiment = Experiment("local")
     cfg = experiment.config
+    if service is not None:
+        cfg.training_service = service
+    python = _trial_python(cfg.training_service)
     cfg.experiment_name = f"mrpf-{config.model.name}-{config.data.dataset}"
-    cfg.trial_command = shlex.join([sys.executable, "-m", "nni_mrs_plugin", "trial", str(trial_config)])
-    cfg.trial_code_directory = str(out)
+    cfg.trial_command = shlex.join([python, "-m", "nni_mrs_plugin", "trial", "trial_config.yaml"])
+    cfg.trial_code_directory = str(out / "trial")
     cfg.search_space = dict(search_space)
     cfg.tuner.name = tuner
     module, _, name = tuners[tuner].rpartition(".")
@@ -173,14 +211,43 @@ def launch_experiment(source: Union[str, Path, None], search_space: Union[str, P
     if max_duration:
         cfg.max_experiment_duration = max_duration
     try:
+        cfg.validate()
+    except Exception as err:  # NNI's checks of the whole experiment (a machine without host, ...): one line
+        raise ConfigError(f"NNI refused the experiment: {_first_line(err)}") from None
+    try:
         finished = experiment.run(port)
         if finished is None:  # Ctrl-C: NNI has already stopped the experiment
             raise KeyboardInterrupt
         result = _collect(experiment, finished)
+    except requests.RequestException:  # its REST server is gone: NNI's manager stopped (its log says why)
+        log = out / "nni" / str(experiment.id) / "log" / "nnimanager.log"
+        errors = [line for line in _read(log).splitlines() if " ERROR " in line]
+        raise ExperimentError(f"NNI's manager stopped: {errors[0].split(') ', 1)[-1] if errors else 'no error logged'}"
+                              f" (log: {log})") from None
     finally:
         experiment.stop()
     _write_results(out, result)
     return result
+
+
+class ExperimentError(RuntimeError):
+    """NNI's manager stopped before the experiment finished (a training service it could not start, ...)."""
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _trial_python(service: Any) -> str:
+    """This interpreter for local trials; elsewhere the ``python3`` in the machines' shared ``pythonPath`` (NNI puts
+    it first on PATH, but a shell startup file such as pyenv's can put another before it), else PATH's."""
+    if service.platform == "local":
+        return sys.executable
+    paths = {getattr(machine, "python_path", None) for machine in getattr(service, "machine_list", None) or []}
+    return posixpath.join(paths.pop(), "python3") if len(paths) == 1 and None not in paths else "python3"
 
 
 def _check_port(port: int) -> None:
