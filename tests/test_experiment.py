@@ -19,8 +19,8 @@ from test_pipeline import TINY
 
 from nni_mrs_plugin.job.cli import _parser
 from nni_mrs_plugin.job.config import ConfigError, load_config
-from nni_mrs_plugin.job.experiment import (check_search_space, default_search_space_path, launch_experiment,
-                                           load_training_service)
+from nni_mrs_plugin.job.experiment import (ExperimentError, check_search_space, default_search_space_path,
+                                           launch_experiment, load_training_service)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nni_experiment"
 
@@ -61,7 +61,7 @@ def test_two_trial_experiment_end_to_end(tmp_path):
 
 
 @pytest.fixture
-def sshd(tmp_path):
+def sshd(tmp_path, request):
     """Debian's OpenSSH server on 127.0.0.1 with throwaway keys (the README's setup installs openssh-server). pip
     gets no index in its sessions: NNI's remote service runs `pip install nni --upgrade` on every machine."""
     assert Path("/usr/sbin/sshd").is_file(), "the README's setup installs Debian's openssh-server"
@@ -75,7 +75,7 @@ def sshd(tmp_path):
     (folder / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder}/host_key\nAuthorizedKeysFile {folder}/authorized_keys\n"
         f"PasswordAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
-        f"Subsystem sftp internal-sftp\nSetEnv PIP_NO_INDEX=1\n")
+        f"SetEnv PIP_NO_INDEX=1\n" + ("Subsystem sftp internal-sftp\n" if getattr(request, "param", "sftp") else ""))
     with contextlib.suppress(PermissionError):
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
     log = folder / "sshd.log"
@@ -124,6 +124,19 @@ def test_two_trials_through_nnis_remote_training_service_over_ssh_on_loopback(tm
     finally:  # the trials' folders on the "remote" machine (reuse mode keeps them in /tmp)
         for root in (Path.home(), Path("/tmp")):
             shutil.rmtree(root / "nni-experiments" / result["experiment_id"], ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sshd", [None], indirect=True)
+def test_a_remote_machine_without_sftp_stops_nnis_manager_with_one_line_naming_why(tmp_path, sshd):
+    service = {"platform": "remote", "nniManagerIp": "127.0.0.1", "machineList": [
+        {"host": "127.0.0.1", "port": sshd.port, "user": getpass.getuser(), "sshKeyFile": str(sshd.key),
+         "pythonPath": str(Path(sys.executable).parent)}]}
+    space = {"pruning.options.tau": {"_type": "choice", "_value": [0.0]}}
+    with pytest.raises(ExperimentError, match=r"NNI's manager stopped: .*sftp.* \(log: .*nnimanager.log\)$") as err:
+        launch_experiment(dict(TINY), space, output=str(tmp_path / "exp"), trials=1, port=free_port(),
+                          training_service=service)
+    shutil.rmtree(Path.home() / "nni-experiments" / Path(str(err.value).split("/log/")[0]).name, ignore_errors=True)
 
 
 def test_a_bad_training_service_is_one_line(tmp_path):
