@@ -245,7 +245,8 @@ def test_torchvision_models_meet_the_budget_and_removal_equals_masking(name, kwa
     """Issue 12's matrix: MRSPruner at 0.5 FLOPs on torchvision models this project did not write (64-px inputs,
     random weights, non-trivial BatchNorm statistics): the budget is met within ±1 point after real removal (on what
     is prunable), and the sped-up model computes what the masked model computes, with the pruned channels zeroed in
-    every BatchNorm that normalises them (DenseNet's after each cat included), to 1e-4 relative. ShuffleNetV2's
+    every BatchNorm that normalises them (DenseNet's after each cat included), to 1e-5 of the largest output
+    (measured: at most 7e-7 on all nine, EfficientNet-B0 with its squeeze-excitation and SiLU 3.6e-7). ShuffleNetV2's
     groups through its channel shuffle (view -> transpose -> view) are excluded with the reason; before, NNI's
     ModelSpeedup raised EmptyLayerError/UnBalancedGroupError on it. On the ViT, Conv2d and Linear are selected:
     only the MLP hidden units are prunable (the patch embedding and the residual stream are excluded with the
@@ -286,7 +287,8 @@ def test_torchvision_models_meet_the_budget_and_removal_equals_masking(name, kwa
     assert abs(1 - count_flops(model, x[:1]) / dense - target) <= 0.01
     with torch.no_grad():
         expected, got = masked(x), model(x)
-    assert float((got - expected).abs().max() / expected.abs().max()) <= 1e-4
+    error = float((got - expected).abs().max() / expected.abs().max())
+    assert error <= 1e-5, f"{name}: removal vs masking, max error / max output = {error:.2e}"
 
 
 ALIGNED = [("resnet18", None), ("vgg16_bn", None), ("mobilenet_v2", None), ("mobilevit_xxs", None),
