@@ -48,7 +48,7 @@ _EXPORTS = {
     "AdversarialTrainer": "train.trainer", "trades_loss": "train.losses", "mart_loss": "train.losses",
     "rslad_loss": "train.losses", "ard_loss": "train.losses",
     "fit": "train.fit", "FitResult": "train.fit", "TrainingCollapsedError": "train.guard",
-    "evaluate_robustness": "evaluate",
+    "evaluate_robustness": "evaluate", "interval_bounds": "bounds", "IntervalBounds": "bounds",
     # learned robust allocation (HARP)
     "HARPPruner": "harp.pruner",
     # the MRPF job

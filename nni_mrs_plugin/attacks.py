@@ -15,13 +15,14 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
 import torch
 from torch import nn
 
-__all__ = ["EVAL_ATTACKS", "default_eps", "default_alpha", "check_eps", "check_alpha", "check_pixel_range",
+__all__ = ["EVAL_ATTACKS", "VERIFIERS", "default_eps", "default_alpha", "check_eps", "check_alpha", "check_pixel_range",
            "outside_pixel_range", "pixel_range_error", "PixelSpace", "resolve_attack", "accepted_kwargs", "build_attack",
            "check_eval_attacks", "eval_attack"]
 
 AttackSpec = Union[None, str, type, Callable[[nn.Module], Any], Any]
 
 EVAL_ATTACKS = ("clean", "fgsm", "pgd20", "cw", "autoattack")  # and any 'pgdN'
+VERIFIERS = ("ibp",)  # verified accuracy (bounds.py), on request: not every model has interval rules
 _PGD = re.compile(r"pgd(\d+)$")
 
 
@@ -172,14 +173,16 @@ def build_attack(model: nn.Module, attack: AttackSpec = None, eps: float = 8 / 2
 
 
 def check_eval_attacks(attacks: Sequence[str]) -> None:
-    """A ValueError unless ``attacks`` is a non-empty list of distinct names from ``EVAL_ATTACKS`` or 'pgdN'."""
+    """A ValueError unless ``attacks`` is a non-empty list of distinct names from ``EVAL_ATTACKS``, 'pgdN' or
+    ``VERIFIERS``."""
     if isinstance(attacks, str) or not attacks:
-        raise ValueError(f"attacks must be a non-empty sequence of names from {EVAL_ATTACKS} (or 'pgdN'), "
-                         f"got {attacks!r}")
+        raise ValueError(f"attacks must be a non-empty sequence of names from {EVAL_ATTACKS + VERIFIERS} (or "
+                         f"'pgdN'), got {attacks!r}")
     for name in attacks:
         match = _PGD.match(name) if isinstance(name, str) else None
-        if name not in EVAL_ATTACKS and not (match and int(match.group(1)) >= 1):
-            raise ValueError(f"unknown attack {name!r}; choose from {', '.join(EVAL_ATTACKS)} or 'pgdN' (N >= 1 steps)")
+        if name not in EVAL_ATTACKS + VERIFIERS and not (match and int(match.group(1)) >= 1):
+            raise ValueError(f"unknown attack {name!r}; choose from {', '.join(EVAL_ATTACKS + VERIFIERS)} or 'pgdN' "
+                             f"(N >= 1 steps)")
     if len(set(attacks)) != len(attacks):
         raise ValueError(f"attacks lists a name twice: {list(attacks)}")
 

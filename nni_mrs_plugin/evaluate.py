@@ -1,6 +1,7 @@
 """Evaluation: what pruning buys (parameters, FLOPs counted by ``torch.utils.flop_counter``, latency) and what it
 costs (accuracy, and robust accuracy under the attacks robust-pruning papers report: clean, FGSM, PGD-20, CW,
-AutoAttack, all from torchattacks, as a dict that serialises to JSON with its sample counts, seeds and settings).
+AutoAttack, all from torchattacks, and on request verified accuracy by interval bounds, ``"ibp"``, as a dict that
+serialises to JSON with its sample counts, seeds and settings).
 
 The model is attacked in eval mode, on pixels in [0, 1] with ε in pixel units: normalisation is the model's first
 layer, or the loader's, declared with ``normalization=(mean, std)``.
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .attacks import (EVAL_ATTACKS, PixelSpace, check_alpha, check_eps, check_eval_attacks, check_pixel_range,
                       default_alpha, eval_attack)
+from .bounds import IntervalBounds
 from .device import check_device
 
 __all__ = ["evaluate_robustness", "ATTACKS", "count_params", "count_flops", "measure_latency", "accuracy", "mean_loss"]
@@ -140,6 +142,10 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, attacks: Sequence[st
                     started = time.perf_counter()
                     if name == "clean":
                         predictions = logits.argmax(1)
+                    elif name == "ibp":  # verified: no point of the ball changes the prediction
+                        if name not in built:
+                            built[name] = (IntervalBounds(model, normalization), {"method": "interval bounds (IBP)"})
+                        predictions = torch.where(built[name][0].verified(x[:keep], y[:keep], eps), y[:keep], -1)
                     else:
                         if name not in built:
                             built[name] = eval_attack(name, space.model(model), eps, alpha, logits.shape[1], seed,
