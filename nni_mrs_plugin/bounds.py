@@ -53,11 +53,15 @@ class _Interval:
 class IntervalBounds:
     """``IntervalBounds(model)(x, eps) -> (lower, upper)`` logit bounds over the ε-ball around ``x`` (pixels in
     [0, 1]); the model is traced once. ``normalization=(mean, std)``: the loader normalises, as in
-    ``evaluate_robustness``; ``x`` is then normalised and the ball is taken in pixel units."""
+    ``evaluate_robustness``; ``x`` is then normalised and the ball is taken in pixel units. ``training=True``
+    (certified training) keeps gradients, and a training-mode BatchNorm normalises with the batch statistics of
+    the interval's centre, taken as constants (as auto_LiRPA does); otherwise BatchNorm must be in eval mode."""
 
-    def __init__(self, model: nn.Module, normalization: Optional[Tuple[Sequence[float], Sequence[float]]] = None):
+    def __init__(self, model: nn.Module, normalization: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
+                 training: bool = False):
         from .attacks import PixelSpace
 
+        self.training = training
         self.space = PixelSpace(normalization)
         try:
             self.graph = torch.fx.symbolic_trace(self.space.model(model))
@@ -65,6 +69,10 @@ class IntervalBounds:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(f"interval_bounds: torch.fx cannot trace {type(model).__name__} ({first})") from None
         self.modules = dict(self.graph.named_modules())
+        hooked = [name for name, m in self.modules.items() if name and (m._forward_hooks or m._forward_pre_hooks)]
+        if hooked:  # a hook rewrites outputs (masks, HARP's gates) where the radius cannot follow
+            raise ValueError(f"interval_bounds: module {hooked[0]!r} has forward hooks (pruning masks, gates?), "
+                             f"which interval bounds cannot follow; bound the model without them")
 
     def __call__(self, x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
         if eps < 0:
@@ -72,7 +80,7 @@ class IntervalBounds:
         pixels = self.space.pixels(x)
         box = _Interval((pixels - eps).clamp(0, 1), (pixels + eps).clamp(0, 1))
         values: Dict[str, Any] = {}
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
             for node in self.graph.graph.nodes:
                 if node.op == "placeholder":
                     values[node.name] = box
@@ -101,7 +109,7 @@ class IntervalBounds:
         if node.op == "call_module":
             module = self.modules[node.target]
             if isinstance(module, _AFFINE + _BATCHNORM):
-                return _affine_module(module, args[0], node.target)
+                return _affine_module(module, args[0], node.target, self.training)
             if isinstance(module, _MONOTONE_MODULES):
                 if module.training and isinstance(module, nn.Dropout):
                     raise ValueError(f"interval_bounds: Dropout {node.target!r} is in training mode: call model.eval()")
@@ -135,16 +143,21 @@ def interval_bounds(model: nn.Module, x: torch.Tensor, eps: float,
 
 # --- rules --------------------------------------------------------------------------------------------------
 
-def _affine_module(module: nn.Module, box: _Interval, name: str) -> _Interval:
+def _affine_module(module: nn.Module, box: _Interval, name: str, training: bool = False) -> _Interval:
     centre, radius = box.centre_radius()
     if isinstance(module, _BATCHNORM):
-        if module.training or module.running_var is None:
-            raise ValueError(f"interval_bounds: BatchNorm {name!r} needs running statistics in eval mode: call "
-                             f"model.eval()")
-        scale = (module.weight if module.affine else torch.ones_like(module.running_var)) / torch.sqrt(
-            module.running_var + module.eps)
         shape = (1, -1) + (1,) * (centre.dim() - 2)
-        return _Interval.from_centre(module(centre), radius * scale.abs().view(shape))
+        if module.training or module.running_var is None:
+            if not training:
+                raise ValueError(f"interval_bounds: BatchNorm {name!r} needs running statistics in eval mode: "
+                                 f"call model.eval()")
+            dims = [0, *range(2, centre.dim())]  # the centre's batch statistics, constants of the affine map
+            mean, var = centre.mean(dims).detach(), centre.var(dims, unbiased=False).detach()
+        else:
+            mean, var = module.running_mean, module.running_var
+        scale = torch.rsqrt(var + module.eps) * (module.weight if module.affine else 1.0)
+        shift = (module.bias if module.affine else 0.0) - mean * scale
+        return _Interval.from_centre(centre * scale.view(shape) + shift.view(shape), radius * scale.abs().view(shape))
     if isinstance(module, nn.Linear):
         return _Interval.from_centre(module(centre), F.linear(radius, module.weight.abs()))
     if module.padding_mode != "zeros":

@@ -165,6 +165,13 @@ def test_unsupported_layers_are_one_line_errors(model, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_hooked_module_is_refused_rather_than_bounded_wrongly():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten()).eval()
+    model[0].register_forward_hook(lambda module, inputs, output: output * 0)
+    with pytest.raises(ValueError, match="module '0' has forward hooks"):
+        interval_bounds(model, torch.rand(1, 1, 8, 8), 0.1)
+
+
 def test_training_mode_and_bad_eps_are_one_line_errors():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten())
     with pytest.raises(ValueError, match=r"BatchNorm '1' needs running statistics in eval mode"):
@@ -174,13 +181,59 @@ def test_training_mode_and_bad_eps_are_one_line_errors():
 
 
 @pytest.mark.slow
-def test_the_job_reports_verified_accuracy(tmp_path):
+def test_the_job_pretrains_and_fine_tunes_by_ibp_and_reports_verified_accuracy(tmp_path):
     from test_pipeline import tiny
 
     from nni_mrs_plugin import Pipeline
 
-    config = tiny(tmp_path, eval={"attacks": ["clean", "pgd20", "ibp"], "samples": 64})
+    config = tiny(tmp_path, eval={"attacks": ["clean", "pgd20", "ibp"], "samples": 64},
+                  pretrain={"method": "ibp"}, finetune={"method": "ibp"})
     stages = Pipeline(config).run()["stages"]
     evaluated = stages["evaluate"]["pruned"]
     assert 0 <= evaluated["ibp"]["accuracy"] <= evaluated["pgd20"]["accuracy"] <= evaluated["clean"]["accuracy"]
     assert "ibp" in (tmp_path / "run" / "report.md").read_text()
+
+
+# --- certified training -----------------------------------------------------------------------------------
+
+def test_the_ibp_schedule_ramps_eps_up_and_kappa_down_then_holds():
+    objective = AdversarialTrainer("ibp", eps=0.1, ibp={"warmup": 0.1, "ramp": 0.4}).certified
+    assert objective.schedule(training=True) == (0.1, 0.5), "before fit says where the run is: the targets"
+    for step, (eps, kappa) in {0: (0.0, 1.0), 9: (0.0, 1.0), 30: (0.05, 0.75), 50: (0.1, 0.5), 90: (0.1, 0.5)}.items():
+        objective.at_step(step, 100)
+        assert objective.schedule(training=True) == pytest.approx((eps, kappa))
+        assert objective.schedule(training=False) == (0.1, 0.5), "outside training: the targets"
+
+
+def test_the_ibp_loss_is_kappa_natural_plus_one_minus_kappa_worst_case():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    trainer = AdversarialTrainer("ibp", eps=0.1)
+    trainer.certified.at_step(30, 100)  # in training eps 0.05, kappa 0.75; in eval mode the targets 0.1, 0.5
+    loss = trainer.loss(model.eval(), x, y)
+    lower, upper = interval_bounds(model, x, 0.1)
+    worst = upper.clone()
+    worst[torch.arange(8), y] = lower[torch.arange(8), y]
+    expected = 0.5 * nn.functional.cross_entropy(model(x), y) + 0.5 * nn.functional.cross_entropy(worst, y)
+    torch.testing.assert_close(loss, expected)
+    assert trainer.certified.step == 30, "an eval-mode loss is no training step"
+    model.train()
+    trainer.loss(model, x, y).backward()  # training mode: differentiable, BatchNorm on the centre's batch statistics
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert trainer.certified.step == 31
+
+
+@pytest.mark.slow
+def test_ibp_training_raises_verified_accuracy_above_natural_training():
+    train = DataLoader(load_dataset("fashion_mnist", True, subset=4000, seed=0), batch_size=64, shuffle=True)
+    test = DataLoader(load_dataset("fashion_mnist", False, subset=300, seed=1), batch_size=100)
+    verified = {}
+    for method in ("natural", "ibp"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 16, 4, stride=2), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
+                              nn.Flatten(), nn.Linear(32 * 5 * 5, 100), nn.ReLU(), nn.Linear(100, 10))
+        fit(model, train, test, epochs=3, trainer=AdversarialTrainer(method, eps=0.05), lr=0.02, progress=False,
+            restore_best=False)
+        verified[method] = evaluate_robustness(model.eval(), test, attacks=("ibp",), eps=0.05)["ibp"]["accuracy"]
+    assert verified["ibp"] >= verified["natural"] + 0.2, verified

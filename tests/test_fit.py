@@ -256,7 +256,7 @@ def run_job(out: Path, *args: str, processes: int = 1) -> subprocess.CompletedPr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["pgd", "rslad"])
+@pytest.mark.parametrize("method", ["pgd", "rslad", "ibp"])  # ibp: its eps/kappa schedule resumes where it was
 def test_kill_and_resume_gives_the_uninterrupted_state(tmp_path, method):
     job = ["--epochs", "3", "--train", "256", "--steps", "2", "--method", method]
     run_job(tmp_path / "reference", *job)

@@ -126,7 +126,12 @@ def test_attack_bn_override_and_custom_attack():
     ({"attack_kwargs": {"radius": 3}}, "torchattacks.PGD rejected"),
     ({"attack": "AutoAttack", "attack_kwargs": {"version": "fancy"}}, "torchattacks.AutoAttack rejected"),
     ({"attack_bn": "frozen"}, "attack_bn must be 'train', 'eval' or None"),
-    ({"method": "natural", "attack": "PGD"}, "method 'natural' trains on clean inputs"),
+    ({"method": "natural", "attack": "PGD"}, "method 'natural' runs no attack"),
+    ({"method": "ibp", "attack": "PGD"}, "method 'ibp' runs no attack"),
+    ({"method": "pgd", "ibp": {"ramp": 0.5}}, "ibp (the certified schedule) is for method 'ibp', not 'pgd'"),
+    ({"method": "ibp", "ibp": {"rampup": 0.5}}, "ibp: unknown key 'rampup'; the schedule takes warmup, ramp"),
+    ({"method": "ibp", "ibp": {"warmup": 0.7, "ramp": 0.5}}, "warmup + ramp must be at most 1"),
+    ({"method": "ibp", "ibp": {"kappa_end": 2}}, "kappa_end must be in [0, 1]"),
 ])
 def test_bad_input_is_one_clear_value_error(kwargs, message):
     with pytest.raises(ValueError) as info:

@@ -175,6 +175,8 @@ def _fit(model: nn.Module, train_loader: DataLoader, val_loader: Optional[DataLo
     for epoch in range(start + 1, epochs + 1):
         for retry in range(collapse_retries + 1):
             sampler.set_epoch(epoch)
+            if getattr(trainer, "certified", None) is not None:  # IBP's schedule follows the run, resumed too
+                trainer.certified.at_step((epoch - 1) * len(loader), epochs * len(loader))
             began = time.perf_counter()
             stats = train_epoch(net, loader, trainer.loss, optimizer, schedule, epoch=epoch, epochs=epochs,
                                 device=ctx.device, desc=f"fit {trainer.method}", progress=main_progress,

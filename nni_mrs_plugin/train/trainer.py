@@ -22,6 +22,7 @@ rslad      TeacherKL (KL to the        eval: RSLAD's ``rslad_inner_loss`` calls 
            teacher, x + 0.001 N)
 ard        PGD (uniform random start)  train: ARD's ``AttackPGD`` runs inside the training-mode student
 natural    none                        -
+ibp        none: interval bounds       - (certified training, ``certified.py``: IBP's loss and ε/κ schedule)
 =========  ==========================  ======================================================================
 
 ``attack_bn="train"|"eval"`` overrides the choice. In train mode the attack's forward passes update BatchNorm
@@ -41,6 +42,7 @@ from ..attacks import (PixelSpace, accepted_kwargs, check_alpha, check_eps, chec
                        resolve_attack)
 from ..evaluate import check_labels
 from .adversaries import NFGSM, TeacherKL
+from .certified import CertifiedObjective
 from .loop import train_epoch
 from .losses import ard_loss, mart_loss, rslad_loss, trades_loss
 
@@ -56,6 +58,7 @@ _DEFAULTS: Dict[str, tuple] = {
     "rslad": (TeacherKL, False),
     "ard": ("PGD", True),
     "natural": (None, False),
+    "ibp": (None, False),
 }
 METHODS = tuple(_DEFAULTS)
 DISTILLING = ("rslad", "ard")  # the methods that learn from a teacher's logits
@@ -88,13 +91,15 @@ class AdversarialTrainer:
     class or name) and ``attack_kwargs`` replace the method's default attack; eps/alpha/steps are passed to it
     when it accepts them, ``attack_kwargs`` win. ``amp`` runs attack and loss under bf16 autocast,
     ``channels_last`` converts inputs (and, in ``fit``/``training_func``, the model) to that memory format.
+    ``ibp`` (method 'ibp', certified training): ``{"warmup", "ramp", "kappa_end"}`` of its schedule (``certified.py``).
     """
 
     def __init__(self, method: str = "pgd", eps: float = 8 / 255, alpha: Optional[float] = None, steps: int = 10,
                  beta: float = 6.0, attack: Union[str, type, None] = None,
                  attack_kwargs: Optional[Mapping[str, Any]] = None, attack_bn: Optional[str] = None,
                  amp: bool = False, channels_last: bool = False, normalization: Optional[tuple] = None,
-                 teacher: Optional[nn.Module] = None, temperature: float = 30.0, distill_weight: float = 1.0):
+                 teacher: Optional[nn.Module] = None, temperature: float = 30.0, distill_weight: float = 1.0,
+                 ibp: Optional[Mapping[str, float]] = None):
         if method not in _DEFAULTS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if teacher is not None and method not in DISTILLING:
@@ -115,8 +120,10 @@ class AdversarialTrainer:
             raise ValueError(f"beta (TRADES/MART robustness weight) must be >= 0, got {beta!r}")
         if attack_bn not in (None, "train", "eval"):
             raise ValueError(f"attack_bn must be 'train', 'eval' or None (the method's reference), got {attack_bn!r}")
-        if method == "natural" and (attack is not None or attack_kwargs):
-            raise ValueError("method 'natural' trains on clean inputs; do not pass attack or attack_kwargs")
+        if method in ("natural", "ibp") and (attack is not None or attack_kwargs):
+            raise ValueError(f"method {method!r} runs no attack; do not pass attack or attack_kwargs")
+        if ibp is not None and method != "ibp":
+            raise ValueError(f"ibp (the certified schedule) is for method 'ibp', not {method!r}")
         self.method, self.eps, self.steps, self.beta = method, float(eps), steps, float(beta)
         self.alpha = float(alpha) if alpha is not None else (
             1.25 * eps if method == "fast" else float(eps) if method == "nfgsm" else default_alpha(eps))
@@ -126,7 +133,8 @@ class AdversarialTrainer:
         self.attack_bn = attack_bn or ("train" if bn_train else "eval")
         self.attack_class: Optional[type] = None
         self.attack_kwargs: Dict[str, Any] = {}
-        if method != "natural":
+        self.certified = CertifiedObjective.build(self.eps, ibp, normalization) if method == "ibp" else None
+        if method not in ("natural", "ibp"):
             self.attack_class = resolve_attack(attack if attack is not None else default_name)
             base = {"eps": self.eps, "alpha": self.alpha, "steps": steps}
             self.attack_kwargs = {**accepted_kwargs(self.attack_class, base), **dict(attack_kwargs or {})}
@@ -154,7 +162,8 @@ class AdversarialTrainer:
                 "attack_bn": self.attack_bn, "amp": self.amp, "channels_last": self.channels_last,
                 "normalization": [list(map(float, v)) for v in self.normalization] if self.normalization else None,
                 **({"temperature": self.temperature, "distill_weight": self.distill_weight}
-                   if self.method == "ard" else {})}
+                   if self.method == "ard" else {}),
+                **({"ibp": self.certified.settings()} if self.certified is not None else {})}
 
     def autocast(self, device: torch.device) -> ContextManager:
         return torch.autocast(device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
@@ -215,6 +224,9 @@ class AdversarialTrainer:
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              x_adv: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The method's training loss on a batch; pass ``x_adv`` to skip generating adversarial examples."""
+        if self.certified is not None:
+            with self.autocast(x.device):
+                return self.certified.loss(model, x, y)
         if self.method == "natural":
             with self.autocast(x.device):
                 return F.cross_entropy(model(x).float(), y)
