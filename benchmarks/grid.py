@@ -35,7 +35,8 @@ class Grid:
         self.output = Path(args.output)
 
     def config(self, model: str, phase: str, seed: int, checkpoint: Optional[Path] = None) -> Config:
-        overrides = {"model.name": model, "model.kwargs": {"width": self.args.width}, "seed": seed,
+        width = {"model.kwargs": {"width": self.args.width}} if self.args.width is not None else {}
+        overrides = {"model.name": model, **width, "seed": seed,
                      **self.phases[phase], **dict(self.args.overrides)}
         if checkpoint is not None:
             overrides["model.checkpoint"] = str(checkpoint)
@@ -78,11 +79,12 @@ def finished(output: Path, phase: str, key: str = "runs") -> List[Dict[str, Any]
     return out
 
 
-def add_grid_arguments(parser: argparse.ArgumentParser, output: str, models: Sequence[str], width: float = 0.125,
-                       seeds: Sequence[int] = (0, 1, 2)) -> None:
+def add_grid_arguments(parser: argparse.ArgumentParser, output: str, models: Sequence[str],
+                       width: Optional[float] = 0.125, seeds: Sequence[int] = (0, 1, 2)) -> None:
     parser.add_argument("--output", default=output)
     parser.add_argument("--models", nargs="+", default=list(models), help=f"any of {', '.join(models)}")
-    parser.add_argument("--width", type=float, default=width, help="channel multiplier of every model")
+    parser.add_argument("--width", type=float, default=width, help="channel multiplier of every model (none: the "
+                        "model's own widths)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(seeds))
     parser.add_argument("--summary-only", action="store_true", help="rewrite the summary from what is finished")
     add_set_argument(parser, "override a job config key of every row, e.g. --set device=cuda")

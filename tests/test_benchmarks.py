@@ -237,6 +237,22 @@ def test_finetune_grid_runs_select_and_report_on_the_harness(tmp_path):
     assert "| vgg16_bn | 0.5 | rslad-ema-1 | 2 |" in (out / "summary.md").read_text()
 
 
+def test_verified_grid_reports_ibp_before_and_after_fine_tuning_and_mrs_against_uniform(tmp_path):
+    verified = load_script("verified")
+    out = tmp_path / "out"
+    argv = ["--output", str(out), "--targets", "0.5", "--seeds", "0", "1",
+            "--set", "data.train_subset=128", "--set", "data.test_subset=32", "--set", "data.batch_size=64",
+            "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1", "--set", "eval.samples=32",
+            "--set", "pruning.adapt_bn=32", "--set", "pruning.options.n_samples=32"]
+    assert verified.main(argv) == 0
+    runs = load_script("grid").finished(out, "report")
+    assert {(r["variant"], r["seed"]) for r in runs} == {(v, s) for v in ("uniform", "mrs") for s in (0, 1)}
+    assert all(set(r["accuracy"]) == set(r["accuracy_after_pruning"]) == {"clean", "pgd20", "ibp"} for r in runs)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {(v["variant"], v["reference"]) for v in summary["report"]["verdicts"]} == {("mrs", "uniform")}
+    assert "| 0.5 | mrs | 2 |" in (out / "summary.md").read_text()
+
+
 def test_joint_removal_of_one_unit_is_its_curve_and_the_table_ranks_rows(fashion, calibration, monkeypatch):
     """allocation_joint.py compares the budget rule's sum of single-unit curves with removing every unit at once;
     that comparison holds only if its removal of one unit alone is exactly what the curves measured."""
