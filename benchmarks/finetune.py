@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from grid import Grid, add_grid_arguments, provenance, stage_seconds, verdict_table
@@ -104,20 +103,24 @@ def verdicts(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
-def table(runs: List[Dict[str, Any]], seconds: Dict[str, Dict[str, float]]) -> List[str]:
+def table(runs: List[Dict[str, Any]], seconds: Dict[str, Dict[str, float]]) -> Dict[str, Any]:
     """Mean ± std over seeds per (model, target, row), with the mean seconds of the row's fine-tuning."""
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault((run["model"], run["target"], run["variant"]), []).append(run)
     attacks = sorted({a for r in runs for a in r["accuracy"]}, key=["clean", "pgd20", "autoattack"].index)
-    lines = ["| model | target | row | seeds | " + " | ".join(attacks) + " | fine-tuning s |",
-             "|---|---:|---|---:|" + "---:|" * (len(attacks) + 1)]
+    rows = []
     for (model, target, row), members in sorted(groups.items()):
         cells = [mean_std([m["accuracy"][a] for m in members if a in m["accuracy"]]) for a in attacks]
-        lines.append(f"| {model} | {target:g} | {row} | {len(members)} | "
-                     + " | ".join(f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}" for c in cells)
-                     + f" | {seconds.get(row, {}).get('finetune', float('nan')):.0f} |")
-    return lines
+        rows.append([model, f"{target:g}", row, len(members),
+                     *(f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}" for c in cells),
+                     f"{seconds.get(row, {}).get('finetune', float('nan')):.0f}"])
+    return {"columns": ["model", "target", "row", "seeds", *attacks, "fine-tuning s"], "rows": rows}
+
+
+def markdown(table: Dict[str, Any]) -> List[str]:
+    return ["| " + " | ".join(map(str, table["columns"])) + " |", "|" + "---|" * len(table["columns"]),
+            *("| " + " | ".join(map(str, row)) + " |" for row in table["rows"])]
 
 
 def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
@@ -134,7 +137,17 @@ def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
         summary["report"] = {"verdicts": verdicts(runs), "seconds": seconds, "rows": len(runs),
                              "dense": [{"model": d["model"], "seed": d["seed"], "accuracy": d["accuracy"]}
                                        for d in dense]}
-        text += ["Mean ± std over seeds (test images):", "", *table(runs, seconds), "",
+        means = table(runs, seconds)
+        judged = [[v["model"], f"{v['target']:g}", v["variant"], v["reference"], v["attack"],
+                   f"{100 * v['diff']:+.2f} ({100 * v['low']:+.2f} to {100 * v['high']:+.2f})", v["verdict"]]
+                  for v in summary["report"]["verdicts"]]
+        summary["runs"] = [  # as data, for benchmarks/render.py
+            {"label": "Mean ± std over seeds", "caption": "Test accuracy (%) after fine-tuning; fine-tuning s: the "
+             "mean wall seconds of the row's fine-tuning.", **means},
+            {"label": "Against pgd at the same epochs", "caption": "Paired per-seed differences in points, 95% "
+             "t-interval; the allocation row against its uniform recipe.",
+             "columns": ["model", "target", "row", "reference", "attack", "difference", "verdict"], "rows": judged}]
+        text += ["Mean ± std over seeds (test images):", "", *markdown(means), "",
                  "Dense models (the ceiling): " + "; ".join(
                      f"{d['model']} seed {d['seed']}: " + ", ".join(f"{a} {100 * v:.2f}"
                                                                    for a, v in d["accuracy"].items())
