@@ -39,10 +39,9 @@ from typing import Any, Dict, List, Optional
 
 from scipy.stats import spearmanr
 
-from grid import Grid, add_grid_arguments, provenance, stage_seconds, verdict_table
+from grid import Grid, add_grid_arguments, provenance, run_then_summarise, stage_seconds, verdict_table
 from nni_mrs_plugin.checkpoint import atomic_json, atomic_write
 from nni_mrs_plugin.job.compare import compare_verdicts
-from nni_mrs_plugin.job.config import ConfigError
 from nni_mrs_plugin.job.stats import mean_std, paired
 
 BASE: Dict[str, Any] = {
@@ -206,28 +205,24 @@ def main(argv=None) -> int:
     def rows(names: List[str]) -> Dict[str, Dict[str, Any]]:
         return {row: variant(row, args.harp_epochs, args.n_samples) for row in names}
 
-    try:
-        if not args.summary_only:
-            if "select" in args.phases:
-                grid.run("select", rows([f"{c}-{k}" for k in args.select_criteria
-                                         for c in ["uniform", *args.candidates]]), select, args.seeds[:1])
-                atomic_json(out / "selected.json", choose_candidates(grid.runs("select"), args.select))
-            selected = json.loads((out / "selected.json").read_text()) if (out / "selected.json").is_file() else None
-            if selected is None and set(args.phases) - {"select"}:
-                parser.error(f"{out / 'selected.json'} is missing: run the select phase first")
-            if "default" in args.phases:
-                criterion = selected.get("criterion", "taylor")
-                names = ["uniform", SHIPPED, *(c for c in selected["selected"] if c != SHIPPED)]
-                grid.run("default", rows([f"{n}-{criterion}" for n in names]), select, args.seeds)
-                atomic_json(out / "default.json", choose_default(grid.runs("default")))
-            if "report" in args.phases:
-                grid.run("report", rows(report_rows(selected)), targets, args.seeds)
-    except ConfigError as err:
-        print(f"allocation: {err}", file=sys.stderr)
-        return 2
-    write_summary(grid, argv)
-    print((out / "summary.md").read_text())
-    return 0
+
+    def run() -> None:
+        if "select" in args.phases:
+            grid.run("select", rows([f"{c}-{k}" for k in args.select_criteria
+                                     for c in ["uniform", *args.candidates]]), select, args.seeds[:1])
+            atomic_json(out / "selected.json", choose_candidates(grid.runs("select"), args.select))
+        selected = json.loads((out / "selected.json").read_text()) if (out / "selected.json").is_file() else None
+        if selected is None and set(args.phases) - {"select"}:
+            parser.error(f"{out / 'selected.json'} is missing: run the select phase first")
+        if "default" in args.phases:
+            criterion = selected.get("criterion", "taylor")
+            names = ["uniform", SHIPPED, *(c for c in selected["selected"] if c != SHIPPED)]
+            grid.run("default", rows([f"{n}-{criterion}" for n in names]), select, args.seeds)
+            atomic_json(out / "default.json", choose_default(grid.runs("default")))
+        if "report" in args.phases:
+            grid.run("report", rows(report_rows(selected)), targets, args.seeds)
+
+    return run_then_summarise("allocation", grid, run, lambda: write_summary(grid, argv))
 
 
 if __name__ == "__main__":

@@ -31,11 +31,10 @@ import json
 import sys
 from typing import Any, Dict, List, Optional
 
-from grid import Grid, add_grid_arguments, provenance, stage_seconds, verdict_table
+from grid import Grid, add_grid_arguments, provenance, run_then_summarise, stage_seconds, verdict_table
 from nni_mrs_plugin.checkpoint import atomic_json, atomic_write
 from nni_mrs_plugin.harp import HARPPruner
 from nni_mrs_plugin.job.compare import compare_verdicts
-from nni_mrs_plugin.job.config import ConfigError
 from nni_mrs_plugin.job.stats import mean_std
 
 BASE: Dict[str, Any] = {
@@ -171,24 +170,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     grid = Grid(BASE, PHASES, args)
     targets = {m: args.targets or MODELS.get(m, [0.9]) for m in args.models}
-    try:
-        if not args.summary_only:
-            if "select" in args.phases:
-                grid.run("select", variants(args.recipes, args.epochs), targets, args.seeds[:1])
-                atomic_json(grid.output / "selected.json", choose(grid.runs("select")))
-            if "report" in args.phases:
-                path = grid.output / "selected.json"
-                if not path.is_file():
-                    parser.error(f"{path} is missing: run the select phase first")
-                rows = {**variants(args.recipes, args.epochs),
-                        **allocation_rows(json.loads(path.read_text()), max(args.epochs), args.harp_epochs)}
-                grid.run("report", rows, targets, args.seeds)
-    except ConfigError as err:
-        print(f"finetune: {err}", file=sys.stderr)
-        return 2
-    write_summary(grid, argv)
-    print((grid.output / "summary.md").read_text())
-    return 0
+
+    def run() -> None:
+        if "select" in args.phases:
+            grid.run("select", variants(args.recipes, args.epochs), targets, args.seeds[:1])
+            atomic_json(grid.output / "selected.json", choose(grid.runs("select")))
+        if "report" in args.phases:
+            path = grid.output / "selected.json"
+            if not path.is_file():
+                parser.error(f"{path} is missing: run the select phase first")
+            rows = {**variants(args.recipes, args.epochs),
+                    **allocation_rows(json.loads(path.read_text()), max(args.epochs), args.harp_epochs)}
+            grid.run("report", rows, targets, args.seeds)
+
+    return run_then_summarise("finetune", grid, run, lambda: write_summary(grid, argv))
 
 
 if __name__ == "__main__":

@@ -13,17 +13,19 @@ import argparse
 import json
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from nni_mrs_plugin.checkpoint import atomic_save, load_pruned
 from nni_mrs_plugin.job.cli import add_set_argument
 from nni_mrs_plugin.job.compare import compare
-from nni_mrs_plugin.job.config import Config, apply_overrides, load_config
+from nni_mrs_plugin.job.config import Config, ConfigError, apply_overrides, load_config
 from nni_mrs_plugin.job.pipeline import Pipeline
 
-__all__ = ["Grid", "finished", "add_grid_arguments", "provenance", "verdict_table", "stage_seconds"]
+__all__ = ["Grid", "finished", "add_grid_arguments", "provenance", "verdict_table", "stage_seconds",
+           "run_then_summarise"]
 
 
 class Grid:
@@ -120,3 +122,17 @@ def stage_seconds(runs: List[Dict[str, Any]], by: str = "model") -> Dict[str, Di
             if stage in stages:
                 seconds.setdefault(str(run[by]), {}).setdefault(stage, []).append(stages[stage]["seconds"])
     return {key: {s: round(sum(v) / len(v), 1) for s, v in stages.items()} for key, stages in seconds.items()}
+
+
+def run_then_summarise(name: str, grid: Grid, run: Callable[[], None], summarise: Callable[[], Any]) -> int:
+    """A benchmark's main: ``run()`` unless ``--summary-only``, then ``summarise()`` and print ``summary.md``; a
+    bad config is one line and exit code 2."""
+    try:
+        if not grid.args.summary_only:
+            run()
+    except ConfigError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return 2
+    summarise()
+    print((grid.output / "summary.md").read_text())
+    return 0

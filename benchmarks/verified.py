@@ -20,10 +20,9 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional
 
-from grid import Grid, add_grid_arguments, provenance, verdict_table
+from grid import Grid, add_grid_arguments, provenance, run_then_summarise, verdict_table
 from nni_mrs_plugin.checkpoint import atomic_json, atomic_write
 from nni_mrs_plugin.job.compare import compare_verdicts
-from nni_mrs_plugin.job.config import ConfigError
 from nni_mrs_plugin.job.stats import mean_std
 
 ATTACKS = ["clean", "pgd20", "ibp"]
@@ -79,15 +78,8 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", nargs="+", type=float, default=TARGETS)
     args = parser.parse_args(argv)
     grid = Grid(BASE, PHASES, args)
-    try:
-        if not args.summary_only:
-            grid.run("report", ROWS, {m: args.targets for m in args.models}, args.seeds)
-    except ConfigError as err:
-        print(f"verified: {err}", file=sys.stderr)
-        return 2
-    write_summary(grid, argv)
-    print((grid.output / "summary.md").read_text())
-    return 0
+    return run_then_summarise("verified", grid, lambda: grid.run("report", ROWS, {m: args.targets for m in args.models},
+                                                                 args.seeds), lambda: write_summary(grid, argv))
 
 
 if __name__ == "__main__":
