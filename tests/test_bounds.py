@@ -237,3 +237,16 @@ def test_ibp_training_raises_verified_accuracy_above_natural_training():
             restore_best=False)
         verified[method] = evaluate_robustness(model.eval(), test, attacks=("ibp",), eps=0.05)["ibp"]["accuracy"]
     assert verified["ibp"] >= verified["natural"] + 0.2, verified
+
+
+def test_the_job_takes_the_ibp_schedule_from_its_section_and_names_a_bad_key():
+    from nni_mrs_plugin.job import build
+    from nni_mrs_plugin.job.config import ConfigError, load_config
+
+    config = load_config(None, {"finetune.method": "ibp", "finetune.ibp": {"warmup": 0.0, "ramp": 0.2}})
+    objective = build.trainer(config, config.finetune).certified
+    assert (objective.warmup, objective.ramp, objective.kappa_end) == (0.0, 0.2, 0.5)
+    with pytest.raises(ConfigError, match=r"^finetune\.ibp: ibp: unknown key 'rampup'; the schedule takes warmup"):
+        load_config(None, {"finetune.method": "ibp", "finetune.ibp": {"rampup": 0.2}})
+    with pytest.raises(ConfigError, match=r"^pretrain\.ibp: ibp \(the certified schedule\) is for method 'ibp'"):
+        load_config(None, {"pretrain.ibp": {"ramp": 0.2}})

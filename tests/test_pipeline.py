@@ -196,7 +196,7 @@ def test_old_run_folders_resume(tmp_path):
     for section, key in (("data", "normalization"), ("data", "validation"), ("model", "kwargs"), ("eval", "split"),
                          ("eval", "after_pruning"), ("pretrain", "teacher"), ("finetune", "teacher"),
                          ("pretrain", "ema"), ("finetune", "ema"), ("pretrain", "schedule"),
-                         ("finetune", "schedule")):
+                         ("finetune", "schedule"), ("pretrain", "ibp"), ("finetune", "ibp")):
         old[section].pop(key)  # keys added since, at their defaults
     old.pop("export")  # a section added since (never part of a fingerprint)
     old["pruning"] = {"pruner": "mrs", "target": 0.5, "budget": "flops", "estimator": "feature", "criterion": "taylor",

@@ -66,7 +66,7 @@ def trainer(config: Any, section: Any, teacher: Optional[nn.Module] = None):
             raise ConfigError(f"teacher: {err}") from None
     return AdversarialTrainer(section.method, eps=eps(config, section.eps), alpha=section.alpha, steps=section.steps,
                               beta=section.beta, normalization=normalization(config),
-                              teacher=teacher if section.method in DISTILLING else None)
+                              teacher=teacher if section.method in DISTILLING else None, ibp=section.ibp or None)
 
 
 def pruning_context(config: Any, data: Any, checkpoint: Optional[Path] = None, teacher: Optional[nn.Module] = None):

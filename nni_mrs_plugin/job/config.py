@@ -71,24 +71,22 @@ class TrainingSection:
     teacher: Optional[str] = None  # rslad/ard: a save_pruned model; fine-tuning defaults to the run's dense model
     ema: Optional[float] = None  # a decay in (0, 1): validate, keep and return the weights' moving average
     schedule: str = "cosine"  # the learning rate per step: cosine to 0, or onecycle (warm-up, then cosine)
+    ibp: Dict[str, float] = field(default_factory=dict)  # method ibp: warmup, ramp, kappa_end (certified.py)
 
     def check(self, key: str) -> None:
         from ..attacks import check_eps
-        from ..train.trainer import AdversarialTrainer
+        from ..train.loop import SCHEDULES
+        from ..train.trainer import DISTILLING, AdversarialTrainer
 
         require(self.epochs >= 0, f"{key}.epochs", "must be >= 0", self.epochs)
         require(self.lr > 0, f"{key}.lr", "must be > 0", self.lr)
-        from ..train.loop import SCHEDULES
-
         require(self.schedule in SCHEDULES, f"{key}.schedule", f"must be one of {', '.join(SCHEDULES)}",
                 self.schedule)
         require(self.ema is None or 0 < self.ema < 1, f"{key}.ema", "must be a decay in (0, 1), e.g. 0.999, or null",
                 self.ema)
         constructor_checks(key, self, lambda: self.eps is None or check_eps(self.eps, positive=True))
         constructor_checks(key, self, lambda: AdversarialTrainer(self.method, eps=self.eps or 0.0, alpha=self.alpha,
-                                                                 steps=self.steps, beta=self.beta))
-        from ..train.trainer import DISTILLING
-
+                                                                 steps=self.steps, beta=self.beta, ibp=self.ibp or None))
         require(self.teacher is None or self.method in DISTILLING, f"{key}.teacher",
                 f"only {' and '.join(DISTILLING)} distil from a teacher, not method {self.method!r}", self.teacher)
         require(self.teacher is None or Path(self.teacher).is_file(), f"{key}.teacher", "file not found",
@@ -102,6 +100,7 @@ ADDED_KEYS: Dict[Tuple[str, str], Any] = {("data", "normalization"): None, ("mod
                                           ("pretrain", "teacher"): None, ("finetune", "teacher"): None,
                                           ("pretrain", "ema"): None, ("finetune", "ema"): None,
                                           ("pretrain", "schedule"): "cosine", ("finetune", "schedule"): "cosine",
+                                          ("pretrain", "ibp"): {}, ("finetune", "ibp"): {},
                                           ("data", "validation"): None, ("pruning", "adapt_bn"): 0,
                                           ("pruning", "round_to"): 1,
                                           ("eval", "split"): "test", ("eval", "after_pruning"): []}
