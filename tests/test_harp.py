@@ -75,12 +75,14 @@ def test_a_robustness_critical_unit_learns_to_keep_more_than_uniform(fashion):
 
 
 def test_a_killed_run_resumes_at_its_last_stage_and_ends_as_the_uninterrupted_run(tmp_path, calibration):
-    # 3 shuffled batches a pass: the kill after step 4 falls in the second pass, one batch into it
-    data = DataLoader(TensorDataset(calibration[0][:24], calibration[1][:24]), batch_size=8, shuffle=True)
+    # 3 shuffled batches a pass: the kill after step 4 falls in the second pass, one batch into it. The loader
+    # shuffles from its own generator (as the job's does), made afresh for each run as a new process would
     path = tmp_path / "harp.pt"
 
     def run(steps, checkpoint=path, **kw):
         torch.manual_seed(0)
+        data = DataLoader(TensorDataset(calibration[0][:24], calibration[1][:24]), batch_size=8, shuffle=True,
+                          generator=torch.Generator().manual_seed(5))
         model = make_model("small_cnn")
         pruner = HARPPruner(model, CONFIG, train_data=data, steps=steps, stages=4, attack_steps=2, progress=False,
                             checkpoint=checkpoint, **kw)

@@ -45,27 +45,38 @@ def _start(problem: BudgetProblem, start: str = "uniform") -> ChannelGates:
     return ChannelGates(units, keep, scores).to(next(model.parameters()).device)
 
 
-def _rng() -> dict:
+def _own_generator(data: Iterable) -> Optional[torch.Generator]:
+    """A DataLoader's own generator (``generator=``), which its shuffle draws from instead of the global RNG."""
+    generator = getattr(data, "generator", None) or getattr(getattr(data, "sampler", None), "generator", None)
+    return generator if isinstance(generator, torch.Generator) else None
+
+
+def _rng(data: Iterable = ()) -> dict:
+    own = _own_generator(data)
     return {"cpu": torch.random.get_rng_state(),
-            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_initialized() else {})}
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_initialized() else {}),
+            **({"loader": own.get_state()} if own is not None else {})}
 
 
-def _set_rng(state: dict) -> None:
+def _set_rng(state: dict, data: Iterable = ()) -> None:
     torch.random.set_rng_state(state["cpu"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
+    own = _own_generator(data)
+    if "loader" in state and own is not None:
+        own.set_state(state["loader"])
 
 
 class _Batches:
-    """The data epoch after epoch, resumable exactly: it keeps the RNG state each pass began with (a shuffling
-    DataLoader draws its order from it, workers their seeds) and how many batches of the pass were used, so a resumed
-    run replays the pass's order and skips what was used."""
+    """The data epoch after epoch, resumable exactly: it keeps the RNG state each pass began with (the global one and
+    the loader's own generator: a shuffling DataLoader draws its order from them, workers their seeds) and how many
+    batches of the pass were used, so a resumed run replays the pass's order and skips what was used."""
 
     def __init__(self, data: Iterable, position: Optional[dict] = None) -> None:
         self.data, self.it = data, None
         self.start, self.used = (position["rng"], position["used"]) if position else (None, 0)
         if position:
-            _set_rng(self.start)
+            _set_rng(self.start, data)
             self.it = iter(data)
             for _ in range(self.used):
                 next(self.it)
@@ -74,7 +85,7 @@ class _Batches:
         return {"rng": self.start, "used": self.used}
 
     def _new_pass(self) -> None:
-        self.start, self.used, self.it = _rng(), 0, iter(self.data)
+        self.start, self.used, self.it = _rng(self.data), 0, iter(self.data)
 
     def __next__(self) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.it is None:
@@ -113,7 +124,7 @@ def learn_allocation(problem: BudgetProblem, data: Iterable, trainer: Any, steps
     generator_state = torch.random.get_rng_state()
     if "data" in state:  # resumed: the data where the run was, then the RNG as it was
         batches = _Batches(data, state["data"])
-        _set_rng(state["rng"])
+        _set_rng(state["rng"], data)
     else:
         torch.manual_seed(seed)
         batches = _Batches(data)
@@ -162,7 +173,7 @@ def learn_allocation(problem: BudgetProblem, data: Iterable, trainer: Any, steps
                         else:
                             state["gamma"] += float(gamma)
                     if checkpoint is not None:
-                        state.update(rng=_rng(), data=batches.position())
+                        state.update(rng=_rng(data), data=batches.position())
                         atomic_save(seal({"fingerprint": fingerprint, "gates": gates.state_dict(), "state": state,
                                           "optimizer": optimizer.state_dict()}), checkpoint)
     finally:
