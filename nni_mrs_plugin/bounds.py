@@ -120,7 +120,7 @@ class IntervalBounds:
             if rule is not None:
                 return rule(args, kwargs)
             if node.target in _MONOTONE_FUNCTIONS:
-                return _each_end(node.target, args, {k: v for k, v in kwargs.items() if k != "inplace"})
+                return _each_end(node.target, args, {k: v for k, v in kwargs.items() if k != "inplace"}, clone=True)
             where = f"function {getattr(node.target, '__name__', node.target)} (node {node.name!r})"
         else:  # call_method
             if node.target in _SHAPE_METHODS:
