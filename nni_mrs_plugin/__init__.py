@@ -29,7 +29,7 @@ _EXPORTS = {
     # module robustness sensitivity -> allocation -> pruning
     "MRSPruner": "mrs.pruner", "verify_removal": "budget.pruner", "MRSSparsityAllocator": "mrs.allocator",
     "Allocation": "budget.report", "UnitReport": "budget.report", "BudgetPruner": "budget.pruner",
-    "PruningContext": "budget.pruner",
+    "PruningContext": "budget.pruner", "LayerPruner": "mrs.layers",
     "BudgetProblem": "budget.problem", "UniformPruner": "budget.baselines", "CostModel": "budget.cost",
     "Unit": "budget.units", "ESTIMATORS": "mrs.sensitivity", "Rule": "mrs.rules", "PowerRule": "mrs.rules",
     "BudgetRule": "mrs.rules", "JointRule": "mrs.rules", "RULES": "mrs.rules",

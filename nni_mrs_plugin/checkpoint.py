@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Callable, Dict, Iterator, Mapping, Optional, U
 import torch
 from torch import nn
 
-from .models import build_model
+from .models import Zeros, build_model
 
 __all__ = ["architecture", "rebuild", "save_pruned", "load_pruned", "atomic_save", "atomic_write", "seal", "unseal",
            "DiskFullError", "Stopped", "stop_on_signals"]
@@ -42,9 +42,17 @@ def _shape(module: nn.Module) -> Dict[str, Any]:
     return {"type": type(module).__name__, "out": module.num_features}
 
 
+def _removed(module: nn.Module) -> Dict[str, Any]:
+    if isinstance(module, Zeros):
+        return {"type": "Zeros", "channels": module.channels, "stride": module.stride}
+    return {"type": "Identity"}
+
+
 def architecture(model: nn.Module, name: str, **model_kwargs: Any) -> Dict[str, Any]:
-    """Everything needed to rebuild ``model``'s shapes from ``build_model(name, **model_kwargs)``."""
-    layers = {n: _shape(m) for n, m in model.named_modules() if isinstance(m, _RESIZABLE)}
+    """Everything needed to rebuild ``model``'s shapes from ``build_model(name, **model_kwargs)``: each resizable
+    layer's shape, and the modules layer pruning replaced (``Zeros`` and ``nn.Identity``)."""
+    layers = {n: _shape(m) if isinstance(m, _RESIZABLE) else _removed(m) for n, m in model.named_modules()
+              if isinstance(m, _RESIZABLE + (Zeros, nn.Identity))}
     return {"model": name, "kwargs": dict(model_kwargs), "layers": layers}
 
 
@@ -62,11 +70,15 @@ def rebuild(arch: Dict[str, Any]) -> nn.Module:
     model = build_model(arch["model"], **arch["kwargs"])
     modules = dict(model.named_modules())
     for name, spec in arch["layers"].items():
-        if name not in modules or _shape(modules[name])["type"] != spec["type"]:
+        removed = spec["type"] in ("Zeros", "Identity")
+        if name not in modules or not removed and (not isinstance(modules[name], _RESIZABLE)
+                                                   or _shape(modules[name])["type"] != spec["type"]):
             raise ValueError(f"architecture does not match {arch['model']}: no {spec['type']} named {name!r}")
         parent_name, _, child = name.rpartition(".")
         parent = modules[parent_name] if parent_name else model
-        setattr(parent, child, _resized(modules[name], spec))
+        replacement = (Zeros(spec["channels"], spec["stride"]) if spec["type"] == "Zeros" else nn.Identity()) \
+            if removed else _resized(modules[name], spec)
+        setattr(parent, child, replacement)
     return model
 
 

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nni_mrs_plugin"
 
 # lowest first: a part may import itself and the parts before it, never one after it
 LAYERS = ["host.fixes", "host.compat", "host.registry", "device", "models", "data", "attacks", "bounds", "checkpoint",
-          "host.diagnose", "host.graph", "host.hidden", "host.masks", "host.speedup", "evaluate", "roofline", "deploy", "budget", "mrs", "train",
+          "host.diagnose", "host.graph", "host.hidden", "host.masks", "host.blocks", "host.speedup", "evaluate", "roofline", "deploy", "budget", "mrs", "train",
           "harp", "job"]
 FACADES = {"nni_mrs_plugin", "nni_mrs_plugin.__main__"}  # the public API: loads anything, by name, on first use
 MAX_LINES = 300

@@ -52,6 +52,7 @@ _BUILTIN: Dict[str, PrunerSpec] = {
     "random": PrunerSpec("nni_mrs_plugin.budget.baselines:RandomPruner", takes_seed=True),
     "l1-global": PrunerSpec("nni_mrs_plugin.budget.baselines:GlobalL1NormPruner"),
     "harp": PrunerSpec("nni_mrs_plugin.harp.pruner:HARPPruner", takes_seed=True),
+    "layer": PrunerSpec("nni_mrs_plugin.mrs.layers:LayerPruner", takes_seed=True),
 }
 _registered: Dict[str, PrunerSpec] = {}
 
@@ -111,7 +112,7 @@ def get_pruner(name: str) -> type:
 
 # --- ``from nni.compression.pruning import MRSPruner`` ------------------------------------------------------------
 
-_EXPOSED = {"MRSPruner": "mrs", "HARPPruner": "harp"}  # attribute of nni.compression.pruning -> registry name
+_EXPOSED = {"MRSPruner": "mrs", "HARPPruner": "harp", "LayerPruner": "layer"}  # attribute of nni.compression.pruning -> registry name
 
 
 def _expose_pruners(module: ModuleType) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 import torch
 from torch import nn
 
+from .blocks import find_blocks, remove_blocks, removed_blocks
 from .diagnose import explain
 from .graph import new_users
 from .hidden import ELEMENTWISE_CALLS, ELEMENTWISE_MODULES, linear_pairs, slice_linear_pairs
@@ -42,6 +43,9 @@ class TraceError(RuntimeError):
 _logger = logging.getLogger(__name__)
 if _logger.level == logging.NOTSET:
     _logger.setLevel(logging.ERROR)
+# ... and an error for each module it has no replacer for, nn.Identity among them: a removed block's branch is
+# made of those, and they need no replacing
+_logger.addFilter(lambda record: "replacing module with type: Identity," not in record.getMessage())
 
 
 def _as_tuple(dummy_input: Any) -> Tuple[Any, ...]:
@@ -169,9 +173,26 @@ def mask_like_removal(model: nn.Module, masks: Masks, dummy_input: Any,
     return model
 
 
+def _remove_masked_blocks(model: nn.Module, masks: Masks, dummy_input: Any) -> None:
+    """Replace the branch of every residual block whose layers are masked whole (layer pruning) and drop their
+    masks; a layer masked whole outside such a block is a one-line error (it would be left without channels)."""
+    whole = {name for name, entry in masks.items() if entry.get("weight") is not None and not entry["weight"].any()}
+    if not whole:
+        return
+    blocks = removed_blocks(find_blocks(trace(model, dummy_input), model, projection=True)[0], masks)
+    remove_blocks(model, blocks)
+    for name in (name for block in blocks for name in block.modules):
+        masks.pop(name, None)
+    stranded = sorted(whole - {name for block in blocks for name in block.layers})
+    if stranded:
+        raise ValueError(f"layers {stranded} are masked whole but are not the branch of a removable residual block: "
+                         f"removal would leave them without channels")
+
+
 def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module:
     """Remove the masked channels for real (in place); returns the model.
 
+    A residual block whose branch is masked whole (``LayerPruner``) loses the branch first (``host.blocks``).
     Hidden units between two Linear layers (a transformer's MLP) are sliced out directly (``hidden``); the rest
     goes to NNI's ModelSpeedup, which runs the model on the dummy input in eval mode, so the removed model keeps
     the BatchNorm statistics it was trained with (the caller's mode is restored)."""
@@ -180,6 +201,7 @@ def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module
     if not masks:
         raise ValueError("masks is empty: nothing to remove (did the config_list select any layer?)")
     masks = copy.deepcopy(masks)  # ModelSpeedup edits the masks it is given (mask-conflict fixing)
+    _remove_masked_blocks(model, masks, dummy_input)
     modules = dict(model.named_modules())
     linears = any(isinstance(modules.get(name), nn.Linear) for name in masks)  # a pair starts at a masked Linear
     pairs = linear_pairs(trace(model, dummy_input)) if linears else {}

@@ -12,11 +12,11 @@ from typing import Callable, Dict
 
 from torch import nn
 
-from .cnn import InvertedResidual, MobileNetV2, Normalize, ResNet18, SmallCNN, VGG16BN
+from .cnn import InvertedResidual, MobileNetV2, Normalize, ResNet18, SmallCNN, VGG16BN, Zeros
 from .mobilevit import MobileViT
 
-__all__ = ["Normalize", "ResNet18", "VGG16BN", "InvertedResidual", "MobileNetV2", "SmallCNN", "MobileViT", "MODELS",
-           "build_model"]
+__all__ = ["Normalize", "Zeros", "ResNet18", "VGG16BN", "InvertedResidual", "MobileNetV2", "SmallCNN", "MobileViT",
+           "MODELS", "build_model"]
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "resnet18": ResNet18,

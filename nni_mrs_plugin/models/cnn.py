@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Type
 import torch
 from torch import nn
 
-__all__ = ["Normalize", "ResNet18", "VGG16BN", "InvertedResidual", "MobileNetV2", "SmallCNN"]
+__all__ = ["Normalize", "Zeros", "ResNet18", "VGG16BN", "InvertedResidual", "MobileNetV2", "SmallCNN"]
 
 # Mean/std per dataset family, used when the caller gives none.
 _DEFAULT_STATS = {
@@ -29,6 +29,28 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+class Zeros(nn.Module):
+    """The branch of a residual block that layer pruning removed: zeros shaped like the input, or with
+    ``channels`` channels and the spatial size a ``stride`` gives (a block whose shortcut downsamples)."""
+
+    def __init__(self, channels: Optional[int] = None, stride: int = 1):
+        super().__init__()
+        self.channels, self.stride = channels, stride
+
+    def shape(self, shape: Sequence[int]) -> tuple:
+        if self.channels is None and self.stride == 1:
+            return tuple(shape)
+        return (shape[0], self.channels or shape[1], *(-(-size // self.stride) for size in shape[2:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels is None and self.stride == 1:
+            return torch.zeros_like(x)
+        return x.new_zeros(self.shape(x.shape))
+
+    def extra_repr(self) -> str:
+        return "" if self.channels is None and self.stride == 1 else f"channels={self.channels}, stride={self.stride}"
 
 
 def _normalize(in_channels: int, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> Normalize:
