@@ -145,3 +145,31 @@ def test_bad_inputs_are_one_line_errors():
     whole = {"conv1": {"weight": torch.zeros_like(resnet.conv1.weight)}}
     with pytest.raises(ValueError, match=r"layers \['conv1'\] are masked whole but are not the branch of a removable"):
         speedup_model(copy.deepcopy(resnet), whole, x[:1])
+
+
+def _job(tmp_path, **pruning):
+    from nni_mrs_plugin import load_config
+
+    return load_config({"model": {"name": "resnet18", "kwargs": {"width": 0.125}},
+                        "data": {"train_subset": 64, "test_subset": 32, "batch_size": 32},
+                        "pretrain": {"epochs": 0}, "pruning": pruning, "progress": False,
+                        "output": {"dir": str(tmp_path / "run")}})
+
+
+def test_the_job_prunes_layers_alone_or_layers_then_channels(tmp_path):
+    import json
+
+    from nni_mrs_plugin import Pipeline
+
+    alone = Pipeline(_job(tmp_path / "a", pruner="layer", target=0.3, options={"n_samples": 16, "steps": 1})).run(
+        until="speedup")["stages"]
+    removed = 1 - alone["speedup"]["pruned"]["flops"] / alone["pretrain"]["dense"]["flops"]
+    assert removed == pytest.approx(alone["prune"]["predicted_removed"], abs=1e-6) and 0.3 <= removed < 0.3 + 0.17
+    both = Pipeline(_job(tmp_path / "b", target=0.5, layers=0.2)).run(until="speedup")["stages"]
+    removed = 1 - both["speedup"]["pruned"]["flops"] / both["pretrain"]["dense"]["flops"]
+    assert abs(removed - 0.5) <= 0.01
+    allocation = json.loads((tmp_path / "b" / "run" / "allocation.json").read_text())
+    gone = [row["unit"] for row in allocation["layers"]["units"] if row["ratio"] == 1.0]
+    assert gone and allocation["layers"]["achieved"] >= 0.2 and allocation["rule"] == "power"
+    pruned = load_pruned(tmp_path / "b" / "run" / "pruned_init.pt")
+    assert not list(pruned.get_submodule(gone[0]).parameters())  # the block's branch went, not just its channels

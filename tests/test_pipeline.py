@@ -66,6 +66,8 @@ def test_shipped_configs_load():
     ({"eval": {"split": "val"}}, "eval.split: must be 'test' or 'validation', got 'val'"),
     ({"data": {"validation": 0}}, "data.validation: must be >= 1 or null (none held out), got 0"),
     ({"pruning": {"adapt_bn": -5}}, "pruning.adapt_bn: must be >= 0 (images; 0: off), got -5"),
+    ({"pruning": {"layers": 0.5}}, "pruning.layers: must be in [0, target=0.5): the part of the target whole"),
+    ({"pruning": {"layers": 0.2, "budget": "channels"}}, "pruning.layers: needs budget flops or params"),
     ({"export": {"formats": ["tflite"]}}, "export.formats: must name formats among onnx, openvino, pt2, got 'tflite'"),
     ({"pruning": {"round_to": 0}}, "pruning.round_to: round_to must be an integer >= 1 (pruned units keep a multiple "
                                    "of it), got 0"),

@@ -80,10 +80,31 @@ def pruning_context(config: Any, data: Any, checkpoint: Optional[Path] = None, t
                           progress=config.progress)
 
 
-def config_list(config: Any) -> list:
+def config_list(config: Any, removed: float = 0.0, target: Optional[float] = None) -> list:
+    """The config's selection at ``target`` (default ``pruning.target``); once whole blocks have ``removed`` a
+    fraction of the budget, the rest of the target as a fraction of what is left."""
     cfg = config.pruning
     exclude = {"exclude_op_names": list(cfg.exclude)} if cfg.exclude else {}
-    return [{"op_types": list(cfg.op_types), "sparse_ratio": cfg.target, **exclude}]
+    ratio = 1 - (1 - (cfg.target if target is None else target)) / (1 - removed)
+    return [{"op_types": list(cfg.op_types), "sparse_ratio": ratio, **exclude}]
+
+
+def prune_layers(config: Any, model: nn.Module, context: Any, dummy: torch.Tensor):
+    """``pruning.layers``: whole residual blocks go first (``LayerPruner`` at that fraction of the budget), removed
+    from ``model`` in place; (their allocation, their NNI masks), or (None, {}) when the key is 0."""
+    from ..host.speedup import speedup_model
+    from ..mrs.layers import LayerPruner
+
+    cfg = config.pruning
+    if not cfg.layers:
+        return None, {}
+    options = {key: value for key, value in LayerPruner.context_options(context).items() if value is not None}
+    pruner = LayerPruner(model, config_list(config, target=cfg.layers), dummy_input=dummy, budget=cfg.budget,
+                         **options)
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    speedup_model(model, masks, dummy)
+    return pruner.allocation, masks
 
 
 def pruner_keywords(config: Any, model: nn.Module, context: Any, dummy: torch.Tensor) -> Dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Union
 
 from .legacy import FLAT
-from .schema import ConfigError, build_section, constructor_checks, require
+from .schema import ConfigError, apply_overrides, build_section, constructor_checks, require
 
 __all__ = ["ConfigError", "Config", "load_config", "default_config_path", "apply_overrides"]
 
@@ -85,8 +85,8 @@ class TrainingSection:
         require(self.ema is None or 0 < self.ema < 1, f"{key}.ema", "must be a decay in (0, 1), e.g. 0.999, or null",
                 self.ema)
         constructor_checks(key, self, lambda: self.eps is None or check_eps(self.eps, positive=True))
-        constructor_checks(key, self, lambda: AdversarialTrainer(self.method, eps=self.eps or 0.0, alpha=self.alpha,
-                                                                 steps=self.steps, beta=self.beta, ibp=self.ibp or None))
+        constructor_checks(key, self, lambda: AdversarialTrainer(
+            self.method, eps=self.eps or 0.0, alpha=self.alpha, steps=self.steps, beta=self.beta, ibp=self.ibp or None))
         require(self.teacher is None or self.method in DISTILLING, f"{key}.teacher",
                 f"only {' and '.join(DISTILLING)} distil from a teacher, not method {self.method!r}", self.teacher)
         require(self.teacher is None or Path(self.teacher).is_file(), f"{key}.teacher", "file not found",
@@ -102,7 +102,7 @@ ADDED_KEYS: Dict[Tuple[str, str], Any] = {("data", "normalization"): None, ("mod
                                           ("pretrain", "schedule"): "cosine", ("finetune", "schedule"): "cosine",
                                           ("pretrain", "ibp"): {}, ("finetune", "ibp"): {},
                                           ("data", "validation"): None, ("pruning", "adapt_bn"): 0,
-                                          ("pruning", "round_to"): 1,
+                                          ("pruning", "round_to"): 1, ("pruning", "layers"): 0.0,
                                           ("eval", "split"): "test", ("eval", "after_pruning"): []}
 
 
@@ -116,6 +116,7 @@ class PruningSection:
     exclude: List[str] = field(default_factory=list)
     adapt_bn: int = 0  # training images BatchNorm statistics are re-estimated on after the removal (0: none)
     round_to: int = 1  # every pruned unit keeps a multiple of this many channels (8 or 16 suit hardware blocks)
+    layers: float = 0.0  # fraction of the budget whole residual blocks remove first (LayerPruner), channels the rest
     options: Dict[str, Any] = field(default_factory=dict)  # the pruner's own constructor keywords, as they are
     MOVED: ClassVar[Dict[str, str]] = {name: f"options.{name}" for name in FLAT}  # where an old key lives now
 
@@ -134,6 +135,10 @@ class PruningSection:
         require(0 < self.r_max, f"{key}.r_max", "must be in (0, 1)", self.r_max)
         require(bool(self.op_types), f"{key}.op_types", "must name at least one layer type", self.op_types)
         require(self.adapt_bn >= 0, f"{key}.adapt_bn", "must be >= 0 (images; 0: off)", self.adapt_bn)
+        require(0 <= self.layers < self.target, f"{key}.layers", f"must be in [0, target={self.target}): the part "
+                f"of the target whole blocks remove before channels go", self.layers)
+        require(not self.layers or self.budget != "channels", f"{key}.layers", "needs budget flops or params "
+                "(whole blocks have no channel count)", self.layers)
         constructor_checks(key, self, lambda: check_budget(self.budget), "budget")
         constructor_checks(key, self, lambda: check_bounds(0.0, self.r_max), "r_max")
         constructor_checks(key, self, lambda: check_round_to(self.round_to), "round_to")
@@ -241,19 +246,6 @@ class Config:
             if out.get(section, {}).get(name, default) == default:
                 out.get(section, {}).pop(name, None)
         return out
-
-
-def apply_overrides(data: Dict[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
-    """Set dotted keys (``{"pruning.tau": 0.5}``) in a raw config dict; the result is validated by ``Config``."""
-    for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = str(dotted).split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
-        node[leaf] = value
-    return data
 
 
 def default_config_path() -> Path:

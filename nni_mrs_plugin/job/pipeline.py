@@ -188,14 +188,19 @@ class Pipeline:
         dummy = self.dummy.to(self.device)
         context = build.pruning_context(self.config, self.loaders[0], self.dir / "prune-harp.pt",
                                         self._teacher(self.config.finetune))
-        allocation, masks = baseline_masks(model, build.config_list(self.config), dummy, get_pruner(cfg.pruner),
-                                           cfg.budget, cfg.r_max, cfg.round_to,
-                                           **build.pruner_keywords(self.config, model, context, dummy))
+        layers, masks = build.prune_layers(self.config, model, context, dummy)  # pruning.layers: blocks first
+        allocation, predicted = layers, layers.achieved if layers else 0.0
+        if predicted < cfg.target:  # channels take the rest (all of it without pruning.layers)
+            allocation, channels = baseline_masks(
+                model, build.config_list(self.config, predicted), dummy, get_pruner(cfg.pruner), cfg.budget,
+                cfg.r_max, cfg.round_to, **build.pruner_keywords(self.config, model, context, dummy))
+            masks = {**masks, **channels}
+            predicted = 1 - (1 - predicted) * (1 - allocation.achieved)
         atomic_save({k: {t: m.cpu() for t, m in v.items() if m is not None} for k, v in masks.items()},
                     self.dir / "masks.pt")
-        atomic_json(self.dir / "allocation.json", allocation.as_dict())
-        return {"pruner": cfg.pruner, "target": cfg.target, "budget": cfg.budget,
-                "predicted_removed": allocation.achieved}
+        extra = {"layers": layers.as_dict()} if layers and allocation is not layers else {}
+        atomic_json(self.dir / "allocation.json", {**allocation.as_dict(), **extra})
+        return {"pruner": cfg.pruner, "target": cfg.target, "budget": cfg.budget, "predicted_removed": predicted}
 
     def _check_target(self) -> None:
         from ..models import build_model

@@ -10,7 +10,7 @@ import re
 import typing
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
-__all__ = ["ConfigError", "require", "constructor_checks", "build_section"]
+__all__ = ["ConfigError", "require", "constructor_checks", "build_section", "apply_overrides"]
 
 
 class ConfigError(ValueError):
@@ -94,3 +94,16 @@ def build_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     if hasattr(instance, "check"):
         instance.check(prefix.rstrip("."))
     return instance
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """Set dotted keys (``{"pruning.tau": 0.5}``) in a raw config dict; the result is validated by ``Config``."""
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = str(dotted).split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node[leaf] = value
+    return data
