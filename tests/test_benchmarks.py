@@ -253,6 +253,25 @@ def test_verified_grid_reports_ibp_before_and_after_fine_tuning_and_mrs_against_
     assert "| 0.5 | mrs | 2 |" in (out / "summary.md").read_text()
 
 
+def test_layers_grid_prunes_filters_layers_and_both_and_judges_them_against_dense_and_filters(tmp_path):
+    layers = load_script("layers")
+    out = tmp_path / "out"
+    argv = ["--output", str(out), "--seeds", "0", "--set", "data.train_subset=64", "--set", "data.test_subset=32",
+            "--set", "data.batch_size=32", "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1",
+            "--set", "eval.samples=32", "--set", "eval.attacks=[clean, fgsm]", "--set", "pruning.adapt_bn=32",
+            "--set", "pruning.options.n_samples=16", "--set", "pruning.options.steps=1"]
+    assert layers.main(argv) == 0
+    runs = load_script("grid").finished(out, "report")
+    assert sorted(r["variant"] for r in runs) == ["both", "filters", "layers"]
+    removed = {r["variant"]: 1 - r["pruned"]["flops"] / r["dense_measure"]["flops"] for r in runs}
+    assert abs(removed["filters"] - 0.25) <= 0.01 and 0.25 <= removed["layers"] < 0.25 + 0.17
+    assert abs(removed["both"] - 0.25) <= 0.01
+    verdicts = json.loads((out / "summary.json").read_text())["report"]["verdicts"]
+    assert {(v["variant"], v["reference"]) for v in verdicts} == {
+        ("filters", "dense"), ("layers", "dense"), ("both", "dense"), ("layers", "filters"), ("both", "filters")}
+    assert "| 0.25 | layers | 1 |" in (out / "summary.md").read_text()
+
+
 def test_joint_removal_of_one_unit_is_its_curve_and_the_table_ranks_rows(fashion, calibration, monkeypatch):
     """allocation_joint.py compares the budget rule's sum of single-unit curves with removing every unit at once;
     that comparison holds only if its removal of one unit alone is exactly what the curves measured."""

@@ -1,0 +1,107 @@
+"""Layer-pruning benchmark: does pruning filters and layers of a naturally trained network raise its robustness?
+
+Jordao & Pedrini 2021 report that it does. This grid, on the compare harness (``grid.py``): ResNet18 (width
+0.125) trained naturally on Fashion-MNIST, pruned at ``TARGETS`` of its FLOPs by filters (NNI's L1 filters, uniform
+ratios), by layers (``LayerPruner``: whole blocks ranked by the adversarial loss their removal adds) and by both
+(half of the target by blocks, ``pruning.layers``, the rest by L1 filters), then fine-tuned naturally; every row
+of a seed starts from the same dense model. Layer pruning meets a target to one block's share (0.126 or 0.164 of
+this model's FLOPs), so the default target, 0.25, is two blocks; each row's FLOPs removed is reported. Clean, FGSM,
+PGD-20 and AutoAttack accuracy on the test images (read once: nothing is chosen here), 3 seeds; each row against
+the dense model and layers/both against filters as paired per-seed differences (95% t-interval, win/tie/loss).
+
+    python benchmarks/layers.py --output runs/benchmarks/layers            # 2-core CPU: hours; resumable
+    python benchmarks/layers.py --output runs/benchmarks/layers --summary-only
+
+Every row is a resumable job run folder: rerun the same command to finish.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Dict, List, Optional
+
+from grid import Grid, add_grid_arguments, provenance, run_then_summarise, verdict_table
+from nni_mrs_plugin.checkpoint import atomic_json, atomic_write
+from nni_mrs_plugin.job.compare import compare_verdicts
+from nni_mrs_plugin.job.stats import mean_std, paired
+
+ATTACKS = ["clean", "fgsm", "pgd20", "autoattack"]
+BASE: Dict[str, Any] = {
+    "data": {"dataset": "fashion_mnist", "train_subset": 10000, "test_subset": 1000},
+    "pretrain": {"epochs": 5, "method": "natural", "lr": 0.05},
+    "pruning": {"pruner": "layer", "budget": "flops", "adapt_bn": 512},
+    "finetune": {"epochs": 2, "method": "natural", "lr": 0.01},
+    "eval": {"attacks": ATTACKS, "samples": 1000, "autoattack_samples": 100},
+    "device": "cpu", "progress": False,
+}
+PHASES = {"report": {}}
+TARGETS = [0.25]
+ROWS = {"filters": {"pruning.pruner": "l1"},
+        "layers": {},
+        "both": {"pruning.pruner": "l1", "pruning.layers": 0.125}}
+
+
+def table(runs: List[Dict[str, Any]]) -> List[str]:
+    """Mean ± std over seeds per (target, row): FLOPs removed and accuracy after fine-tuning."""
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["target"], run["variant"]), []).append(run)
+    attacks = [a for a in ATTACKS if a in runs[0]["accuracy"]]
+    lines = ["| target | row | seeds | FLOPs removed | " + " | ".join(attacks) + " |",
+             "|---:|---|---:|---:|" + "---:|" * len(attacks)]
+    for (target, row), members in sorted(groups.items()):
+        removed = mean_std([1 - m["pruned"]["flops"] / m["dense_measure"]["flops"] for m in members])
+        cells = [mean_std([m["accuracy"][a] for m in members]) for a in attacks]
+        lines.append(f"| {target:g} | {row} | {len(members)} | {100 * removed['mean']:.1f}% | "
+                     + " | ".join(f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}" for c in cells) + " |")
+    return lines
+
+
+def against_dense(runs: List[Dict[str, Any]], dense: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Each row's accuracy minus its seed's dense model's, paired over seeds, per attack."""
+    reference = {d["seed"]: d["accuracy"] for d in dense}
+    groups: Dict[tuple, Dict[int, Dict[str, float]]] = {}
+    for run in runs:
+        groups.setdefault((run["variant"], run["target"]), {})[run["seed"]] = run["accuracy"]
+    out = []
+    for (variant, target), by_seed in sorted(groups.items()):
+        for attack in next(iter(by_seed.values())):
+            result = paired({s: a[attack] for s, a in by_seed.items()},
+                            {s: a[attack] for s, a in reference.items() if attack in a})
+            if result is not None:
+                out.append({"model": "resnet18", "variant": variant, "reference": "dense", "target": target,
+                            "attack": attack, **result})
+    return out
+
+
+def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
+    summary: Dict[str, Any] = provenance("benchmarks/layers.py", argv)
+    text = [f"Command: `{summary['command']}`; commit {summary['commit']}; {summary['machine']}.", ""]
+    runs = grid.runs("report")
+    if runs:
+        dense = grid.runs("report", key="dense")
+        verdicts = against_dense(runs, dense) + [dict(v, model="resnet18") for v in compare_verdicts(runs, "filters")]
+        summary["report"] = {"rows": len(runs), "verdicts": verdicts,
+                             "dense": [{"seed": d["seed"], "accuracy": d["accuracy"]} for d in dense]}
+        text += ["Mean ± std over seeds (test images, after natural fine-tuning):", "", *table(runs), "",
+                 "Dense models: " + "; ".join(f"seed {d['seed']}: " + ", ".join(
+                     f"{a} {100 * v:.2f}" for a, v in d["accuracy"].items()) for d in dense), "",
+                 "Paired differences (each row against the dense model; layers and both against filters):", "",
+                 *verdict_table(verdicts), ""]
+    atomic_json(grid.output / "summary.json", summary)
+    atomic_write(grid.output / "summary.md", lambda f: f.write("\n".join(text).encode()))
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_grid_arguments(parser, "runs/benchmarks/layers", ["resnet18"])
+    parser.add_argument("--targets", nargs="+", type=float, default=TARGETS)
+    args = parser.parse_args(argv)
+    grid = Grid(BASE, PHASES, args)
+    return run_then_summarise("layers", grid, lambda: grid.run("report", ROWS, {m: args.targets for m in args.models},
+                                                               args.seeds), lambda: write_summary(grid, argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
