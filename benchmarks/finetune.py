@@ -31,7 +31,8 @@ import json
 import sys
 from typing import Any, Dict, List, Optional
 
-from grid import Grid, add_grid_arguments, provenance, run_then_summarise, stage_seconds, verdict_table
+from grid import (Grid, add_grid_arguments, markdown, provenance, run_then_summarise, stage_seconds, verdict_data,
+                  verdict_table)
 from nni_mrs_plugin.checkpoint import atomic_json, atomic_write
 from nni_mrs_plugin.harp import HARPPruner
 from nni_mrs_plugin.job.compare import compare_verdicts
@@ -117,11 +118,6 @@ def table(runs: List[Dict[str, Any]], seconds: Dict[str, Dict[str, float]]) -> D
     return {"columns": ["model", "target", "row", "seeds", *attacks, "fine-tuning s"], "rows": rows}
 
 
-def markdown(table: Dict[str, Any]) -> List[str]:
-    return ["| " + " | ".join(map(str, table["columns"])) + " |", "|" + "---|" * len(table["columns"]),
-            *("| " + " | ".join(map(str, row)) + " |" for row in table["rows"])]
-
-
 def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
     summary: Dict[str, Any] = provenance("benchmarks/finetune.py", argv)
     text = [f"Command: `{summary['command']}`; commit {summary['commit']}; {summary['machine']}.", ""]
@@ -137,15 +133,12 @@ def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
                              "dense": [{"model": d["model"], "seed": d["seed"], "accuracy": d["accuracy"]}
                                        for d in dense]}
         means = table(runs, seconds)
-        judged = [[v["model"], f"{v['target']:g}", v["variant"], v["reference"], v["attack"],
-                   f"{100 * v['diff']:+.2f} ({100 * v['low']:+.2f} to {100 * v['high']:+.2f})", v["verdict"]]
-                  for v in summary["report"]["verdicts"]]
         summary["runs"] = [  # as data, for benchmarks/render.py
             {"label": "Mean ± std over seeds", "caption": "Test accuracy (%) after fine-tuning; fine-tuning s: the "
              "mean wall seconds of the row's fine-tuning.", **means},
             {"label": "Against pgd at the same epochs", "caption": "Paired per-seed differences in points, 95% "
              "t-interval; the allocation row against its uniform recipe.",
-             "columns": ["model", "target", "row", "reference", "attack", "difference", "verdict"], "rows": judged}]
+             **verdict_data(summary["report"]["verdicts"])}]
         text += ["Mean ± std over seeds (test images):", "", *markdown(means), "",
                  "Dense models (the ceiling): " + "; ".join(
                      f"{d['model']} seed {d['seed']}: " + ", ".join(f"{a} {100 * v:.2f}"

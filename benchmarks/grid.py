@@ -104,13 +104,24 @@ def provenance(script: str, argv: Optional[Sequence[str]]) -> Dict[str, str]:
             "machine": platform.platform()}
 
 
+def markdown(table: Dict[str, Any]) -> List[str]:
+    """A table as data (``columns``, ``rows``: what summaries keep for ``render.py``) as Markdown."""
+    return ["| " + " | ".join(map(str, table["columns"])) + " |", "|" + "---|" * len(table["columns"]),
+            *("| " + " | ".join(map(str, row)) + " |" for row in table["rows"])]
+
+
+def verdict_data(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Paired verdicts (``compare_verdicts`` rows with their model) as a table: differences in points with their
+    95% interval."""
+    return {"columns": ["model", "target", "row", "reference", "attack", "difference", "verdict"],
+            "rows": [[v["model"], f"{v['target']:g}", v["variant"], v["reference"], v["attack"],
+                      f"{100 * v['diff']:+.2f} ({100 * v['low']:+.2f} to {100 * v['high']:+.2f})", v["verdict"]]
+                     for v in rows]}
+
+
 def verdict_table(rows: List[Dict[str, Any]]) -> List[str]:
-    """Paired verdicts (``compare_verdicts`` rows with their model) as a Markdown table."""
-    return ["| model | target | row | reference | attack | difference (points, 95% interval) | verdict |",
-            "|---|---:|---|---|---|---:|---|",
-            *(f"| {v['model']} | {v['target']:g} | {v['variant']} | {v['reference']} | {v['attack']} | "
-              f"{100 * v['diff']:+.2f} ({100 * v['low']:+.2f} to {100 * v['high']:+.2f}) | {v['verdict']} |"
-              for v in rows)]
+    """Paired verdicts as a Markdown table."""
+    return markdown(verdict_data(rows))
 
 
 def stage_seconds(runs: List[Dict[str, Any]], by: str = "model") -> Dict[str, Dict[str, float]]:

@@ -20,7 +20,7 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional
 
-from grid import Grid, add_grid_arguments, provenance, run_then_summarise, verdict_table
+from grid import Grid, add_grid_arguments, markdown, provenance, run_then_summarise, verdict_data, verdict_table
 from nni_mrs_plugin.checkpoint import atomic_json, atomic_write
 from nni_mrs_plugin.job.compare import compare_verdicts
 from nni_mrs_plugin.job.stats import mean_std, paired
@@ -41,20 +41,19 @@ ROWS = {"filters": {"pruning.pruner": "l1"},
         "both": {"pruning.pruner": "l1", "pruning.layers": 0.125}}
 
 
-def table(runs: List[Dict[str, Any]]) -> List[str]:
+def table(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Mean ± std over seeds per (target, row): FLOPs removed and accuracy after fine-tuning."""
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault((run["target"], run["variant"]), []).append(run)
     attacks = [a for a in ATTACKS if a in runs[0]["accuracy"]]
-    lines = ["| target | row | seeds | FLOPs removed | " + " | ".join(attacks) + " |",
-             "|---:|---|---:|---:|" + "---:|" * len(attacks)]
+    rows = []
     for (target, row), members in sorted(groups.items()):
         removed = mean_std([1 - m["pruned"]["flops"] / m["dense_measure"]["flops"] for m in members])
         cells = [mean_std([m["accuracy"][a] for m in members]) for a in attacks]
-        lines.append(f"| {target:g} | {row} | {len(members)} | {100 * removed['mean']:.1f}% | "
-                     + " | ".join(f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}" for c in cells) + " |")
-    return lines
+        rows.append([f"{target:g}", row, len(members), f"{100 * removed['mean']:.1f}%",
+                     *(f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}" for c in cells)])
+    return {"columns": ["target", "row", "seeds", "FLOPs removed", *attacks], "rows": rows}
 
 
 def against_dense(runs: List[Dict[str, Any]], dense: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -83,7 +82,12 @@ def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
         verdicts = against_dense(runs, dense) + [dict(v, model="resnet18") for v in compare_verdicts(runs, "filters")]
         summary["report"] = {"rows": len(runs), "verdicts": verdicts,
                              "dense": [{"seed": d["seed"], "accuracy": d["accuracy"]} for d in dense]}
-        text += ["Mean ± std over seeds (test images, after natural fine-tuning):", "", *table(runs), "",
+        means = table(runs)
+        summary["runs"] = [  # as data, for benchmarks/render.py
+            {"label": "Mean ± std over seeds", "caption": "Test accuracy (%) after natural fine-tuning.", **means},
+            {"label": "Against the dense model, and against filters", "caption": "Paired per-seed differences in "
+             "points, 95% t-interval.", **verdict_data(verdicts)}]
+        text += ["Mean ± std over seeds (test images, after natural fine-tuning):", "", *markdown(means), "",
                  "Dense models: " + "; ".join(f"seed {d['seed']}: " + ", ".join(
                      f"{a} {100 * v:.2f}" for a, v in d["accuracy"].items()) for d in dense), "",
                  "Paired differences (each row against the dense model; layers and both against filters):", "",

@@ -20,7 +20,7 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional
 
-from grid import Grid, add_grid_arguments, provenance, run_then_summarise, verdict_table
+from grid import Grid, add_grid_arguments, markdown, provenance, run_then_summarise, verdict_data, verdict_table
 from nni_mrs_plugin.checkpoint import atomic_json, atomic_write
 from nni_mrs_plugin.job.compare import compare_verdicts
 from nni_mrs_plugin.job.stats import mean_std
@@ -39,19 +39,19 @@ TARGETS = [0.5, 0.75]
 ROWS = {"uniform": {}, "mrs": {"pruning.options.tau": 1.0, "pruning.options.estimator": "feature"}}
 
 
-def table(runs: List[Dict[str, Any]]) -> List[str]:
+def table(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Mean ± std over seeds per (target, row): after the removal, then after fine-tuning."""
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault((run["target"], run["variant"]), []).append(run)
-    lines = ["| target | row | seeds | " + " | ".join(f"{a} after removal" for a in ATTACKS) + " | "
-             + " | ".join(f"{a} fine-tuned" for a in ATTACKS) + " |", "|---:|---|---:|" + "---:|" * 2 * len(ATTACKS)]
+    rows = []
     for (target, row), members in sorted(groups.items()):
         cells = [mean_std([m[key][a] for m in members]) for key in ("accuracy_after_pruning", "accuracy")
                  for a in ATTACKS]
-        lines.append(f"| {target:g} | {row} | {len(members)} | "
-                     + " | ".join(f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}" for c in cells) + " |")
-    return lines
+        rows.append([f"{target:g}", row, len(members),
+                     *(f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}" for c in cells)])
+    return {"columns": ["target", "row", "seeds", *(f"{a} after removal" for a in ATTACKS),
+                        *(f"{a} fine-tuned" for a in ATTACKS)], "rows": rows}
 
 
 def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
@@ -63,7 +63,13 @@ def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
         verdicts = [dict(v, model="small_cnn") for v in compare_verdicts(runs, "uniform")]
         summary["report"] = {"rows": len(runs), "verdicts": verdicts,
                              "dense": [{"seed": d["seed"], "accuracy": d["accuracy"]} for d in dense]}
-        text += ["Mean ± std over seeds (test images):", "", *table(runs), "",
+        means = table(runs)
+        summary["runs"] = [  # as data, for benchmarks/render.py
+            {"label": "Mean ± std over seeds", "caption": "Test accuracy (%) of the small CNN right after the removal "
+             "and after IBP fine-tuning; ibp: verified at the training radius.", **means},
+            {"label": "MRS allocation against uniform ratios", "caption": "Fine-tuned; paired per-seed differences "
+             "in points, 95% t-interval.", **verdict_data(verdicts)}]
+        text += ["Mean ± std over seeds (test images):", "", *markdown(means), "",
                  "Dense models: " + "; ".join(f"seed {d['seed']}: " + ", ".join(
                      f"{a} {100 * v:.2f}" for a, v in d["accuracy"].items()) for d in dense), "",
                  "MRS allocation against uniform ratios (fine-tuned):", "", *verdict_table(verdicts), ""]
