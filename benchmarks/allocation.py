@@ -39,8 +39,8 @@ from typing import Any, Dict, List, Optional
 
 from scipy.stats import spearmanr
 
-from grid import Grid, add_grid_arguments, provenance, run_then_summarise, stage_seconds, verdict_table
-from nni_mrs_plugin.checkpoint import atomic_json, atomic_write
+from grid import Grid, add_grid_arguments, provenance, run_then_summarise, save_summary, stage_seconds, verdict_table
+from nni_mrs_plugin.checkpoint import atomic_json
 from nni_mrs_plugin.job.compare import compare_verdicts
 from nni_mrs_plugin.job.stats import mean_std, paired
 
@@ -181,9 +181,7 @@ def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
                  *(f"| {c['model']} | {c['target']:g} | {c['rho']['mean']:+.2f} ± {c['rho']['std']:.2f} |"
                    for c in summary["report"]["carry_over"]), "",
                  f"Mean seconds per row and stage: `{json.dumps(summary['report']['seconds'])}`", ""]
-    atomic_json(out / "summary.json", summary)
-    atomic_write(out / "summary.md", lambda f: f.write("\n".join(text).encode()))
-    return summary
+    return save_summary(grid, summary, text)
 
 
 def main(argv=None) -> int:

@@ -31,9 +31,9 @@ import json
 import sys
 from typing import Any, Dict, List, Optional
 
-from grid import (Grid, add_grid_arguments, markdown, provenance, run_then_summarise, stage_seconds, verdict_data,
-                  verdict_table)
-from nni_mrs_plugin.checkpoint import atomic_json, atomic_write
+from grid import (Grid, add_grid_arguments, dense_line, markdown, provenance, run_then_summarise, save_summary,
+                  stage_seconds, verdict_data, verdict_table)
+from nni_mrs_plugin.checkpoint import atomic_json
 from nni_mrs_plugin.harp import HARPPruner
 from nni_mrs_plugin.job.compare import compare_verdicts
 from nni_mrs_plugin.job.stats import mean_std
@@ -140,15 +140,10 @@ def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
              "t-interval; the allocation row against its uniform recipe.",
              **verdict_data(summary["report"]["verdicts"])}]
         text += ["Mean ± std over seeds (test images):", "", *markdown(means), "",
-                 "Dense models (the ceiling): " + "; ".join(
-                     f"{d['model']} seed {d['seed']}: " + ", ".join(f"{a} {100 * v:.2f}"
-                                                                   for a, v in d["accuracy"].items())
-                     for d in dense), "",
+                 dense_line(dense, "Dense models (the ceiling)"), "",
                  "Against pgd at the same epochs, and allocation against its uniform recipe:", "",
                  *verdict_table(summary["report"]["verdicts"]), ""]
-    atomic_json(grid.output / "summary.json", summary)
-    atomic_write(grid.output / "summary.md", lambda f: f.write("\n".join(text).encode()))
-    return summary
+    return save_summary(grid, summary, text)
 
 
 def main(argv=None) -> int:

@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from nni_mrs_plugin.checkpoint import atomic_save, load_pruned
+from nni_mrs_plugin.checkpoint import atomic_json, atomic_save, atomic_write, load_pruned
 from nni_mrs_plugin.job.cli import add_set_argument
 from nni_mrs_plugin.job.compare import compare
 from nni_mrs_plugin.job.config import Config, ConfigError, apply_overrides, load_config
 from nni_mrs_plugin.job.pipeline import Pipeline
 
 __all__ = ["Grid", "finished", "add_grid_arguments", "provenance", "verdict_table", "stage_seconds",
-           "run_then_summarise"]
+           "run_then_summarise", "report_main", "save_summary", "dense_line", "markdown", "verdict_data"]
 
 
 class Grid:
@@ -133,6 +133,34 @@ def stage_seconds(runs: List[Dict[str, Any]], by: str = "model") -> Dict[str, Di
             if stage in stages:
                 seconds.setdefault(str(run[by]), {}).setdefault(stage, []).append(stages[stage]["seconds"])
     return {key: {s: round(sum(v) / len(v), 1) for s, v in stages.items()} for key, stages in seconds.items()}
+
+
+def dense_line(dense: List[Dict[str, Any]], label: str = "Dense models") -> str:
+    """The dense models' accuracy per seed (and model, when there are several), as one line of a summary."""
+    models = {d.get("model") for d in dense}
+    return f"{label}: " + "; ".join(
+        (f"{d['model']} " if len(models) > 1 else "") + f"seed {d['seed']}: "
+        + ", ".join(f"{a} {100 * v:.2f}" for a, v in d["accuracy"].items()) for d in dense)
+
+
+def save_summary(grid: Grid, summary: Dict[str, Any], text: List[str]) -> Dict[str, Any]:
+    """``summary.json`` (the data ``render.py`` reads) and ``summary.md`` (``text``) in the grid's folder."""
+    atomic_json(grid.output / "summary.json", summary)
+    atomic_write(grid.output / "summary.md", lambda f: f.write("\n".join(text).encode()))
+    return summary
+
+
+def report_main(name: str, doc: str, base: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]],
+                targets: List[float], models: Sequence[str], write_summary: Callable[[Grid, Any], Any],
+                argv: Optional[List[str]] = None, width: Optional[float] = 0.125) -> int:
+    """The main of a grid with one phase, ``report``: every row at ``--targets`` from each seed's dense model."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_grid_arguments(parser, f"runs/benchmarks/{name}", models, width=width)
+    parser.add_argument("--targets", nargs="+", type=float, default=targets)
+    args = parser.parse_args(argv)
+    grid = Grid(base, {"report": {}}, args)
+    return run_then_summarise(name, grid, lambda: grid.run("report", rows, {m: args.targets for m in args.models},
+                                                           args.seeds), lambda: write_summary(grid, argv))
 
 
 def run_then_summarise(name: str, grid: Grid, run: Callable[[], None], summarise: Callable[[], Any]) -> int:

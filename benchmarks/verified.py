@@ -16,12 +16,10 @@ Every row is a resumable job run folder: rerun the same command to finish.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any, Dict, List, Optional
 
-from grid import Grid, add_grid_arguments, markdown, provenance, run_then_summarise, verdict_data, verdict_table
-from nni_mrs_plugin.checkpoint import atomic_json, atomic_write
+from grid import Grid, dense_line, markdown, provenance, report_main, save_summary, verdict_data, verdict_table
 from nni_mrs_plugin.job.compare import compare_verdicts
 from nni_mrs_plugin.job.stats import mean_std
 
@@ -34,7 +32,6 @@ BASE: Dict[str, Any] = {
     "eval": {"attacks": ATTACKS, "after_pruning": ATTACKS, "samples": 2000},
     "device": "cpu", "progress": False,
 }
-PHASES = {"report": {}}
 TARGETS = [0.5, 0.75]
 ROWS = {"uniform": {}, "mrs": {"pruning.options.tau": 1.0, "pruning.options.estimator": "feature"}}
 
@@ -70,22 +67,13 @@ def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
             {"label": "MRS allocation against uniform ratios", "caption": "Fine-tuned; paired per-seed differences "
              "in points, 95% t-interval.", **verdict_data(verdicts)}]
         text += ["Mean ± std over seeds (test images):", "", *markdown(means), "",
-                 "Dense models: " + "; ".join(f"seed {d['seed']}: " + ", ".join(
-                     f"{a} {100 * v:.2f}" for a, v in d["accuracy"].items()) for d in dense), "",
+                 dense_line(dense), "",
                  "MRS allocation against uniform ratios (fine-tuned):", "", *verdict_table(verdicts), ""]
-    atomic_json(grid.output / "summary.json", summary)
-    atomic_write(grid.output / "summary.md", lambda f: f.write("\n".join(text).encode()))
-    return summary
+    return save_summary(grid, summary, text)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_grid_arguments(parser, "runs/benchmarks/verified", ["small_cnn"], width=None)
-    parser.add_argument("--targets", nargs="+", type=float, default=TARGETS)
-    args = parser.parse_args(argv)
-    grid = Grid(BASE, PHASES, args)
-    return run_then_summarise("verified", grid, lambda: grid.run("report", ROWS, {m: args.targets for m in args.models},
-                                                                 args.seeds), lambda: write_summary(grid, argv))
+    return report_main("verified", __doc__, BASE, ROWS, TARGETS, ["small_cnn"], write_summary, argv, width=None)
 
 
 if __name__ == "__main__":

@@ -71,12 +71,12 @@ def trainer(config: Any, section: Any, teacher: Optional[nn.Module] = None):
 
 def pruning_context(config: Any, data: Any, checkpoint: Optional[Path] = None, teacher: Optional[nn.Module] = None):
     """What the job offers every pruner: its training data, the fine-tuning objective (distilling from
-    ``teacher`` for rslad/ard), a resume file, the data set's radius, the loaders' normalisation, the seed and
-    progress bars."""
+    ``teacher`` for rslad/ard), a resume file, the fine-tuning radius (``finetune.eps``, else the data set's), the
+    loaders' normalisation, the seed and progress bars."""
     from ..budget.pruner import PruningContext
 
     return PruningContext(data=data, trainer=trainer(config, config.finetune, teacher), checkpoint=checkpoint,
-                          eps=eps(config, None), normalization=normalization(config), seed=config.seed,
+                          eps=eps(config, config.finetune.eps), normalization=normalization(config), seed=config.seed,
                           progress=config.progress)
 
 
