@@ -85,7 +85,8 @@ def config_list(config: Any, removed: float = 0.0, target: Optional[float] = Non
     fraction of the budget, the rest of the target as a fraction of what is left."""
     cfg = config.pruning
     exclude = {"exclude_op_names": list(cfg.exclude)} if cfg.exclude else {}
-    ratio = 1 - (1 - (cfg.target if target is None else target)) / (1 - removed)
+    ratio = cfg.target if target is None else target
+    ratio = 1 - (1 - ratio) / (1 - removed) if removed else ratio
     return [{"op_types": list(cfg.op_types), "sparse_ratio": ratio, **exclude}]
 
 
