@@ -39,7 +39,8 @@ from typing import Any, Dict, List, Optional
 
 from scipy.stats import spearmanr
 
-from grid import Grid, add_grid_arguments, provenance, run_then_summarise, save_summary, stage_seconds, verdict_table
+from grid import (Grid, add_grid_arguments, provenance, run_then_summarise, save_summary, stage_seconds,
+                  summary_header, verdict_table)
 from nni_mrs_plugin.checkpoint import atomic_json
 from nni_mrs_plugin.job.compare import compare_verdicts
 from nni_mrs_plugin.job.stats import mean_std, paired
@@ -164,7 +165,7 @@ def carry_over(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
     out = grid.output
     summary: Dict[str, Any] = provenance("benchmarks/allocation.py", argv)
-    text = [f"Command: `{summary['command']}`; commit {summary['commit']}; {summary['machine']}.", ""]
+    text = summary_header(summary)
     for name in ("selected", "default"):
         if (out / f"{name}.json").is_file():
             summary[name] = json.loads((out / f"{name}.json").read_text())

@@ -32,7 +32,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from grid import (Grid, add_grid_arguments, dense_line, markdown, provenance, run_then_summarise, save_summary,
-                  stage_seconds, verdict_data, verdict_table)
+                  stage_seconds, summary_header, verdict_data, verdict_table)
 from nni_mrs_plugin.checkpoint import atomic_json
 from nni_mrs_plugin.harp import HARPPruner
 from nni_mrs_plugin.job.compare import compare_verdicts
@@ -120,7 +120,7 @@ def table(runs: List[Dict[str, Any]], seconds: Dict[str, Dict[str, float]]) -> D
 
 def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
     summary: Dict[str, Any] = provenance("benchmarks/finetune.py", argv)
-    text = [f"Command: `{summary['command']}`; commit {summary['commit']}; {summary['machine']}.", ""]
+    text = summary_header(summary)
     if (grid.output / "selected.json").is_file():
         summary["selected"] = json.loads((grid.output / "selected.json").read_text())
         text += [f"Selected on validation (best recipe per epoch count): `{json.dumps(summary['selected']['best'])}`",

@@ -25,7 +25,8 @@ from nni_mrs_plugin.job.config import Config, ConfigError, apply_overrides, load
 from nni_mrs_plugin.job.pipeline import Pipeline
 
 __all__ = ["Grid", "finished", "add_grid_arguments", "provenance", "verdict_table", "stage_seconds",
-           "run_then_summarise", "report_main", "save_summary", "dense_line", "markdown", "verdict_data"]
+           "run_then_summarise", "report_main", "save_summary", "summary_header", "dense_line", "markdown",
+           "verdict_data"]
 
 
 class Grid:
@@ -133,6 +134,11 @@ def stage_seconds(runs: List[Dict[str, Any]], by: str = "model") -> Dict[str, Di
             if stage in stages:
                 seconds.setdefault(str(run[by]), {}).setdefault(stage, []).append(stages[stage]["seconds"])
     return {key: {s: round(sum(v) / len(v), 1) for s, v in stages.items()} for key, stages in seconds.items()}
+
+
+def summary_header(summary: Dict[str, Any]) -> List[str]:
+    """The first line of a ``summary.md``: the command, the commit and the machine (``provenance``)."""
+    return [f"Command: `{summary['command']}`; commit {summary['commit']}; {summary['machine']}.", ""]
 
 
 def dense_line(dense: List[Dict[str, Any]], label: str = "Dense models") -> str:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, List, Optional
 
-from grid import Grid, dense_line, markdown, provenance, report_main, save_summary, verdict_data, verdict_table
+from grid import (Grid, dense_line, markdown, provenance, report_main, save_summary, summary_header, verdict_data,
+                  verdict_table)
 from nni_mrs_plugin.job.compare import compare_verdicts
 from nni_mrs_plugin.job.stats import mean_std, paired
 
@@ -74,7 +75,7 @@ def against_dense(runs: List[Dict[str, Any]], dense: List[Dict[str, Any]]) -> Li
 
 def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
     summary: Dict[str, Any] = provenance("benchmarks/layers.py", argv)
-    text = [f"Command: `{summary['command']}`; commit {summary['commit']}; {summary['machine']}.", ""]
+    text = summary_header(summary)
     runs = grid.runs("report")
     if runs:
         dense = grid.runs("report", key="dense")

@@ -19,7 +19,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, List, Optional
 
-from grid import Grid, dense_line, markdown, provenance, report_main, save_summary, verdict_data, verdict_table
+from grid import (Grid, dense_line, markdown, provenance, report_main, save_summary, summary_header, verdict_data,
+                  verdict_table)
 from nni_mrs_plugin.job.compare import compare_verdicts
 from nni_mrs_plugin.job.stats import mean_std
 
@@ -53,7 +54,7 @@ def table(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
     summary: Dict[str, Any] = provenance("benchmarks/verified.py", argv)
-    text = [f"Command: `{summary['command']}`; commit {summary['commit']}; {summary['machine']}.", ""]
+    text = summary_header(summary)
     runs = grid.runs("report")
     if runs:
         dense = grid.runs("report", key="dense")
