@@ -69,10 +69,9 @@ class IntervalBounds:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(f"interval_bounds: torch.fx cannot trace {type(model).__name__} ({first})") from None
         self.modules = dict(self.graph.named_modules())
-        hooked = [name for name, m in self.modules.items() if name and (m._forward_hooks or m._forward_pre_hooks)]
-        if hooked:  # a hook rewrites outputs (masks, HARP's gates) where the radius cannot follow
-            raise ValueError(f"interval_bounds: module {hooked[0]!r} has forward hooks (pruning masks, gates?), "
-                             f"which interval bounds cannot follow; bound the model without them")
+        for name, module in self.modules.items():
+            if name:
+                _scales(module, name)
 
     def __call__(self, x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
         if eps < 0:
@@ -108,12 +107,13 @@ class IntervalBounds:
             return _call(self.graph, self.modules, node, args, kwargs)
         if node.op == "call_module":
             module = self.modules[node.target]
+            scales = _scales(module, node.target)  # hooks are checked when called too: they may come later
             if isinstance(module, _AFFINE + _BATCHNORM):
-                return _affine_module(module, args[0], node.target, self.training)
+                return _scaled(_affine_module(module, args[0], node.target, self.training), scales, node.target)
             if isinstance(module, _MONOTONE_MODULES):
                 if module.training and isinstance(module, nn.Dropout):
                     raise ValueError(f"interval_bounds: Dropout {node.target!r} is in training mode: call model.eval()")
-                return _each_end(lambda *a: module(*a), args, kwargs, clone=True)
+                return _scaled(_each_end(lambda *a: module.forward(*a), args, kwargs, clone=True), scales, node.target)
             where = f"module {node.target!r} ({type(module).__name__})"
         elif node.op == "call_function":
             rule = _FUNCTION_RULES.get(node.target)
@@ -159,12 +159,32 @@ def _affine_module(module: nn.Module, box: _Interval, name: str, training: bool 
         shift = (module.bias if module.affine else 0.0) - mean * scale
         return _Interval.from_centre(centre * scale.view(shape) + shift.view(shape), radius * scale.abs().view(shape))
     if isinstance(module, nn.Linear):
-        return _Interval.from_centre(module(centre), F.linear(radius, module.weight.abs()))
+        return _Interval.from_centre(module.forward(centre), F.linear(radius, module.weight.abs()))
     if module.padding_mode != "zeros":
         raise ValueError(f"interval_bounds: {name!r} pads with {module.padding_mode!r}; only zero padding is bounded")
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[module.weight.dim() - 2]
     spread = conv(radius, module.weight.abs(), None, module.stride, module.padding, module.dilation, module.groups)
-    return _Interval.from_centre(module(centre), spread)
+    return _Interval.from_centre(module.forward(centre), spread)
+
+
+def _scales(module: nn.Module, name: str) -> list:
+    """The module's output hooks as scales: a hook that multiplies the output by a non-negative factor says so
+    with an ``interval_scale(output) -> factor`` attribute (HARP's gates do), and both ends are multiplied by it.
+    Any other hook rewrites outputs where the radius cannot follow (NNI's masks are wrappers, not hooks)."""
+    hooks = list(module._forward_hooks.values())
+    if module._forward_pre_hooks or any(not callable(getattr(hook, "interval_scale", None)) for hook in hooks):
+        raise ValueError(f"interval_bounds: module {name!r} has forward hooks that are not interval scales, which "
+                         f"interval bounds cannot follow; bound the model without them")
+    return [hook.interval_scale for hook in hooks]
+
+
+def _scaled(box: _Interval, scales: list, name: str) -> _Interval:
+    for scale in scales:
+        factor = scale(box.lower)
+        if bool((factor < 0).any()):
+            raise ValueError(f"interval_bounds: the forward hook on {name!r} scales by a negative factor")
+        box = _Interval(box.lower * factor, box.upper * factor)
+    return box
 
 
 def _add(args: tuple, kwargs: dict, sign: float = 1.0) -> _Interval:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -344,3 +345,23 @@ def test_benchmarks_page_is_rendered_from_the_summaries(tmp_path, monkeypatch):
     stale.write_text(page.replace("| 0 | 14 | 2 |", "| 1 | 13 | 2 |"))
     monkeypatch.setattr(render, "PAGE", stale)
     assert render.main(["--check"]) == 1
+
+
+def test_collapse_grid_reruns_each_collapsed_case_three_ways_and_tables_what_the_guard_did(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports allocation.py, as when run from benchmarks/
+    collapse = load_script("collapse")
+    out = tmp_path / "out"
+    argv = ["--output", str(out), "--seeds", "2", "--set", "data.train_subset=96", "--set", "data.validation=32",
+            "--set", "data.test_subset=32", "--set", "data.batch_size=32", "--set", "pretrain.epochs=1",
+            "--set", "finetune.epochs=1", "--set", "eval.samples=32", "--set", "eval.attacks=[clean, pgd20]",
+            "--set", "pruning.adapt_bn=32", "--set", "eval.after_pruning=[]"]
+    assert collapse.main(argv) == 0
+    runs = load_script("grid").finished(out, "l1-global-0.9-seed2")
+    assert sorted(r["variant"] for r in runs) == ["l1-global.fast", "l1-global.guarded", "l1-global.nfgsm"]
+    assert all(abs(1 - r["pruned"]["flops"] / r["dense_measure"]["flops"] - 0.9) <= 0.01 for r in runs)
+    configs = {r["variant"]: yaml.safe_load((Path(r["folder"]) / "config.yaml").read_text())["finetune"] for r in runs}
+    assert configs["l1-global.guarded"]["collapse_retries"] == 2 and configs["l1-global.fast"]["method"] == "fast"
+    assert configs["l1-global.nfgsm"]["method"] == "nfgsm"
+    table = json.loads((out / "summary.json").read_text())["runs"][0]
+    assert table["columns"][4:6] == ["clean", "pgd20"] and len(table["rows"]) == 3  # seed 2: one case
+    assert not (out / "uniform-l1-0.9-seed1").exists()  # a seed not asked for

@@ -168,8 +168,13 @@ def test_unsupported_layers_are_one_line_errors(model, message):
 def test_a_hooked_module_is_refused_rather_than_bounded_wrongly():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten()).eval()
     model[0].register_forward_hook(lambda module, inputs, output: output * 0)
-    with pytest.raises(ValueError, match="module '0' has forward hooks"):
+    with pytest.raises(ValueError, match="module '0' has forward hooks that are not interval scales"):
         interval_bounds(model, torch.rand(1, 1, 8, 8), 0.1)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten()).eval()
+    bounds = IntervalBounds(model)
+    model[0].register_forward_hook(lambda module, inputs, output: output * 0)  # after tracing: refused all the same
+    with pytest.raises(ValueError, match="module '0' has forward hooks that are not interval scales"):
+        bounds(torch.rand(1, 1, 8, 8), 0.1)
 
 
 def test_training_mode_and_bad_eps_are_one_line_errors():

@@ -8,7 +8,7 @@ from conftest import DEVICES, MODEL_SHAPES, dummy_input, make_model
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from nni_mrs_plugin import get_pruner
+from nni_mrs_plugin import IntervalBounds, get_pruner, interval_bounds
 from nni_mrs_plugin.evaluate import count_flops
 from nni_mrs_plugin.harp import HARPPruner
 from nni_mrs_plugin.harp.gates import ChannelGates
@@ -175,3 +175,34 @@ def test_the_reference_schedule_starts_dense_and_raises_gamma_by_its_step_each_s
     pruner.unwrap_model()
     speedup_model(model, masks, x[:1])
     assert abs(1 - count_flops(model, x[:1]) / before - 0.6) <= 0.01  # the end meets the budget all the same
+
+
+def test_gates_are_bounded_as_scaled_layers_so_harp_learns_under_ibp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)).eval()
+    gates = ChannelGates([Unit("0", ("0",), channels=8)], {"0": 0.55}, {"0": torch.arange(8.0) + 1})
+    scaled = copy.deepcopy(model)  # the gate as weights: each output channel times its mask value
+    with torch.no_grad():
+        mask = gates.mask(0)
+        scaled[0].weight *= mask.view(-1, 1, 1, 1)
+        scaled[0].bias *= mask
+    gates.attach(model)
+    x = torch.rand(4, 1, 8, 8)
+    lower, upper = IntervalBounds(model, training=True)(x, 0.1)
+    expected = interval_bounds(scaled, x, 0.1)
+    assert torch.allclose(lower, expected[0], atol=1e-5) and torch.allclose(upper, expected[1], atol=1e-5)
+    (upper - lower).sum().backward()  # the bounds' width reaches the scores and the rate
+    assert gates.scores[0].grad.abs().sum() > 0 and gates.logits[0].grad.abs() > 0
+    gates.detach()
+
+    model = make_model("small_cnn")
+    x, y = dummy_input("small_cnn", batch=16), torch.arange(16) % 10
+    before = count_flops(copy.deepcopy(model), x[:1])
+    pruner = HARPPruner(model, CONFIG, train_data=(x, y), trainer=AdversarialTrainer("ibp", eps=0.1), steps=4,
+                        progress=False)
+    _, masks = pruner.compress()
+    first, last = pruner.history["history"][0]["rates"], pruner.history["history"][-1]["rates"]
+    assert first != last and all(torch.isfinite(torch.tensor(row["loss"])) for row in pruner.history["history"])
+    pruner.unwrap_model()
+    speedup_model(model, masks, x[:1])
+    assert abs(1 - count_flops(model, x[:1]) / before - 0.6) <= 0.01

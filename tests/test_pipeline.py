@@ -77,6 +77,7 @@ def test_shipped_configs_load():
                                             "'pgd'"),
     ({"finetune": {"method": "ard", "teacher": "/no/such/model.pt"}}, "finetune.teacher: file not found"),
     ({"finetune": {"ema": 1.0}}, "finetune.ema: must be a decay in (0, 1), e.g. 0.999, or null, got 1.0"),
+    ({"finetune": {"collapse_retries": -1}}, "finetune.collapse_retries: must be >= 0 (0: no collapse guard), got -1"),
     ({"finetune": {"schedule": "step"}}, "finetune.schedule: must be one of cosine, onecycle, got 'step'"),
     ({"pruning": {"rule": "budget", "estimator": "feature"}},
      "pruning.rule: rule='budget' trades per-unit loss curves against cost: it needs estimator='curve'"),
@@ -198,7 +199,8 @@ def test_old_run_folders_resume(tmp_path):
     for section, key in (("data", "normalization"), ("data", "validation"), ("model", "kwargs"), ("eval", "split"),
                          ("eval", "after_pruning"), ("pretrain", "teacher"), ("finetune", "teacher"),
                          ("pretrain", "ema"), ("finetune", "ema"), ("pretrain", "schedule"),
-                         ("finetune", "schedule"), ("pretrain", "ibp"), ("finetune", "ibp")):
+                         ("finetune", "schedule"), ("pretrain", "ibp"), ("finetune", "ibp"),
+                         ("pretrain", "collapse_retries"), ("finetune", "collapse_retries")):
         old[section].pop(key)  # keys added since, at their defaults
     old.pop("export")  # a section added since (never part of a fingerprint)
     old["pruning"] = {"pruner": "mrs", "target": 0.5, "budget": "flops", "estimator": "feature", "criterion": "taylor",

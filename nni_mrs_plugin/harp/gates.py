@@ -108,9 +108,13 @@ class ChannelGates(nn.Module):
                 self._handles.append(modules[layer].register_forward_hook(self._hook(index, linear)))
 
     def _hook(self, index: int, linear: bool):
-        def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        def scale(output: torch.Tensor) -> torch.Tensor:
             mask = self.mask(index).to(output.dtype)
-            return output * (mask if linear else mask.view(1, -1, *[1] * (output.dim() - 2)))
+            return mask if linear else mask.view(1, -1, *[1] * (output.dim() - 2))
+
+        def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+            return output * scale(output)
+        hook.interval_scale = scale  # a mask in [0, 1]: interval bounds (certified training) scale both ends
         return hook
 
     def detach(self) -> None:

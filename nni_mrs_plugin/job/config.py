@@ -72,6 +72,7 @@ class TrainingSection:
     ema: Optional[float] = None  # a decay in (0, 1): validate, keep and return the weights' moving average
     schedule: str = "cosine"  # the learning rate per step: cosine to 0, or onecycle (warm-up, then cosine)
     ibp: Dict[str, float] = field(default_factory=dict)  # method ibp: warmup, ramp, kappa_end (certified.py)
+    collapse_retries: int = 0  # fit's collapse guard: epochs at chance roll back at half the lr, this many times
 
     def check(self, key: str) -> None:
         from ..attacks import check_eps
@@ -82,6 +83,8 @@ class TrainingSection:
         require(self.lr > 0, f"{key}.lr", "must be > 0", self.lr)
         require(self.schedule in SCHEDULES, f"{key}.schedule", f"must be one of {', '.join(SCHEDULES)}",
                 self.schedule)
+        require(self.collapse_retries >= 0, f"{key}.collapse_retries", "must be >= 0 (0: no collapse guard)",
+                self.collapse_retries)
         require(self.ema is None or 0 < self.ema < 1, f"{key}.ema", "must be a decay in (0, 1), e.g. 0.999, or null",
                 self.ema)
         constructor_checks(key, self, lambda: self.eps is None or check_eps(self.eps, positive=True))
@@ -101,6 +104,7 @@ ADDED_KEYS: Dict[Tuple[str, str], Any] = {("data", "normalization"): None, ("mod
                                           ("pretrain", "ema"): None, ("finetune", "ema"): None,
                                           ("pretrain", "schedule"): "cosine", ("finetune", "schedule"): "cosine",
                                           ("pretrain", "ibp"): {}, ("finetune", "ibp"): {},
+                                          ("pretrain", "collapse_retries"): 0, ("finetune", "collapse_retries"): 0,
                                           ("data", "validation"): None, ("pruning", "adapt_bn"): 0,
                                           ("pruning", "round_to"): 1, ("pruning", "layers"): 0.0,
                                           ("eval", "split"): "test", ("eval", "after_pruning"): []}

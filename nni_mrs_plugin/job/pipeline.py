@@ -146,7 +146,7 @@ class Pipeline:
         result = fit(model, train, test, section.epochs, self.trainer(section), lr=section.lr,
                      checkpoint_dir=self.dir / stage, resume=True, seed=self.config.seed, device=self.device,
                      val_samples=min(len(test.dataset), 500), progress=self.config.progress, on_epoch=report,
-                     ema=section.ema, lr_schedule=section.schedule)
+                     ema=section.ema, lr_schedule=section.schedule, collapse_retries=section.collapse_retries)
         return result.to_dict()
 
     def measure(self, model: nn.Module) -> Dict[str, Any]:
