@@ -12,7 +12,9 @@ Phases, each a compare grid per (model, seed) in ``OUTPUT/<phase>/<model>-seed<s
   report   every seed, the test images, read once: every recipe and epoch count, and at the largest epoch count
            the selected recipe with MRS allocation (``tau=1``, ``feature``) and, with ``--harp-epochs N``, HARP
            learning rates on its reference schedule for N epochs (20 is the reference): does allocation matter
-           once fine-tuning is long?
+           once fine-tuning is long? With ``--round-to N``, the selected recipe with every pruned unit keeping a
+           multiple of N channels: what the alignment that speeds up deployment costs in robustness. With one
+           recipe there is nothing to select, and ``--phases report`` runs alone.
 Then ``summary.json``/``summary.md``: each recipe's paired per-seed difference to pgd at the same epochs (95%
 t-interval, win/tie/loss), the allocation rows against their uniform recipe, the dense model's accuracy (the
 ceiling) and the mean seconds of each row's fine-tuning (robustness against compute).
@@ -20,6 +22,8 @@ ceiling) and the mean seconds of each row's fine-tuning (robustness against comp
     python benchmarks/finetune.py --output runs/benchmarks/finetune                   # CPU: many hours
     python benchmarks/finetune.py --output runs/benchmarks/finetune-3 --epochs 3 --models vgg16_bn   # a cut
     python benchmarks/finetune.py --output runs/benchmarks/finetune-gpu --set device=cuda --set data.train_subset=null
+    python benchmarks/finetune.py --output runs/benchmarks/round-to --recipes pgd --epochs 3 --phases report \
+        --no-allocation --round-to 8 16 --models vgg16_bn --targets 0.9    # what pruning.round_to costs
 
 Every row is a resumable job run folder: rerun the same command to finish; another recipe in the same folder is
 refused in one line (the job's fingerprint).
@@ -29,7 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from grid import (Grid, add_grid_arguments, dense_line, markdown, provenance, run_then_summarise, save_summary,
                   stage_seconds, summary_header, verdict_data, verdict_table)
@@ -75,11 +79,14 @@ def choose(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
             "validation_pgd20": {str(e): m for e, m in means.items()}}
 
 
-def allocation_rows(selected: Dict[str, Any], epochs: int, harp_epochs: int) -> Dict[str, Dict[str, Any]]:
-    """The selected recipe at ``epochs`` with MRS allocation (and HARP's learned rates), labelled after it."""
+def allocation_rows(selected: Dict[str, Any], epochs: int, harp_epochs: int, allocation: bool = True,
+                    round_to: Sequence[int] = ()) -> Dict[str, Dict[str, Any]]:
+    """The selected recipe at ``epochs`` with MRS allocation (and HARP's learned rates), and with channel counts
+    rounded to each of ``round_to`` (``pruning.round_to``), labelled after it."""
     recipe = selected["best"][str(epochs)]
     base = {**RECIPES[recipe], "finetune.epochs": epochs}
-    rows = {f"{recipe}-{epochs}-{name}": {**base, **overrides} for name, overrides in ALLOCATION.items()}
+    rows = {f"{recipe}-{epochs}-{name}": {**base, **overrides} for name, overrides in ALLOCATION.items() if allocation}
+    rows.update({f"{recipe}-{epochs}-r{n}": {**base, "pruning.round_to": n} for n in round_to})
     if harp_epochs:  # HARP's reference schedule (dense start, gamma + 0.01 per epoch) over harp_epochs epochs
         rows[f"{recipe}-{epochs}-harp"] = {**base, "pruning.pruner": "harp", "pruning.options": {
             **HARPPruner.REFERENCE, "epochs": harp_epochs, "stages": harp_epochs}}
@@ -154,6 +161,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", nargs="+", type=int, default=[3, 10], help="fine-tuning epochs of every recipe")
     parser.add_argument("--harp-epochs", type=int, default=0,
                         help="add a HARP row on its reference schedule over this many epochs (the reference: 20)")
+    parser.add_argument("--round-to", nargs="+", type=int, default=[], help="add rows of the selected recipe with "
+                        "channel counts rounded to each N (the robustness cost of pruning.round_to)")
+    parser.add_argument("--no-allocation", action="store_true", help="no MRS allocation row")
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     args = parser.parse_args(argv)
     grid = Grid(BASE, PHASES, args)
@@ -165,10 +175,13 @@ def main(argv=None) -> int:
             atomic_json(grid.output / "selected.json", choose(grid.runs("select")))
         if "report" in args.phases:
             path = grid.output / "selected.json"
+            if not path.is_file() and len(args.recipes) == 1:  # one recipe: nothing to choose
+                atomic_json(path, {"best": {str(e): args.recipes[0] for e in args.epochs}, "validation_pgd20": {}})
             if not path.is_file():
                 parser.error(f"{path} is missing: run the select phase first")
             rows = {**variants(args.recipes, args.epochs),
-                    **allocation_rows(json.loads(path.read_text()), max(args.epochs), args.harp_epochs)}
+                    **allocation_rows(json.loads(path.read_text()), max(args.epochs), args.harp_epochs,
+                                      not args.no_allocation, args.round_to)}
             grid.run("report", rows, targets, args.seeds)
 
     return run_then_summarise("finetune", grid, run, lambda: write_summary(grid, argv))

@@ -8,6 +8,8 @@ import pytest
 import torch
 import yaml
 
+from nni_mrs_plugin.checkpoint import load_pruned
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -18,6 +20,14 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_grid(out: Path, *args: str, **overrides: object) -> list:
+    """A grid's command line on a few dozen images: one epoch each way, ``overrides`` as job keys (``__`` for dots)."""
+    keys = {"data.train_subset": 128, "data.test_subset": 32, "data.batch_size": 64, "pretrain.epochs": 1,
+            "finetune.epochs": 1, "eval.samples": 32, "pruning.adapt_bn": 32,
+            **{key.replace("__", "."): value for key, value in overrides.items()}}
+    return ["--output", str(out), *args, *(item for key, value in keys.items() for item in ("--set", f"{key}={value}"))]
 
 
 def test_speedup_benchmark_times_each_backend_interleaved_against_the_bound(tmp_path, capsys):
@@ -165,13 +175,10 @@ def test_allocation_grid_runs_every_phase_on_the_harness_and_resumes(tmp_path, c
     allocation = load_script("allocation")
     render = load_script("render")
     out = tmp_path / "out"
-    argv = ["--output", str(out), "--models", "vgg16_bn", "--width", "0.0625", "--targets", "0.5",
-            "--select-target", "0.5", "--seeds", "0", "1", "--candidates", "power-weight", "power-feature",
-            "--select", "1", "--n-samples", "32", "--phases", "select", "default", "report",
-            "--set", "data.train_subset=128", "--set", "data.validation=64", "--set", "data.test_subset=32",
-            "--set", "data.batch_size=64", "--set", "pretrain.epochs=1", "--set", "pretrain.steps=1",
-            "--set", "finetune.steps=1", "--set", "finetune.epochs=1", "--set", "eval.samples=32",
-            "--set", "eval.autoattack_samples=2", "--set", "pruning.adapt_bn=32"]
+    argv = tiny_grid(out, "--models", "vgg16_bn", "--width", "0.0625", "--targets", "0.5", "--select-target", "0.5",
+                     "--seeds", "0", "1", "--candidates", "power-weight", "power-feature", "--select", "1",
+                     "--n-samples", "32", "--phases", "select", "default", "report", data__validation=64,
+                     pretrain__steps=1, finetune__steps=1, eval__autoattack_samples=2)
     assert allocation.main(argv) == 0
     selected = json.loads((out / "selected.json").read_text())["selected"]
     assert len(selected) == 1 and json.loads((out / "default.json").read_text())["chosen"]
@@ -218,12 +225,9 @@ def test_finetune_grid_ranks_recipes_on_validation_and_judges_them_against_pgd_a
 def test_finetune_grid_runs_select_and_report_on_the_harness(tmp_path):
     finetune = load_script("finetune")
     out = tmp_path / "out"
-    argv = ["--output", str(out), "--models", "vgg16_bn", "--width", "0.0625", "--targets", "0.5", "--seeds", "0",
-            "1", "--recipes", "pgd", "rslad-ema", "nfgsm", "--epochs", "1",
-            "--set", "data.train_subset=128", "--set", "data.validation=64", "--set", "data.test_subset=32",
-            "--set", "data.batch_size=64", "--set", "pretrain.epochs=1", "--set", "pretrain.steps=1",
-            "--set", "finetune.steps=1", "--set", "eval.samples=32", "--set", "eval.autoattack_samples=2",
-            "--set", "pruning.adapt_bn=32", "--set", "pruning.options.n_samples=32"]
+    argv = tiny_grid(out, "--models", "vgg16_bn", "--width", "0.0625", "--targets", "0.5", "--seeds", "0", "1",
+                     "--recipes", "pgd", "rslad-ema", "nfgsm", "--epochs", "1", data__validation=64, pretrain__steps=1,
+                     finetune__steps=1, eval__autoattack_samples=2, pruning__options__n_samples=32)
     with pytest.warns(UserWarning, match="ema=0.995 averages over about 200 steps"):
         assert finetune.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -241,10 +245,7 @@ def test_finetune_grid_runs_select_and_report_on_the_harness(tmp_path):
 def test_verified_grid_reports_ibp_before_and_after_fine_tuning_and_mrs_against_uniform(tmp_path):
     verified = load_script("verified")
     out = tmp_path / "out"
-    argv = ["--output", str(out), "--targets", "0.5", "--seeds", "0", "1",
-            "--set", "data.train_subset=128", "--set", "data.test_subset=32", "--set", "data.batch_size=64",
-            "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1", "--set", "eval.samples=32",
-            "--set", "pruning.adapt_bn=32", "--set", "pruning.options.n_samples=32"]
+    argv = tiny_grid(out, "--targets", "0.5", "--seeds", "0", "1", pruning__options__n_samples=32)
     assert verified.main(argv) == 0
     runs = load_script("grid").finished(out, "report")
     assert {(r["variant"], r["seed"]) for r in runs} == {(v, s) for v in ("uniform", "mrs") for s in (0, 1)}
@@ -257,10 +258,8 @@ def test_verified_grid_reports_ibp_before_and_after_fine_tuning_and_mrs_against_
 def test_layers_grid_prunes_filters_layers_and_both_and_judges_them_against_dense_and_filters(tmp_path):
     layers = load_script("layers")
     out = tmp_path / "out"
-    argv = ["--output", str(out), "--seeds", "0", "--set", "data.train_subset=64", "--set", "data.test_subset=32",
-            "--set", "data.batch_size=32", "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1",
-            "--set", "eval.samples=32", "--set", "eval.attacks=[clean, fgsm]", "--set", "pruning.adapt_bn=32",
-            "--set", "pruning.options.n_samples=16", "--set", "pruning.options.steps=1"]
+    argv = tiny_grid(out, "--seeds", "0", data__train_subset=64, data__batch_size=32, eval__attacks="[clean, fgsm]",
+                     pruning__options__n_samples=16, pruning__options__steps=1)
     assert layers.main(argv) == 0
     runs = load_script("grid").finished(out, "report")
     assert sorted(r["variant"] for r in runs) == ["both", "filters", "layers"]
@@ -351,10 +350,8 @@ def test_collapse_grid_reruns_each_collapsed_case_three_ways_and_tables_what_the
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports allocation.py, as when run from benchmarks/
     collapse = load_script("collapse")
     out = tmp_path / "out"
-    argv = ["--output", str(out), "--seeds", "2", "--set", "data.train_subset=96", "--set", "data.validation=32",
-            "--set", "data.test_subset=32", "--set", "data.batch_size=32", "--set", "pretrain.epochs=1",
-            "--set", "finetune.epochs=1", "--set", "eval.samples=32", "--set", "eval.attacks=[clean, pgd20]",
-            "--set", "pruning.adapt_bn=32", "--set", "eval.after_pruning=[]"]
+    argv = tiny_grid(out, "--seeds", "2", data__train_subset=96, data__validation=32, data__batch_size=32,
+                     eval__attacks="[clean, pgd20]", eval__after_pruning="[]")
     assert collapse.main(argv) == 0
     runs = load_script("grid").finished(out, "l1-global-0.9-seed2")
     assert sorted(r["variant"] for r in runs) == ["l1-global.fast", "l1-global.guarded", "l1-global.nfgsm"]
@@ -365,3 +362,21 @@ def test_collapse_grid_reruns_each_collapsed_case_three_ways_and_tables_what_the
     table = json.loads((out / "summary.json").read_text())["runs"][0]
     assert table["columns"][4:6] == ["clean", "pgd20"] and len(table["rows"]) == 3  # seed 2: one case
     assert not (out / "uniform-l1-0.9-seed1").exists()  # a seed not asked for
+
+
+def test_finetune_grid_with_one_recipe_reports_round_to_rows_against_it(tmp_path):
+    finetune = load_script("finetune")
+    out = tmp_path / "out"
+    argv = tiny_grid(out, "--models", "vgg16_bn", "--width", "0.0625", "--targets", "0.5", "--seeds", "0", "1",
+                     "--recipes", "pgd", "--epochs", "1", "--phases", "report", "--no-allocation", "--round-to", "4",
+                     data__validation=64, pretrain__steps=1, finetune__steps=1, eval__attacks="[clean, pgd20]",
+                     pruning__options__n_samples=32)
+    assert finetune.main(argv) == 0
+    runs = load_script("grid").finished(out, "report")
+    assert {r["variant"] for r in runs} == {"pgd-1", "pgd-1-r4"} and not (out / "select").exists()
+    assert all(abs(1 - r["pruned"]["flops"] / r["dense_measure"]["flops"] - 0.5) <= 0.01 for r in runs)
+    aligned = next(r for r in runs if r["variant"] == "pgd-1-r4")
+    model = load_pruned(Path(aligned["folder"]) / "pruned.pt")
+    assert all(m.out_channels % 4 == 0 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    verdicts = json.loads((out / "summary.json").read_text())["report"]["verdicts"]
+    assert {(v["variant"], v["reference"]) for v in verdicts} == {("pgd-1-r4", "pgd-1")}
