@@ -70,7 +70,9 @@ def test_shipped_configs_load():
     ({"pruning": {"layers": 0.2, "budget": "channels"}}, "pruning.layers: needs budget flops or params"),
     ({"export": {"formats": ["tflite"]}}, "export.formats: must name formats among onnx, openvino, pt2, got 'tflite'"),
     ({"pruning": {"round_to": 0}}, "pruning.round_to: round_to must be an integer >= 1 (pruned units keep a multiple "
-                                   "of it), got 0"),
+                                   "of it) or 'auto', got 0"),
+    ({"pruning": {"round_to": "eight"}}, "pruning.round_to: round_to must be an integer >= 1 (pruned units keep a "
+                                         "multiple of it) or 'auto', got 'eight'"),
     ({"eval": {"after_pruning": ["pgd0"]}}, "eval.after_pruning: unknown attack 'pgd0'"),
     ({"pretrain": {"method": "rslad"}}, "pretrain.teacher: pre-training with rslad needs a teacher model"),
     ({"finetune": {"teacher": "dense.pt"}}, "finetune.teacher: only rslad and ard distil from a teacher, not method "

@@ -467,3 +467,23 @@ def test_a_removal_that_differs_from_masking_stops_compress():
     message = str(info.value)
     assert "\n" not in message and "exclude_op_names" in message
     assert "cannot be removed for real" in message or "would change what the model computes" in message
+
+
+def test_round_to_auto_aligns_to_16_where_the_target_allows_and_steps_down_where_it_does_not():
+    """round_to='auto' on VGG16-bn at width 0.125 (8 to 64 channels): 16 while the target is reachable with it,
+    then 8, 4, 2, 1; a target round_to=1 reaches is never refused."""
+    from nni_mrs_plugin import BudgetProblem
+    from nni_mrs_plugin.models import build_model
+
+    model, x = build_model("vgg16_bn", num_classes=10, in_channels=1, width=0.125).eval(), torch.rand(1, 1, 28, 28)
+    chosen = {}
+    for target in (0.5, 0.75, 0.9):
+        select = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": target}]
+        problem = BudgetProblem.build(model, select, x, round_to="auto")
+        chosen[target] = problem.round_to
+        counts = problem.allocation(problem.scale({unit.name: 1.0 for unit in problem.units}))
+        assert abs(counts.achieved - target) <= 0.01 and counts.round_to == chosen[target]
+        assert all(row.channels_after % chosen[target] == 0 for row in counts.report)
+        if chosen[target] < 16:  # the next larger alignment cannot reach it
+            assert not BudgetProblem.build(model, select, x, round_to=2 * chosen[target]).reachable()
+    assert chosen[0.5] == 16 and chosen[0.75] == 8 and chosen[0.9] < 8, chosen

@@ -12,7 +12,7 @@ NNI pruner gets uniform per-unit ratios.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Tuple, Union
 
 import torch
 from torch import nn
@@ -99,7 +99,7 @@ def global_l1_allocation(problem: BudgetProblem) -> Allocation:
 
 
 def baseline_masks(model: nn.Module, config_list: List[Dict[str, Any]], dummy_input: Any, pruner_cls: type,
-                   budget: str = "flops", r_max: float = 0.9, round_to: int = 1,
+                   budget: str = "flops", r_max: float = 0.9, round_to: Union[int, str] = 1,
                    **pruner_kwargs) -> Tuple[Allocation, Masks]:
     """(allocation, NNI masks) of a pruner at the budget the config_list's ``sparse_ratio`` asks for, every pruned
     unit keeping a multiple of ``round_to`` channels."""

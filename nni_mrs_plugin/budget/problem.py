@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from torch import nn
 from .cost import BUDGETS, CostModel
 from .report import Allocation, UnitReport
 from .selection import parse_config_list
-from .units import Unit, check_round_to, find_units
+from .units import AUTO_ROUND_TO, Unit, check_round_to, find_units
 
 __all__ = ["BudgetProblem", "check_budget", "check_bounds", "check_target", "check_tolerance", "refine"]
 
@@ -72,13 +72,20 @@ class BudgetProblem:
 
     @classmethod
     def build(cls, model: nn.Module, config_list: Sequence[Dict[str, Any]], dummy_input: Any, budget: str = "flops",
-              r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01, round_to: int = 1) -> "BudgetProblem":
+              r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01, round_to: Union[int, str] = 1
+              ) -> "BudgetProblem":
         """The problem an NNI config_list poses: its ``sparse_ratio`` is the global fraction of ``budget`` to
         remove, ``min/max_sparse_ratio`` bound layers, ``r_min``/``r_max`` bound the rest; every pruned unit
-        keeps a multiple of ``round_to`` channels."""
+        keeps a multiple of ``round_to`` channels ('auto': of 16, else 8, 4, 2 or 1, the first with which the
+        target stays reachable, so narrow models are not refused)."""
         check_bounds(r_min, r_max)
         check_budget(budget)
         check_round_to(round_to)
+        if round_to == "auto":
+            for step in AUTO_ROUND_TO:
+                problem = cls.build(model, config_list, dummy_input, budget, r_min, r_max, tolerance, step)
+                if step == 1 or problem.reachable():
+                    return problem
         selection = parse_config_list(model, config_list)
         units, skipped, graph_module = find_units(model, selection, dummy_input, r_min, r_max, round_to=round_to)
         cost = CostModel(model, graph_module, units, dummy_input)
@@ -106,6 +113,13 @@ class BudgetProblem:
     def removed(self, ratios: Mapping[str, float]) -> float:
         """The fraction of the budget the sped-up model loses at per-unit ratios."""
         return self.removed_counts(self.counts(ratios))
+
+    def reachable(self) -> bool:
+        try:
+            self.check_reachable()
+        except ValueError:
+            return False
+        return True
 
     def check_reachable(self) -> None:
         """A clear error when the units' bounds cannot reach the target."""

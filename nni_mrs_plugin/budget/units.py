@@ -21,7 +21,7 @@ from ..host.graph import new_users
 from ..host.speedup import ZERO_KEEPING_CALLS, ZERO_KEEPING_MODULES, group_dependencies, trace
 from .selection import PRUNABLE_TYPES, Selection
 
-__all__ = ["Unit", "PRUNABLE_TYPES", "find_units", "output_layers", "unfollowable", "check_round_to"]
+__all__ = ["Unit", "PRUNABLE_TYPES", "find_units", "output_layers", "unfollowable", "check_round_to", "AUTO_ROUND_TO"]
 
 # what a unit's output channels may pass through on their way to the next Conv/Linear, so that removing a channel
 # removes exactly it downstream: per-channel maps, pooling, adds, channel concatenation, flatten into a Linear
@@ -172,9 +172,15 @@ def unfollowable(graph_module: torch.fx.GraphModule, layers: Sequence[str]) -> s
     return ""
 
 
+AUTO_ROUND_TO = (16, 8, 4, 2, 1)  # round_to="auto": the first with which the target stays reachable
+
+
 def check_round_to(round_to: Any) -> None:
+    if round_to == "auto":
+        return
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be an integer >= 1 (pruned units keep a multiple of it), got {round_to!r}")
+        raise ValueError(f"round_to must be an integer >= 1 (pruned units keep a multiple of it) or 'auto', got "
+                         f"{round_to!r}")
 
 
 def find_units(model: nn.Module, selection: Selection, dummy_input: Any, r_min: float = 0.0, r_max: float = 0.9,

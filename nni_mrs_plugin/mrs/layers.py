@@ -8,7 +8,7 @@ measured by removing it -> a score per block (``criterion``) -> the lowest-scori
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -61,7 +61,7 @@ class LayerPruner(BudgetPruner):
                  attack: Any = None, eps: Optional[float] = None, steps: int = 10, n_samples: int = 256,
                  batch_size: int = 256, seed: int = 0, normalization: Optional[tuple] = None, progress: bool = True,
                  dummy_input: Any = None, budget: str = "flops", r_min: float = 0.0, r_max: float = 0.9,
-                 tolerance: float = 0.01, round_to: int = 1, verify: bool = True,
+                 tolerance: float = 0.01, round_to: Union[int, str] = 1, verify: bool = True,
                  existed_wrappers: Optional[Dict[str, Any]] = None):
         if criterion not in LAYER_CRITERIA:
             raise ValueError(f"unknown criterion {criterion!r} for LayerPruner; choose one of "

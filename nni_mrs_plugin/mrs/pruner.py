@@ -8,7 +8,7 @@ and ``unwrap_model()`` then ``ModelSpeedup`` removes the channels.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from nni.compression.pruning.tools import active_sparse_targets_filter, generate_sparsity
@@ -48,7 +48,7 @@ class MRSPruner(BudgetPruner):
                  calibration: Any = None, attack: Any = None, estimator: Any = None, criterion: str = "taylor",
                  budget: str = "flops", tau: Optional[float] = None, rule: Any = "power", dummy_input: Any = None,
                  training_steps: int = 10, r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01,
-                 round_to: int = 1, verify: bool = True, existed_wrappers: Optional[Dict[str, Any]] = None,
+                 round_to: Union[int, str] = 1, verify: bool = True, existed_wrappers: Optional[Dict[str, Any]] = None,
                  **allocator_options: Any):
         self.allocator = MRSSparsityAllocator(estimator, budget, tau, rule=rule, criterion=criterion, attack=attack,
                                               r_min=r_min, r_max=r_max, tolerance=tolerance, **allocator_options)
