@@ -40,9 +40,9 @@ class HARPPruner(BudgetPruner):
     remove, ``min_sparse_ratio``/``max_sparse_ratio`` bound layers. ``train_data`` (a DataLoader of
     ``(inputs, labels)`` in [0, 1], or one ``(x, y)`` pair) feeds ``steps`` optimiser steps (default: ``epochs``
     passes over it). ``trainer`` is the objective: an ``AdversarialTrainer`` or a method name ('pgd', 'trades',
-    'mart', 'fast', 'natural') built with ``eps`` and ``attack_steps``. ``gamma`` is the resource term's initial
-    weight and step of HARP's schedule over ``stages``; ``lr`` is Adam's on rates and scores. ``checkpoint`` (a
-    file) makes a killed run resume at its last stage. ``start`` is where the rates begin: 'uniform' (the ratios
+    'mart', 'fast', 'natural', 'ibp': the certified loss) built with ``eps`` and ``attack_steps``. ``gamma`` is
+    the resource term's initial weight and step of HARP's schedule over ``stages``; ``lr`` is Adam's on rates and
+    scores. ``checkpoint`` (a file) makes a killed run resume at its last stage. ``start`` is where the rates begin: 'uniform' (the ratios
     that meet the budget uniformly, L1 channels) or 'dense' (every rate 1.0, as HARP's reference code);
     ``HARPPruner.REFERENCE`` holds the reference's CIFAR/SVHN schedule (20 epochs, one gamma step of 0.01 per
     epoch, from dense rates), to pass as ``**HARPPruner.REFERENCE``. After ``compress()``, ``allocation`` holds the report
