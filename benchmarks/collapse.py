@@ -69,7 +69,7 @@ def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
     attacks: List[str] = []
     for row, target, seed in CASES:
         phase = case_name(row, target, seed)
-        dense += [d for d in grid.runs(phase, key="dense") if d not in dense]
+        dense += [d for d in grid.runs(phase, key="dense") if d["seed"] not in {e["seed"] for e in dense}]
         for run in grid.runs(phase):
             guard, accuracy = retries(run["folder"]), run["accuracy"]
             attacks = attacks or [a for a in ATTACKS if a in accuracy]
