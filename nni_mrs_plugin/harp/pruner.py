@@ -42,12 +42,13 @@ class HARPPruner(BudgetPruner):
     passes over it). ``trainer`` is the objective: an ``AdversarialTrainer`` or a method name ('pgd', 'trades',
     'mart', 'fast', 'natural', 'ibp': the certified loss) built with ``eps`` and ``attack_steps``. ``gamma`` is
     the resource term's initial weight and step of HARP's schedule over ``stages``; ``lr`` is Adam's on rates and
-    scores. ``checkpoint`` (a file) makes a killed run resume at its last stage. ``start`` is where the rates begin: 'uniform' (the ratios
-    that meet the budget uniformly, L1 channels) or 'dense' (every rate 1.0, as HARP's reference code);
-    ``HARPPruner.REFERENCE`` holds the reference's CIFAR/SVHN schedule (20 epochs, one gamma step of 0.01 per
-    epoch, from dense rates), to pass as ``**HARPPruner.REFERENCE``. After ``compress()``, ``allocation`` holds the report
-    (its ``score`` column is each unit's learned keep rate) and ``history`` the schedule. With ``verify`` (default)
-    ``compress()`` has removed the channels from a copy and checked it computes what the masked model does.
+    scores. ``checkpoint`` (a file) makes a killed run resume at its last stage. ``start`` is where the rates
+    begin: 'uniform' (the ratios that meet the budget uniformly, L1 channels) or 'dense' (every rate 1.0, as HARP's
+    reference code); ``HARPPruner.REFERENCE`` holds the reference's CIFAR/SVHN schedule (20 epochs, one gamma
+    step of 0.01 per epoch, from dense rates), to pass as ``**HARPPruner.REFERENCE``. After ``compress()``,
+    ``allocation`` holds the report (its ``score`` column is each unit's learned keep rate) and ``history`` the
+    schedule. With ``verify`` (default) ``compress()`` has removed the channels from a copy and checked it computes
+    what the masked model does.
     """
 
     REFERENCE = {"epochs": 20, "stages": 20, "gamma": 0.01, "start": "dense"}  # HARP's code: gamma_e = (e + 1) 0.01
