@@ -54,11 +54,10 @@ def run(grid: Grid) -> None:
 
 def retries(folder: str) -> Dict[str, Any]:
     """What the guard did in a row's fine-tuning: epochs retried and the learning-rate scale it ended at."""
-    history = json.loads((Path(folder) / "stages.json").read_text())["stages"]["finetune"]["fit"]["history"]
-    retried = [row for row in history if row.get("collapse_retries")]
-    return {"retried_epochs": [row["epoch"] for row in retried],
-            "lr_scale": min([row.get("lr_scale", 1.0) for row in history] or [1.0]),
-            "seconds": json.loads((Path(folder) / "stages.json").read_text())["stages"]["finetune"]["seconds"]}
+    finetune = json.loads((Path(folder) / "stages.json").read_text())["stages"]["finetune"]
+    history = finetune["fit"]["history"]
+    return {"retried_epochs": [row["epoch"] for row in history if row.get("collapse_retries")],
+            "lr_scale": min([row.get("lr_scale", 1.0) for row in history] or [1.0]), "seconds": finetune["seconds"]}
 
 
 def write_summary(grid: Grid, argv: Optional[List[str]]) -> Dict[str, Any]:
