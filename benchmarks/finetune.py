@@ -23,7 +23,7 @@ ceiling) and the mean seconds of each row's fine-tuning (robustness against comp
     python benchmarks/finetune.py --output runs/benchmarks/finetune-3 --epochs 3 --models vgg16_bn   # a cut
     python benchmarks/finetune.py --output runs/benchmarks/finetune-gpu --set device=cuda --set data.train_subset=null
     python benchmarks/finetune.py --output runs/benchmarks/round-to --recipes pgd --epochs 3 --phases report \
-        --no-allocation --round-to 8 16 --models vgg16_bn --targets 0.9    # what pruning.round_to costs
+        --no-allocation --round-to 8 --models vgg16_bn --targets 0.75    # what pruning.round_to costs
 
 Every row is a resumable job run folder: rerun the same command to finish; another recipe in the same folder is
 refused in one line (the job's fingerprint).

@@ -13,6 +13,7 @@ import copy
 import math
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
@@ -136,8 +137,6 @@ def _check_format(format: str) -> None:
 def _write(model: nn.Module, x: torch.Tensor, path: Path, format: str, dynamic_batch: bool) -> str:
     """Write the artifact; returns how (the exporter used)."""
     if format == "onnx":
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -271,7 +270,14 @@ def export(model: nn.Module, example_inputs: Any, path: Union[str, Path], format
             "fold_bn": fold_bn, "batchnorm_left": left,
             "batchnorm_folded": sum(isinstance(m, _BATCHNORMS) for m in original.modules()) - left,
             "channels_last": layout, "dynamic_batch": dynamic_batch, "input_shape": list(example_inputs.shape[1:]),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "unaligned_convs": {  # blocked kernels run them slower (BENCHMARKS.md)
+                name: m.out_channels for name, m in original.named_modules()
+                if isinstance(m, _CONVS) and m.out_channels % 8}}
+        if record["unaligned_convs"]:
+            name, count = next(iter(record["unaligned_convs"].items()))
+            warnings.warn(f"{len(record['unaligned_convs'])} convolution(s) keep a channel count that is not a "
+                          f"multiple of 8 (e.g. {name}: {count}), which runtimes run slowly; prune with round_to=8 "
+                          f"or 16 for speed (docs/deploy.md)", stacklevel=2)
         if verify:
             from .attacks import default_eps
 

@@ -82,7 +82,7 @@ def test_each_format_runs_in_its_runtime_and_computes_what_the_eager_model_does(
     if format == "openvino":
         assert path.with_suffix(".bin").is_file()
     assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []  # no staging left
-    assert record["batchnorm_left"] == 0 and record["batchnorm_folded"] == 20
+    assert record["batchnorm_left"] == 0 and record["batchnorm_folded"] == 20 and record["unaligned_convs"] == {}
     checks = record["verify"]
     assert checks["labels"] == "given" and checks["samples"] == 16
     assert checks["relative_difference_batch_1"] <= 1e-3 and checks["relative_difference_batch_16"] <= 1e-3
@@ -93,6 +93,17 @@ def test_each_format_runs_in_its_runtime_and_computes_what_the_eager_model_does(
     with torch.no_grad():
         expected, got = pruned_resnet(x[:5]), artifact(x[:5])
     assert got.shape == (5, 10) and float((got - expected).abs().max() / expected.abs().max()) <= 1e-3
+
+
+def test_export_names_the_convolutions_whose_channels_runtimes_run_slowly(tmp_path):
+    """Channel counts off a multiple of 8 (what round_to=1 leaves) are recorded and warned about in one line; the
+    artifact is still written."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 13, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(13, 10)).eval()
+    with pytest.warns(UserWarning, match=r"^1 convolution\(s\) keep .* \(e\.g\. 2: 13\).* round_to=8") as caught:
+        record = export(model, torch.rand(1, 3, 12, 12), tmp_path / "m.onnx", "onnx", verify=False)
+    assert "\n" not in str(caught[0].message) and (tmp_path / "m.onnx").is_file()
+    assert record["unaligned_convs"] == {"2": 13}
 
 
 @pytest.mark.parametrize("device", DEVICES[1:])

@@ -487,3 +487,18 @@ def test_round_to_auto_aligns_to_16_where_the_target_allows_and_steps_down_where
         if chosen[target] < 16:  # the next larger alignment cannot reach it
             assert not BudgetProblem.build(model, select, x, round_to=2 * chosen[target]).reachable()
     assert chosen[0.5] == 16 and chosen[0.75] == 8 and chosen[0.9] < 8, chosen
+
+
+def test_every_pruner_and_the_job_share_one_default_round_to():
+    """The default alignment is one value (budget/units.py): each budget pruner, the solver, NNI baselines and
+    the job's ``pruning.round_to`` take it; ``allocation.round_to`` of a default run reports what it chose."""
+    import inspect
+
+    from nni_mrs_plugin import BudgetProblem, GlobalL1NormPruner, HARPPruner, LayerPruner, MRSPruner
+    from nni_mrs_plugin.budget.baselines import baseline_masks
+    from nni_mrs_plugin.budget.units import DEFAULT_ROUND_TO
+    from nni_mrs_plugin.job.config import PruningSection
+
+    for target in (MRSPruner, HARPPruner, GlobalL1NormPruner, LayerPruner, BudgetProblem.build, baseline_masks):
+        assert inspect.signature(target).parameters["round_to"].default == DEFAULT_ROUND_TO, target
+    assert PruningSection().round_to == DEFAULT_ROUND_TO

@@ -22,6 +22,7 @@ from .importance import channel_importance
 from .problem import BudgetProblem
 from .pruner import BudgetPruner
 from .report import Allocation
+from .units import DEFAULT_ROUND_TO
 
 __all__ = ["UniformPruner", "RandomPruner", "GlobalL1NormPruner", "baseline_masks", "global_l1_allocation"]
 
@@ -99,7 +100,7 @@ def global_l1_allocation(problem: BudgetProblem) -> Allocation:
 
 
 def baseline_masks(model: nn.Module, config_list: List[Dict[str, Any]], dummy_input: Any, pruner_cls: type,
-                   budget: str = "flops", r_max: float = 0.9, round_to: Union[int, str] = 1,
+                   budget: str = "flops", r_max: float = 0.9, round_to: Union[int, str] = DEFAULT_ROUND_TO,
                    **pruner_kwargs) -> Tuple[Allocation, Masks]:
     """(allocation, NNI masks) of a pruner at the budget the config_list's ``sparse_ratio`` asks for, every pruned
     unit keeping a multiple of ``round_to`` channels."""

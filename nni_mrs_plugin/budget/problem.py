@@ -19,7 +19,7 @@ from torch import nn
 from .cost import BUDGETS, CostModel
 from .report import Allocation, UnitReport
 from .selection import parse_config_list
-from .units import AUTO_ROUND_TO, Unit, check_round_to, find_units
+from .units import AUTO_ROUND_TO, DEFAULT_ROUND_TO, Unit, check_round_to, find_units
 
 __all__ = ["BudgetProblem", "check_budget", "check_bounds", "check_target", "check_tolerance", "refine"]
 
@@ -72,8 +72,8 @@ class BudgetProblem:
 
     @classmethod
     def build(cls, model: nn.Module, config_list: Sequence[Dict[str, Any]], dummy_input: Any, budget: str = "flops",
-              r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01, round_to: Union[int, str] = 1
-              ) -> "BudgetProblem":
+              r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01,
+              round_to: Union[int, str] = DEFAULT_ROUND_TO) -> "BudgetProblem":
         """The problem an NNI config_list poses: its ``sparse_ratio`` is the global fraction of ``budget`` to
         remove, ``min/max_sparse_ratio`` bound layers, ``r_min``/``r_max`` bound the rest; every pruned unit
         keeps a multiple of ``round_to`` channels ('auto': of 16, else 8, 4, 2 or 1, the first with which the

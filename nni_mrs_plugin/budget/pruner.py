@@ -23,7 +23,7 @@ from ..host.speedup import mask_like_removal, speedup_model
 from .problem import BudgetProblem, check_bounds, check_budget, check_tolerance
 from .report import Allocation
 from .selection import Selection, normalize_config, parse_config_list
-from .units import check_round_to
+from .units import DEFAULT_ROUND_TO, check_round_to
 
 __all__ = ["BudgetPruner", "PruningContext", "check_arguments", "apply_allocation", "unwrapped", "compress_or_unwrap",
            "verify_removal"]
@@ -100,7 +100,8 @@ def apply_allocation(target_spaces: Dict[str, Dict[str, Any]], allocation: Optio
 
 
 def check_arguments(model: nn.Module, config_list: List[Dict[str, Any]], budget: str = "flops", r_min: float = 0.0,
-                    r_max: float = 0.9, tolerance: float = 0.01, round_to: Union[int, str] = 1) -> Selection:
+                    r_max: float = 0.9, tolerance: float = 0.01,
+                    round_to: Union[int, str] = DEFAULT_ROUND_TO) -> Selection:
     """A budget pruner's arguments checked, one line naming the bad value, before NNI wraps the model (a subclass
     that checks its own options first calls this before them)."""
     check_budget(budget)
@@ -142,7 +143,7 @@ class BudgetPruner(Pruner):
 
     def __init__(self, model: nn.Module, config_list: List[Dict[str, Any]], evaluator: Any = None, *,
                  dummy_input: Any = None, budget: str = "flops", r_min: float = 0.0, r_max: float = 0.9,
-                 tolerance: float = 0.01, round_to: Union[int, str] = 1, verify: bool = True,
+                 tolerance: float = 0.01, round_to: Union[int, str] = DEFAULT_ROUND_TO, verify: bool = True,
                  existed_wrappers: Optional[Dict[str, Any]] = None):
         selection = check_arguments(model, config_list, budget, r_min, r_max, tolerance, round_to)
         super().__init__(model, [normalize_config(config) for config in config_list], evaluator, existed_wrappers)

@@ -12,7 +12,7 @@ import bisect
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -21,7 +21,8 @@ from ..host.graph import new_users
 from ..host.speedup import ZERO_KEEPING_CALLS, ZERO_KEEPING_MODULES, group_dependencies, trace
 from .selection import PRUNABLE_TYPES, Selection
 
-__all__ = ["Unit", "PRUNABLE_TYPES", "find_units", "output_layers", "unfollowable", "check_round_to", "AUTO_ROUND_TO"]
+__all__ = ["Unit", "PRUNABLE_TYPES", "find_units", "output_layers", "unfollowable", "check_round_to", "AUTO_ROUND_TO",
+           "DEFAULT_ROUND_TO"]
 
 # what a unit's output channels may pass through on their way to the next Conv/Linear, so that removing a channel
 # removes exactly it downstream: per-channel maps, pooling, adds, channel concatenation, flatten into a Linear
@@ -173,6 +174,7 @@ def unfollowable(graph_module: torch.fx.GraphModule, layers: Sequence[str]) -> s
 
 
 AUTO_ROUND_TO = (16, 8, 4, 2, 1)  # round_to="auto": the first with which the target stays reachable
+DEFAULT_ROUND_TO: Union[int, str] = 1  # every pruner's and the job's default (job/config.py spells it out)
 
 
 def check_round_to(round_to: Any) -> None:

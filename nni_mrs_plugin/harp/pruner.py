@@ -20,6 +20,7 @@ from ..attacks import default_eps
 from ..budget.problem import BudgetProblem
 from ..budget.pruner import BudgetPruner, PruningContext, check_arguments
 from ..budget.report import Allocation
+from ..budget.units import DEFAULT_ROUND_TO
 from ..train.trainer import AdversarialTrainer
 from .learn import learn_allocation
 
@@ -59,7 +60,7 @@ class HARPPruner(BudgetPruner):
                  stages: int = 4, lr: float = 0.01, budget: str = "flops", dummy_input: Any = None,
                  r_max: float = 0.9, tolerance: float = 0.01, seed: int = 0, progress: bool = True,
                  checkpoint: Union[str, Path, None] = None, verify: bool = True, start: str = "uniform",
-                 round_to: Union[int, str] = 1, existed_wrappers: Optional[Dict[str, Any]] = None):
+                 round_to: Union[int, str] = DEFAULT_ROUND_TO, existed_wrappers: Optional[Dict[str, Any]] = None):
         check_arguments(model, config_list, budget, 0.0, r_max, tolerance, round_to)
         if start not in ("uniform", "dense"):
             raise ValueError(f"start must be 'uniform' or 'dense', got {start!r}")

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..attacks import PixelSpace, build_attack, check_eps, check_pixel_range, default_eps
 from ..budget.pruner import BudgetPruner, PruningContext, unwrapped
 from ..budget.report import Allocation, UnitReport
+from ..budget.units import DEFAULT_ROUND_TO
 from ..evaluate import count_flops, count_params, mean_loss
 from ..host.blocks import Block, find_blocks, remove_blocks
 from ..host.speedup import trace
@@ -61,7 +62,7 @@ class LayerPruner(BudgetPruner):
                  attack: Any = None, eps: Optional[float] = None, steps: int = 10, n_samples: int = 256,
                  batch_size: int = 256, seed: int = 0, normalization: Optional[tuple] = None, progress: bool = True,
                  dummy_input: Any = None, budget: str = "flops", r_min: float = 0.0, r_max: float = 0.9,
-                 tolerance: float = 0.01, round_to: Union[int, str] = 1, verify: bool = True,
+                 tolerance: float = 0.01, round_to: Union[int, str] = DEFAULT_ROUND_TO, verify: bool = True,
                  existed_wrappers: Optional[Dict[str, Any]] = None):
         if criterion not in LAYER_CRITERIA:
             raise ValueError(f"unknown criterion {criterion!r} for LayerPruner; choose one of "

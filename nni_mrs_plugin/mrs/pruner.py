@@ -15,8 +15,10 @@ from nni.compression.pruning.tools import active_sparse_targets_filter, generate
 from torch import nn
 
 from ..budget.problem import BudgetProblem
-from ..budget.pruner import BudgetPruner, PruningContext, apply_allocation, compress_or_unwrap, unwrapped, verify_removal
+from ..budget.pruner import (BudgetPruner, PruningContext, apply_allocation, compress_or_unwrap, unwrapped,
+                             verify_removal)
 from ..budget.report import Allocation
+from ..budget.units import DEFAULT_ROUND_TO
 from .allocator import MRSSparsityAllocator
 from .calibration import collect_samples
 from ..budget.importance import weight_gradients
@@ -48,7 +50,8 @@ class MRSPruner(BudgetPruner):
                  calibration: Any = None, attack: Any = None, estimator: Any = None, criterion: str = "taylor",
                  budget: str = "flops", tau: Optional[float] = None, rule: Any = "power", dummy_input: Any = None,
                  training_steps: int = 10, r_min: float = 0.0, r_max: float = 0.9, tolerance: float = 0.01,
-                 round_to: Union[int, str] = 1, verify: bool = True, existed_wrappers: Optional[Dict[str, Any]] = None,
+                 round_to: Union[int, str] = DEFAULT_ROUND_TO, verify: bool = True,
+                 existed_wrappers: Optional[Dict[str, Any]] = None,
                  **allocator_options: Any):
         self.allocator = MRSSparsityAllocator(estimator, budget, tau, rule=rule, criterion=criterion, attack=attack,
                                               r_min=r_min, r_max=r_max, tolerance=tolerance, **allocator_options)
