@@ -347,7 +347,7 @@ def test_round_to_leaves_a_unit_with_no_smaller_multiple_whole_and_says_so():
     counts = problem.allocation(problem.scale({unit.name: 1.0 for unit in problem.units}))
     assert abs(counts.achieved - 0.4) <= 0.01 and counts.round_to == 8
     assert all(row.channels_after % 8 == 0 for row in counts.report if row.channels_after != row.channels_before)
-    assert "0" in {unit.name for unit in BudgetProblem.build(model, select, x).units}
+    assert "0" in {unit.name for unit in BudgetProblem.build(model, select, x, round_to=1).units}
 
 
 class _Flows(nn.Module):
@@ -469,24 +469,27 @@ def test_a_removal_that_differs_from_masking_stops_compress():
     assert "cannot be removed for real" in message or "would change what the model computes" in message
 
 
-def test_round_to_auto_aligns_to_16_where_the_target_allows_and_steps_down_where_it_does_not():
-    """round_to='auto' on VGG16-bn at width 0.125 (8 to 64 channels): 16 while the target is reachable with it,
-    then 8, 4, 2, 1; a target round_to=1 reaches is never refused."""
+def test_round_to_auto_takes_the_largest_alignment_that_leaves_no_unit_whole():
+    """round_to='auto' (the default): 16 on ResNet18 (64 to 512 channels); on VGG16-bn at width 0.125 (8 to 64)
+    16 and 8 would leave its 8-channel convs whole, so 4, or less where 4 cannot reach the target. The target is
+    met to the point either way, and every pruned unit keeps a multiple of what was chosen."""
     from nni_mrs_plugin import BudgetProblem
     from nni_mrs_plugin.models import build_model
 
-    model, x = build_model("vgg16_bn", num_classes=10, in_channels=1, width=0.125).eval(), torch.rand(1, 1, 28, 28)
-    chosen = {}
-    for target in (0.5, 0.75, 0.9):
+    narrow = build_model("vgg16_bn", num_classes=10, in_channels=1, width=0.125).eval(), torch.rand(1, 1, 28, 28)
+    cases = [(make_model("resnet18"), dummy_input("resnet18", 1), 0.5, 16)] + [(*narrow, t, 4) for t in (0.5, 0.9)]
+    for model, x, target, expected in cases:
         select = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": target}]
         problem = BudgetProblem.build(model, select, x, round_to="auto")
-        chosen[target] = problem.round_to
+        chosen = problem.round_to
         counts = problem.allocation(problem.scale({unit.name: 1.0 for unit in problem.units}))
-        assert abs(counts.achieved - target) <= 0.01 and counts.round_to == chosen[target]
-        assert all(row.channels_after % chosen[target] == 0 for row in counts.report)
-        if chosen[target] < 16:  # the next larger alignment cannot reach it
-            assert not BudgetProblem.build(model, select, x, round_to=2 * chosen[target]).reachable()
-    assert chosen[0.5] == 16 and chosen[0.75] == 8 and chosen[0.9] < 8, chosen
+        assert abs(counts.achieved - target) <= 0.01 and counts.round_to == chosen
+        assert all(row.channels_after % chosen == 0 for row in counts.report)
+        assert not any("left whole" in reason for reason in problem.skipped.values())
+        assert chosen == expected or (target == 0.9 and chosen < expected), (target, chosen)
+        if chosen < 16:  # the next larger alignment leaves a unit whole or cannot reach the target
+            larger = BudgetProblem.build(model, select, x, round_to=2 * chosen)
+            assert not larger.reachable() or any("left whole" in r for r in larger.skipped.values())
 
 
 def test_every_pruner_and_the_job_share_one_default_round_to():

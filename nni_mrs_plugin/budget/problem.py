@@ -76,16 +76,22 @@ class BudgetProblem:
               round_to: Union[int, str] = DEFAULT_ROUND_TO) -> "BudgetProblem":
         """The problem an NNI config_list poses: its ``sparse_ratio`` is the global fraction of ``budget`` to
         remove, ``min/max_sparse_ratio`` bound layers, ``r_min``/``r_max`` bound the rest; every pruned unit
-        keeps a multiple of ``round_to`` channels ('auto': of 16, else 8, 4, 2 or 1, the first with which the
-        target stays reachable, so narrow models are not refused)."""
+        keeps a multiple of ``round_to`` channels ('auto': the first of 16, 8, 4, 2 that leaves no unit whole
+        and reaches the target, else 1: alignment never takes a layer out of the allocation)."""
         check_bounds(r_min, r_max)
         check_budget(budget)
         check_round_to(round_to)
         if round_to == "auto":
-            for step in AUTO_ROUND_TO:
-                problem = cls.build(model, config_list, dummy_input, budget, r_min, r_max, tolerance, step)
-                if step == 1 or problem.reachable():
+            for step in AUTO_ROUND_TO[:-1]:
+                try:  # no unit can keep a multiple of step, or the steps cannot meet the target: a smaller step
+                    problem = cls.build(model, config_list, dummy_input, budget, r_min, r_max, tolerance, step)
+                    problem.scale({unit.name: 1.0 for unit in problem.units})
+                except ValueError:
+                    continue
+                whole = any(reason.startswith("left whole: round_to") for reason in problem.skipped.values())
+                if not whole and problem.reachable():
                     return problem
+            round_to = 1
         selection = parse_config_list(model, config_list)
         units, skipped, graph_module = find_units(model, selection, dummy_input, r_min, r_max, round_to=round_to)
         cost = CostModel(model, graph_module, units, dummy_input)

@@ -173,7 +173,7 @@ def unfollowable(graph_module: torch.fx.GraphModule, layers: Sequence[str]) -> s
     return ""
 
 
-AUTO_ROUND_TO = (16, 8, 4, 2, 1)  # round_to="auto": the first with which the target stays reachable
+AUTO_ROUND_TO = (16, 8, 4, 2, 1)  # round_to="auto": the first that leaves no unit whole and reaches the target
 DEFAULT_ROUND_TO: Union[int, str] = 1  # every pruner's and the job's default (job/config.py spells it out)
 
 
