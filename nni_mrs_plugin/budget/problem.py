@@ -19,7 +19,7 @@ from torch import nn
 from .cost import BUDGETS, CostModel
 from .report import Allocation, UnitReport
 from .selection import parse_config_list
-from .units import AUTO_ROUND_TO, DEFAULT_ROUND_TO, Unit, check_round_to, find_units
+from .units import AUTO_ROUND_TO, DEFAULT_ROUND_TO, LEFT_WHOLE, Unit, check_round_to, find_units
 
 __all__ = ["BudgetProblem", "check_budget", "check_bounds", "check_target", "check_tolerance", "refine"]
 
@@ -88,7 +88,7 @@ class BudgetProblem:
                     problem.scale({unit.name: 1.0 for unit in problem.units})
                 except ValueError:
                     continue
-                whole = any(reason.startswith("left whole: round_to") for reason in problem.skipped.values())
+                whole = any(reason.startswith(LEFT_WHOLE) for reason in problem.skipped.values())
                 if not whole and problem.reachable():
                     return problem
             round_to = 1
