@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from grid import (Grid, add_grid_arguments, dense_line, markdown, provenance, run_then_summarise, save_summary,
                   stage_seconds, summary_header, verdict_data, verdict_table)
@@ -80,7 +80,7 @@ def choose(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def allocation_rows(selected: Dict[str, Any], epochs: int, harp_epochs: int, allocation: bool = True,
-                    round_to: Sequence[int] = ()) -> Dict[str, Dict[str, Any]]:
+                    round_to: Sequence[Union[int, str]] = ()) -> Dict[str, Dict[str, Any]]:
     """The selected recipe at ``epochs`` with MRS allocation (and HARP's learned rates), and with channel counts
     rounded to each of ``round_to`` (``pruning.round_to``), labelled after it."""
     recipe = selected["best"][str(epochs)]
@@ -161,8 +161,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", nargs="+", type=int, default=[3, 10], help="fine-tuning epochs of every recipe")
     parser.add_argument("--harp-epochs", type=int, default=0,
                         help="add a HARP row on its reference schedule over this many epochs (the reference: 20)")
-    parser.add_argument("--round-to", nargs="+", type=int, default=[], help="add rows of the selected recipe with "
-                        "channel counts rounded to each N (the robustness cost of pruning.round_to)")
+    parser.add_argument("--round-to", nargs="+", type=lambda text: text if text == "auto" else int(text), default=[],
+                        help="add rows of the selected recipe with channel counts rounded to each N or auto (the "
+                        "robustness cost of pruning.round_to)")
     parser.add_argument("--no-allocation", action="store_true", help="no MRS allocation row")
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     args = parser.parse_args(argv)

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -69,6 +69,11 @@ def _at_least(low: int):
     return parse
 
 
+def round_to_arg(text: str) -> Union[int, str]:
+    """``--round-to``: an integer >= 1 or 'auto' (each unit its own step)."""
+    return text if text == "auto" else _at_least(1)(text)
+
+
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     names = sorted(MODELS) + sorted(TORCHVISION)
@@ -76,7 +81,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         metavar="MODEL", help=f"any of {', '.join(names)}")
     parser.add_argument("--targets", nargs="+", type=target, default=[0.5, 0.75, 0.9],
                         help="fractions of FLOPs removed, each in (0, 1)")
-    parser.add_argument("--round-to", nargs="+", type=_at_least(1), default=[1], help="channel multiples (default: 1)")
+    parser.add_argument("--round-to", nargs="+", type=round_to_arg, default=[1],
+                        help="channel multiples, or auto (default: 1)")
     parser.add_argument("--devices", nargs="+", choices=sorted(BACKENDS), default=None,
                         help="default: cpu, plus cuda when available")
     parser.add_argument("--backends", nargs="+", default=["eager"], choices=sorted({*BACKENDS["cpu"],
@@ -136,7 +142,7 @@ def build(name: str, seed: int) -> tuple:
     return build_model(name, num_classes=10, in_channels=3, **extra).eval(), (3, 32, 32)
 
 
-def prune(model: nn.Module, target: float, round_to: int, shape: tuple, device: str,
+def prune(model: nn.Module, target: float, round_to: Union[int, str], shape: tuple, device: str,
           args: argparse.Namespace) -> Dict[str, Any]:
     """MRS masks for ``target`` (multiples of ``round_to`` kept), then ModelSpeedup (timed) on ``model`` in place."""
     model.to(device)
@@ -251,7 +257,7 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
              "| / FLOPs ratio | bound | / bound |", "|" + "---|" * 13]
     for r in rows:
         lines.append("| " + " | ".join([
-            r["model"], "dense" if r["target"] is None else f"{r['target']:g}", _cell(r["round_to"], "d"),
+            r["model"], "dense" if r["target"] is None else f"{r['target']:g}", _cell(r["round_to"], ""),
             r["device"], r["backend"], r["dtype"], str(r["batch"]), f"{r['latency_ms']:.3f}",
             _cell(r.get("speedup"), ".2f"), _cell(r.get("speedup_vs_eager"), ".2f"),
             _cell(r.get("per_flops_ratio"), ".2f"), _cell(r.get("bound"), ".2f"), _cell(r.get("per_bound"), ".2f")])

@@ -469,27 +469,35 @@ def test_a_removal_that_differs_from_masking_stops_compress():
     assert "cannot be removed for real" in message or "would change what the model computes" in message
 
 
-def test_round_to_auto_takes_the_largest_alignment_that_leaves_no_unit_whole():
-    """round_to='auto' (the default): 16 on ResNet18 (64 to 512 channels); on VGG16-bn at width 0.125 (8 to 64)
-    16 and 8 would leave its 8-channel convs whole, so 4, or less where 4 cannot reach the target. The target is
-    met to the point either way, and every pruned unit keeps a multiple of what was chosen."""
+def test_round_to_auto_gives_each_unit_the_largest_step_that_leaves_it_eight_counts():
+    """round_to='auto': a unit of 128 channels or more keeps multiples of 16, one of 64 multiples of 8, one of 16
+    multiples of 2, one of 8 any count; a unit whose bounds leave its step nothing to prune gets a smaller one.
+    The target is met to the point, no unit is left whole, and the allocation says 'auto' when steps differ."""
     from nni_mrs_plugin import BudgetProblem
+    from nni_mrs_plugin.budget.units import auto_round_to
     from nni_mrs_plugin.models import build_model
 
+    assert [auto_round_to(c) for c in (3, 8, 15, 16, 24, 32, 63, 64, 96, 127, 128, 512)] == \
+        [1, 1, 1, 2, 2, 4, 4, 8, 8, 8, 16, 16]
     narrow = build_model("vgg16_bn", num_classes=10, in_channels=1, width=0.125).eval(), torch.rand(1, 1, 28, 28)
-    cases = [(make_model("resnet18"), dummy_input("resnet18", 1), 0.5, 16)] + [(*narrow, t, 4) for t in (0.5, 0.9)]
-    for model, x, target, expected in cases:
+    cases = [(make_model("resnet18"), dummy_input("resnet18", 1), 0.5, {8, 16})] + \
+        [(*narrow, target, {1, 2, 4, 8}) for target in (0.5, 0.9)]
+    for model, x, target, expected_steps in cases:
         select = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": target}]
         problem = BudgetProblem.build(model, select, x, round_to="auto")
-        chosen = problem.round_to
-        counts = problem.allocation(problem.scale({unit.name: 1.0 for unit in problem.units}))
-        assert abs(counts.achieved - target) <= 0.01 and counts.round_to == chosen
-        assert all(row.channels_after % chosen == 0 for row in counts.report)
+        steps = {unit.name: unit.round_to for unit in problem.units}
+        assert steps == {unit.name: auto_round_to(unit.channels) for unit in problem.units}
+        assert set(steps.values()) == expected_steps and problem.round_to == "auto"
+        allocation = problem.allocation(problem.scale({unit.name: 1.0 for unit in problem.units}))
+        assert abs(allocation.achieved - target) <= 0.01 and allocation.round_to == "auto"
+        assert all(row.channels_after % steps[row.unit] == 0 for row in allocation.report)
         assert not any("left whole" in reason for reason in problem.skipped.values())
-        assert chosen == expected or (target == 0.9 and chosen < expected), (target, chosen)
-        if chosen < 16:  # the next larger alignment leaves a unit whole or cannot reach the target
-            larger = BudgetProblem.build(model, select, x, round_to=2 * chosen)
-            assert not larger.reachable() or any("left whole" in r for r in larger.skipped.values())
+    model, x = narrow
+    wide = next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels == 64)
+    bounded = [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5},
+               {"op_names": [wide], "sparse_ratio": 0.5, "max_sparse_ratio": 0.1}]  # the last entry's bounds hold
+    unit = next(u for u in BudgetProblem.build(model, bounded, x, round_to="auto").units if wide in u.layers)
+    assert unit.round_to == 4 and unit.allowed == (0, 4)  # 8 would allow pruning at most 6 of 64: none aligned
 
 
 def test_every_pruner_and_the_job_share_one_default_round_to():

@@ -19,7 +19,7 @@ from torch import nn
 from .cost import BUDGETS, CostModel
 from .report import Allocation, UnitReport
 from .selection import parse_config_list
-from .units import AUTO_ROUND_TO, DEFAULT_ROUND_TO, LEFT_WHOLE, Unit, check_round_to, find_units
+from .units import DEFAULT_ROUND_TO, Unit, check_round_to, find_units
 
 __all__ = ["BudgetProblem", "check_budget", "check_bounds", "check_target", "check_tolerance", "refine"]
 
@@ -62,8 +62,10 @@ class BudgetProblem:
     dummy_input: Any = None
 
     @property
-    def round_to(self) -> int:
-        return max((unit.round_to for unit in self.units), default=1)
+    def round_to(self) -> Union[int, str]:
+        """The units' common step, or 'auto' when they differ."""
+        steps = {unit.round_to for unit in self.units} or {1}
+        return steps.pop() if len(steps) == 1 else "auto"
 
     def __post_init__(self):
         check_target(self.target, self.budget)
@@ -76,22 +78,10 @@ class BudgetProblem:
               round_to: Union[int, str] = DEFAULT_ROUND_TO) -> "BudgetProblem":
         """The problem an NNI config_list poses: its ``sparse_ratio`` is the global fraction of ``budget`` to
         remove, ``min/max_sparse_ratio`` bound layers, ``r_min``/``r_max`` bound the rest; every pruned unit
-        keeps a multiple of ``round_to`` channels ('auto': the first of 16, 8, 4, 2 that leaves no unit whole
-        and reaches the target, else 1: alignment never takes a layer out of the allocation)."""
+        keeps a multiple of ``round_to`` channels ('auto': each unit its own step, ``units.auto_round_to``)."""
         check_bounds(r_min, r_max)
         check_budget(budget)
         check_round_to(round_to)
-        if round_to == "auto":
-            for step in AUTO_ROUND_TO[:-1]:
-                try:  # no unit can keep a multiple of step, or the steps cannot meet the target: a smaller step
-                    problem = cls.build(model, config_list, dummy_input, budget, r_min, r_max, tolerance, step)
-                    problem.scale({unit.name: 1.0 for unit in problem.units})
-                except ValueError:
-                    continue
-                whole = any(reason.startswith(LEFT_WHOLE) for reason in problem.skipped.values())
-                if not whole and problem.reachable():
-                    return problem
-            round_to = 1
         selection = parse_config_list(model, config_list)
         units, skipped, graph_module = find_units(model, selection, dummy_input, r_min, r_max, round_to=round_to)
         cost = CostModel(model, graph_module, units, dummy_input)

@@ -134,9 +134,9 @@ class BudgetPruner(Pruner):
     ``dummy_input`` (else the evaluator's, else ``default_dummy_input()``) traces the model and measures the budget.
     Each unit keeps at least 1 - ``r_max`` of its channels; the target is met to ``tolerance``. With ``round_to``
     N > 1 every pruned unit keeps a multiple of N channels (a unit that cannot is left whole; the allocation's
-    ``skipped`` says so), the channel counts hardware blocks run fastest; 'auto' takes the first of 16, 8, 4, 2
-    that leaves no unit whole and reaches the target, else 1. Inside each unit the channels go by
-    ``criterion`` ('l1', 'l2', 'fpgm'; a subclass may rank them itself in ``channel_data``).
+    ``skipped`` says so), the channel counts hardware blocks run fastest; 'auto' gives each unit the largest of
+    16, 8, 4, 2, 1 that leaves it 8 counts to choose from (64 channels: 8; 128 and more: 16). Inside each unit
+    the channels go by ``criterion`` ('l1', 'l2', 'fpgm'; a subclass may rank them itself in ``channel_data``).
     After ``compress()``, ``allocation`` holds the per-unit report and ``problem`` the problem it solved.
     """
 

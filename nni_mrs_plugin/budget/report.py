@@ -3,7 +3,7 @@ unit saying why; every budget pruner returns one, whatever its rule."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Union
 
 __all__ = ["UnitReport", "Allocation"]
 
@@ -41,7 +41,7 @@ class Allocation:
     curves: Dict[str, List[float]] = field(default_factory=dict)  # unit -> Delta L at ``ratios`` (budget rule)
     ratios: List[float] = field(default_factory=list)
     measured: bool = True  # False: the score column holds placeholders (uniform ratios), not measurements
-    round_to: int = 1  # every pruned unit keeps a multiple of this many channels
+    round_to: Union[int, str] = 1  # every pruned unit keeps a multiple of this many channels ('auto': its own)
 
     def as_dict(self) -> dict:
         units = [dict(asdict(row), mrs=row.score) for row in self.report]  # "mrs": the key old readers know

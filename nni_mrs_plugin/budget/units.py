@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -22,7 +22,7 @@ from ..host.speedup import ZERO_KEEPING_CALLS, ZERO_KEEPING_MODULES, group_depen
 from .selection import PRUNABLE_TYPES, Selection
 
 __all__ = ["Unit", "PRUNABLE_TYPES", "find_units", "output_layers", "unfollowable", "check_round_to", "AUTO_ROUND_TO",
-           "DEFAULT_ROUND_TO"]
+           "DEFAULT_ROUND_TO", "auto_round_to"]
 
 # what a unit's output channels may pass through on their way to the next Conv/Linear, so that removing a channel
 # removes exactly it downstream: per-channel maps, pooling, adds, channel concatenation, flatten into a Linear
@@ -173,7 +173,8 @@ def unfollowable(graph_module: torch.fx.GraphModule, layers: Sequence[str]) -> s
     return ""
 
 
-AUTO_ROUND_TO = (16, 8, 4, 2, 1)  # round_to="auto": the first that leaves no unit whole and reaches the target
+AUTO_ROUND_TO = (16, 8, 4, 2, 1)  # round_to="auto": per unit, the largest that leaves it AUTO_COUNTS counts
+AUTO_COUNTS = 8
 DEFAULT_ROUND_TO: Union[int, str] = 1  # every pruner's and the job's default (job/config.py spells it out)
 LEFT_WHOLE = "left whole: round_to="  # how a skipped reason starts when alignment, not the model, kept a unit whole
 
@@ -186,11 +187,29 @@ def check_round_to(round_to: Any) -> None:
                          f"{round_to!r}")
 
 
+def auto_round_to(channels: int) -> int:
+    """``round_to="auto"`` for a unit of ``channels``: the largest of 16, 8, 4, 2, 1 that still leaves it
+    ``AUTO_COUNTS`` (8) aligned counts, so wide units keep the multiples runtimes' blocked kernels run fast and
+    narrow ones the resolution a robustness-aware allocation needs (64 channels: 8; 128 and more: 16; 16: 2)."""
+    return next(step for step in AUTO_ROUND_TO if step * AUTO_COUNTS <= channels or step == 1)
+
+
+def _aligned_unit(unit: Unit, round_to: Union[int, str]) -> Unit:
+    """``unit`` with its step: ``round_to``, or under 'auto' the unit's own (smaller while the bounds leave the
+    unit only its whole count)."""
+    if round_to != "auto":
+        return replace(unit, round_to=round_to)
+    steps = AUTO_ROUND_TO[AUTO_ROUND_TO.index(auto_round_to(unit.channels)):]
+    return next(aligned for aligned in (replace(unit, round_to=step) for step in steps)
+                if aligned.round_to == 1 or len(aligned.allowed) > 1)
+
+
 def find_units(model: nn.Module, selection: Selection, dummy_input: Any, r_min: float = 0.0, r_max: float = 0.9,
-               graph_module: Optional[torch.fx.GraphModule] = None, round_to: int = 1
+               graph_module: Optional[torch.fx.GraphModule] = None, round_to: Union[int, str] = 1
                ) -> Tuple[List[Unit], Dict[str, str], torch.fx.GraphModule]:
     """Group the selected layers into units; returns (units, {skipped layer: reason}, traced graph). With
-    ``round_to`` > 1 a unit that cannot keep a smaller multiple of it within its bounds is left whole (skipped)."""
+    ``round_to`` > 1 a unit that cannot keep a smaller multiple of it within its bounds is left whole (skipped);
+    'auto' gives each unit its own step (``auto_round_to``) and leaves none whole."""
     if not 0.0 <= r_min <= r_max < 1.0:
         raise ValueError(f"need 0 <= r_min <= r_max < 1, got r_min={r_min}, r_max={r_max}")
     check_round_to(round_to)
@@ -241,12 +260,12 @@ def find_units(model: nn.Module, selection: Selection, dummy_input: Any, r_min: 
                              f"min_sparse_ratio {low} > max_sparse_ratio {high}")
         first = modules[layers[0]]
         channels = first.out_features if isinstance(first, nn.Linear) else first.out_channels
-        unit = Unit(name=layers[0], layers=tuple(layers), channels=channels, block=blocks[key], min_ratio=low,
-                    max_ratio=min(high, 1.0), round_to=round_to)
+        unit = _aligned_unit(Unit(name=layers[0], layers=tuple(layers), channels=channels, block=blocks[key],
+                                  min_ratio=low, max_ratio=min(high, 1.0)), round_to)
         if not unit.allowed:
             raise ValueError(f"layers {layers} ({channels} channels) cannot be pruned by min_sparse_ratio {low} to a "
-                             f"multiple of round_to={round_to} within max_sparse_ratio {high}")
-        if round_to > 1 and unit.allowed == (0,):
+                             f"multiple of round_to={unit.round_to} within max_sparse_ratio {high}")
+        if unit.round_to > 1 and unit.allowed == (0,):
             skipped.update({name: f"{LEFT_WHOLE}{round_to} allows no smaller multiple of {round_to} than its "
                                   f"{channels} channels within its bounds" for name in chosen})
             continue
