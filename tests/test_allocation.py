@@ -156,11 +156,13 @@ def QuickStartLeNet() -> torch.nn.Module:
     return LeNet()
 
 
+@pytest.mark.parametrize("round_to", [1, "auto"])
 @pytest.mark.parametrize("ops, target", [(["Conv2d"], 0.2), (["Conv2d", "Linear"], 0.1), (["Conv2d", "Linear"], 0.2)])
-def test_coarse_channels_are_traded_into_the_tolerance(ops, target):
+def test_coarse_channels_are_traded_into_the_tolerance(ops, target, round_to):
     """On the quick start LeNet single-channel moves alone stop outside the tolerance (uniform ratios, 0.2 asked
     for: Conv2d only or all layers); trading a coarse channel for several fine ones meets the target
-    within ±0.01 after real removal."""
+    within ±0.01 after real removal. round_to='auto', whose steps (conv2's 16 channels: 2) cannot meet 0.2 with
+    Conv2d alone, falls back to exact counts there."""
     from nni.compression.pruning import L1NormPruner
 
     from nni_mrs_plugin.evaluate import count_flops
@@ -170,7 +172,10 @@ def test_coarse_channels_are_traded_into_the_tolerance(ops, target):
     model, dummy = QuickStartLeNet().eval(), torch.zeros(1, 1, 28, 28)
     before = count_flops(model, dummy)
     config = [{"op_types": ops, "exclude_op_names": ["fc3"], "sparse_ratio": target}]
-    _, masks = baseline_masks(model, config, dummy, L1NormPruner)
+    if round_to == "auto":
+        steps = {unit.round_to for unit in BudgetProblem.build(model, config, dummy, round_to="auto").units}
+        assert steps == ({1} if ops == ["Conv2d"] else {1, 2, 8}), steps
+    _, masks = baseline_masks(model, config, dummy, L1NormPruner, round_to=round_to)
     speedup_model(model, masks, dummy)
     assert abs(1 - count_flops(model, dummy) / before - target) <= 0.01
 

@@ -35,6 +35,21 @@ def test_learned_rates_meet_the_budget_after_real_removal(name, device):
     assert model(x).shape == (16, 10) and all(m["weight"].device.type == device for m in masks.values())
 
 
+def test_removal_keeps_every_input_that_a_kept_channel_computes():
+    """HARP on SmallCNN with round_to='auto' leaves a weight column of the Linear after the flatten whose kept rows
+    sum to 0.0 in fp32 on NNI's random batch, and NNI took the input position it reads as pruned: the removed
+    Linear read 1959 inputs of the 1960 the convolution still computes, and compress() stopped. The position a
+    kept channel computes stays (host/masks.py), so the learned masks are removed for real."""
+    model = make_model("small_cnn")
+    x, y = dummy_input("small_cnn", batch=16), torch.arange(16) % 10
+    pruner = HARPPruner(model, CONFIG, train_data=(x, y), steps=4, attack_steps=2, progress=False, round_to="auto")
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    speedup_model(model, masks, x[:1])
+    assert model.classifier[1].in_features == model.features[10].out_channels * 7 * 7 < 64 * 7 * 7
+    assert model(x).shape == (16, 10)
+
+
 class CriticalAndDead(nn.Module):
     """Two branches of equal cost; the head reads only ``critical`` (its weights on ``dead`` are zero)."""
 

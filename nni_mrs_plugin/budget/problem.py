@@ -10,7 +10,7 @@ the tolerance of the target.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -78,14 +78,18 @@ class BudgetProblem:
               round_to: Union[int, str] = DEFAULT_ROUND_TO) -> "BudgetProblem":
         """The problem an NNI config_list poses: its ``sparse_ratio`` is the global fraction of ``budget`` to
         remove, ``min/max_sparse_ratio`` bound layers, ``r_min``/``r_max`` bound the rest; every pruned unit
-        keeps a multiple of ``round_to`` channels ('auto': each unit its own step, ``units.auto_round_to``)."""
+        keeps a multiple of ``round_to`` channels ('auto': each unit its own step, ``units.auto_round_to``, or
+        exact counts where those steps cannot meet the target with one ratio for all)."""
         check_bounds(r_min, r_max)
         check_budget(budget)
         check_round_to(round_to)
         selection = parse_config_list(model, config_list)
         units, skipped, graph_module = find_units(model, selection, dummy_input, r_min, r_max, round_to=round_to)
-        cost = CostModel(model, graph_module, units, dummy_input)
-        return cls(units, cost, selection.target, budget, tolerance, skipped, model, graph_module, dummy_input)
+        problem = cls(units, CostModel(model, graph_module, units, dummy_input), selection.target, budget, tolerance,
+                      skipped, model, graph_module, dummy_input)
+        if round_to == "auto" and problem.reachable() and not problem.meets_uniformly():  # too coarse: exact counts
+            problem = replace(problem, units=[replace(unit, round_to=1) for unit in units])
+        return problem
 
     # -- measuring ------------------------------------------------------------------------------------------
     def counts(self, ratios: Mapping[str, float]) -> Dict[str, int]:
@@ -113,6 +117,14 @@ class BudgetProblem:
     def reachable(self) -> bool:
         try:
             self.check_reachable()
+        except ValueError:
+            return False
+        return True
+
+    def meets_uniformly(self) -> bool:
+        """Whether one ratio for every unit, in its steps, meets the target within the tolerance."""
+        try:
+            self.scale({unit.name: 1.0 for unit in self.units})
         except ValueError:
             return False
         return True

@@ -8,7 +8,9 @@ everything after them, down to ``EmptyLayerError`` or LayerNorms of width 0.
 
 A pruned channel leaves its layer and travels through per-channel ops until a Conv/Linear reads it (a depthwise
 conv passes it on). Nodes on those paths, and the layers reading them, keep NNI's inference; every other node
-keeps all its positions here, which is what removal does to it.
+keeps all its positions here, which is what removal does to it. A layer reading them loses exactly the inputs its
+producers lose: NNI also drops an input position whose gradient happens to sum to zero, which a Linear after a
+flatten then no longer reads while the convolution before still computes it, and removal breaks the shapes.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from torch import nn
 
 from .graph import new_users
 
-__all__ = ["channel_paths", "pruned_layers", "keep_whole_updater"]
+__all__ = ["channel_paths", "pruned_layers", "mask_updaters"]
 
 
 def _absorbs(module: Any) -> bool:
@@ -46,9 +48,10 @@ def pruned_layers(masks: Dict[str, Dict[str, torch.Tensor]]) -> Set[str]:
             if any(mask is not None and not mask.bool().all() for mask in layer.values())}
 
 
-def keep_whole_updater():
-    """An NNI ``MaskUpdater`` for ``ModelSpeedup(customized_mask_updaters=[...])``: it claims every node no
-    pruned channel reaches and leaves its masks whole (NNI is imported here, not when this module is)."""
+def mask_updaters() -> list:
+    """NNI ``MaskUpdater``s for ``ModelSpeedup(customized_mask_updaters=...)``: one claims every node no pruned
+    channel reaches and leaves its masks whole; one makes each layer reading pruned channels keep every input
+    position its producers keep (NNI is imported here, not when this module is)."""
     from nni.compression.speedup.mask_updater import DefaultMaskUpdater, LeafModuleMaskUpdater
     from nni.compression.speedup.utils import tree_map_zip
 
@@ -82,4 +85,19 @@ def keep_whole_updater():
         def indirect_update_process(self, model_speedup, node) -> None:  # and no gradient goes back from here
             whole(model_speedup, node)
 
-    return KeepWhole()
+    class FollowInputs(LeafModuleMaskUpdater):
+        def detect(self, model_speedup, node) -> bool:  # after KeepWhole: the layers on a channel path
+            return node.op == "call_module" and _absorbs(model_speedup.fetch_attr(node.target)) and \
+                super().detect(model_speedup, node)
+
+        def indirect_update_process(self, model_speedup, node) -> None:
+            super().indirect_update_process(model_speedup, node)
+            source = node.args[0] if node.args else None
+            info = model_speedup.node_infos[source] if isinstance(source, torch.fx.Node) else None
+            if info is not None and isinstance(info.output_grad, torch.Tensor) and \
+                    isinstance(info.output_masks, torch.Tensor) and info.output_grad.shape == info.output_masks.shape:
+                # NNI drops an input position whose gradient sums to exactly zero (this layer's weight column
+                # summing to 0.0 in fp32 over the kept rows); a position the producers keep stays kept
+                info.output_grad = info.output_grad.abs() + info.output_masks
+
+    return [KeepWhole(), FollowInputs()]

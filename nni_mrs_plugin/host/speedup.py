@@ -23,7 +23,7 @@ from .blocks import find_blocks, remove_blocks, removed_blocks
 from .diagnose import explain
 from .graph import new_users
 from .hidden import ELEMENTWISE_CALLS, ELEMENTWISE_MODULES, linear_pairs, slice_linear_pairs
-from .masks import keep_whole_updater, pruned_layers
+from .masks import mask_updaters, pruned_layers
 
 __all__ = [
     "TraceError", "trace", "group_dependencies", "compute_masks", "mask_like_removal", "speedup_model",
@@ -221,7 +221,7 @@ def speedup_model(model: nn.Module, masks: Masks, dummy_input: Any) -> nn.Module
     model.eval()
     try:
         ModelSpeedup(model, _as_tuple(dummy_input), masks, logger=_logger,
-                     customized_mask_updaters=[keep_whole_updater()]).speedup_model()
+                     customized_mask_updaters=mask_updaters()).speedup_model()
     except Exception as err:
         raise RuntimeError(f"ModelSpeedup failed on {type(model).__name__}: {type(err).__name__}: {err}") from err
     finally:
