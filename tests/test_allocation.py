@@ -63,8 +63,8 @@ def _output_only_flops(model, x, fraction):
 def test_cost_model_counts_next_layer_inputs(name):
     """Random per-unit channel counts: predicted FLOPs, params and channels equal the sped-up model's."""
     model, x = make_model(name), dummy_input(name, 1)
-    allocator = MRSSparsityAllocator("taylor", progress=False)
-    _, units, _, graph_module = allocator.units(model, SELECT, x)
+    problem = BudgetProblem.build(model, SELECT, x, round_to=1)  # any count, aligned or not
+    units, graph_module = problem.units, problem.graph_module
     cost = CostModel(model, graph_module, units, x)
     rng = random.Random(1)
     pruned = {u.name: rng.randint(0, u.max_pruned_per_block()) for u in units}

@@ -82,7 +82,7 @@ def test_global_l1_pruner_used_directly_is_the_capped_ranking():
 
 def test_global_l1_takes_the_globally_smallest_filters():
     model, dummy = small_cnn()
-    allocation, masks = baseline_masks(model, SELECT, dummy, GlobalL1NormPruner)
+    allocation, masks = baseline_masks(model, SELECT, dummy, GlobalL1NormPruner, round_to=1)  # no step to snap to
     modules = dict(model.named_modules())
     capped = {u.unit for u in allocation.report if u.channels_after <= u.channels_before * 0.1 + 1}
     pruned, kept = [], []
@@ -98,7 +98,8 @@ def test_global_l1_takes_the_globally_smallest_filters():
 
 def test_pipeline_runs_the_new_baselines(tmp_path):
     for pruner in ("random", "l1-global"):
-        config = tiny(tmp_path / pruner, pretrain={"epochs": 0}, pruning={"pruner": pruner, "target": 0.5})
+        config = tiny(tmp_path / pruner, pretrain={"epochs": 0}, pruning={"pruner": pruner, "target": 0.5,
+                                                                          "round_to": 1})
         state = Pipeline(config).run(until="speedup")["stages"]
         removed = 1 - state["speedup"]["pruned"]["flops"] / state["pretrain"]["dense"]["flops"]
         assert abs(removed - 0.5) <= 0.01, pruner

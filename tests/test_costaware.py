@@ -57,9 +57,9 @@ class CheapAndExpensive(nn.Module):
 
 def _units_and_cost():
     model = CheapAndExpensive().eval()
-    allocator = MRSSparsityAllocator("curve", n_samples=8, progress=False)
-    target, units, _, graph = allocator.units(model, [{"op_names": ["cheap", "expensive"], "sparse_ratio": 0.5}],
-                                              torch.zeros(1, 1, 16, 16))
+    problem = BudgetProblem.build(model, [{"op_names": ["cheap", "expensive"], "sparse_ratio": 0.5}],
+                                  torch.zeros(1, 1, 16, 16), round_to=1)  # exact counts: rules compared, not steps
+    units, graph = problem.units, problem.graph_module
     return model, units, CostModel(model, graph, units, torch.zeros(1, 1, 16, 16)), graph
 
 

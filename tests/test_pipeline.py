@@ -155,7 +155,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     # progress bars are not part of what a run computes: switching them on still resumes
     assert Pipeline(tiny(tmp_path, progress=True)).run()["stages"] == state["stages"]
     # a different config in the same folder is refused, not mixed in
-    with pytest.raises(ConfigError, match="holds a run of a different config"):
+    with pytest.raises(ConfigError, match=r"holds a run of a different config \(pruning.target: 0.5 -> 0.6\)"):
         Pipeline(tiny(tmp_path, pruning={"target": 0.6}))
     # export.formats added to the finished run: the export stage and the report run again, nothing else
     exported = Pipeline(tiny(tmp_path, export={"formats": ["onnx"], "samples": 16})).run()["stages"]
@@ -193,10 +193,11 @@ def test_the_report_of_the_uniform_default_shows_no_mrs_it_did_not_measure(tmp_p
 def test_old_run_folders_resume(tmp_path):
     """A run folder made by the first release hashed the flat pruning keys (estimator spelled out, no rule,
     recalibrate, rounds, epochs or options) and no ``data.normalization``: the same config now has that
-    fingerprint, whether written with ``options`` or with the flat keys; choosing another rule is another run."""
+    fingerprint, whether written with ``options`` or with the flat keys; choosing another rule is another run.
+    Those folders pruned exact channel counts: ``round_to: 1`` (the default since is ``auto``, another run)."""
     import hashlib
 
-    config = tiny(tmp_path, pretrain={"epochs": 0})
+    config = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"round_to": 1})
     old = config.to_dict()
     for section, key in (("data", "normalization"), ("data", "validation"), ("model", "kwargs"), ("eval", "split"),
                          ("eval", "after_pruning"), ("pretrain", "teacher"), ("finetune", "teacher"),
@@ -212,13 +213,14 @@ def test_old_run_folders_resume(tmp_path):
     expected = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
     assert Pipeline(config).fingerprint == expected
     with pytest.warns(FutureWarning):
-        flat = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"options": {}, "samples": 64, "steps": 2})
+        flat = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"options": {}, "samples": 64, "steps": 2, "round_to": 1})
     assert Pipeline(flat).fingerprint != expected  # steps 2 was hashed too, though it had no effect
     with pytest.warns(FutureWarning):
-        flat = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"options": {}, "samples": 64})
+        flat = tiny(tmp_path, pretrain={"epochs": 0}, pruning={"options": {}, "samples": 64, "round_to": 1})
     assert Pipeline(flat).fingerprint == expected
-    changed = tiny(tmp_path / "other", pretrain={"epochs": 0}, pruning={"options": {"rule": "budget"}})
+    changed = tiny(tmp_path / "other", pretrain={"epochs": 0}, pruning={"options": {"rule": "budget"}, "round_to": 1})
     assert Pipeline(changed).fingerprint != Pipeline(config).fingerprint
+    assert Pipeline(tiny(tmp_path / "auto", pretrain={"epochs": 0})).fingerprint != expected
 
 
 def test_budget_rule_runs_from_the_config(tmp_path):

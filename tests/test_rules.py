@@ -68,7 +68,8 @@ def test_uniform_power_rule_measures_nothing(calibration):
     allocator = MRSSparsityAllocator(rule=PowerRule(), n_samples=32, progress=False)
     result = allocator.allocate(make_model("small_cnn"), SELECT, calibration)
     assert not result.measured and allocator.adversarial_data is None
-    assert len(set(round(r, 1) for r in ratios(result).values())) <= 2  # one ratio, up to channel rounding
+    values = ratios(result).values()  # one ratio, up to the aligned steps (round_to="auto": 1/8 of a unit here)
+    assert max(values) - min(values) <= 2 / 8 + 1e-9, ratios(result)  # that refine moves to meet the target
 
 
 @pytest.mark.parametrize("make, message", [

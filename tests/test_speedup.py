@@ -267,7 +267,8 @@ def test_torchvision_models_meet_the_budget_and_removal_equals_masking(name, kwa
     dense = count_flops(model, x[:1])
     op_types, target = (["Conv2d", "Linear"] if name == "vit" else ["Conv2d"]), 0.5
     if name == "vit":  # only the MLP hidden units are prunable: 0.7 is out of reach, and the error says how far
-        with pytest.raises(ValueError, match=r"cannot remove 0\.7000 of the model's flops: .* most reachable is 0\.65"):
+        # (0.6389: the 128 hidden units keep multiples of 16 under round_to="auto", so at most 112 of 128 go)
+        with pytest.raises(ValueError, match=r"cannot remove 0\.7000 of the model's flops: .* most reachable is 0\.63"):
             MRSPruner(model, [{"op_types": op_types, "sparse_ratio": 0.7}], calibration=(x, y), n_samples=4,
                       progress=False).compress()
     pruner = MRSPruner(model, [{"op_types": op_types, "sparse_ratio": target}], calibration=(x, y), n_samples=4,

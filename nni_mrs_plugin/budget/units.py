@@ -175,7 +175,7 @@ def unfollowable(graph_module: torch.fx.GraphModule, layers: Sequence[str]) -> s
 
 AUTO_ROUND_TO = (16, 8, 4, 2, 1)  # round_to="auto": per unit, the largest that leaves it AUTO_COUNTS counts
 AUTO_COUNTS = 8
-DEFAULT_ROUND_TO: Union[int, str] = 1  # every pruner's and the job's default (job/config.py spells it out)
+DEFAULT_ROUND_TO: Union[int, str] = "auto"  # every pruner's and the job's default (job/config.py spells it out)
 LEFT_WHOLE = "left whole: round_to="  # how a skipped reason starts when alignment, not the model, kept a unit whole
 
 

@@ -94,10 +94,10 @@ def mask_updaters() -> list:
             super().indirect_update_process(model_speedup, node)
             source = node.args[0] if node.args else None
             info = model_speedup.node_infos[source] if isinstance(source, torch.fx.Node) else None
-            if info is not None and isinstance(info.output_grad, torch.Tensor) and \
-                    isinstance(info.output_masks, torch.Tensor) and info.output_grad.shape == info.output_masks.shape:
+            grad, mask = (info.output_grad, info.output_masks) if info is not None else (None, None)
+            if isinstance(grad, torch.Tensor) and isinstance(mask, torch.Tensor) and grad.shape[1:] == mask.shape[1:]:
                 # NNI drops an input position whose gradient sums to exactly zero (this layer's weight column
                 # summing to 0.0 in fp32 over the kept rows); a position the producers keep stays kept
-                info.output_grad = info.output_grad.abs() + info.output_masks
+                info.output_grad = grad.abs() + mask
 
     return [KeepWhole(), FollowInputs()]

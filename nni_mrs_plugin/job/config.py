@@ -119,7 +119,7 @@ class PruningSection:
     op_types: List[str] = field(default_factory=lambda: ["Conv2d", "Linear"])
     exclude: List[str] = field(default_factory=list)
     adapt_bn: int = 0  # training images BatchNorm statistics are re-estimated on after the removal (0: none)
-    round_to: Union[int, str] = 1  # pruned units keep a multiple of this many channels; auto: per unit
+    round_to: Union[int, str] = "auto"  # pruned units keep a multiple of this many channels; auto: per unit
     layers: float = 0.0  # fraction of the budget whole residual blocks remove first (LayerPruner), channels the rest
     options: Dict[str, Any] = field(default_factory=dict)  # the pruner's own constructor keywords, as they are
     MOVED: ClassVar[Dict[str, str]] = {name: f"options.{name}" for name in FLAT}  # where an old key lives now

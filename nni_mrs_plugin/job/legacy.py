@@ -8,9 +8,10 @@ Nothing else in the package reads these names.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-__all__ = ["FLAT", "migrate", "fingerprint"]
+__all__ = ["FLAT", "migrate", "fingerprint", "changed_settings"]
 
 # the flat keys with their defaults, as the first configs had them
 FLAT: Dict[str, Any] = {"estimator": None, "criterion": "taylor", "tau": 0.0, "rule": "power", "recalibrate": False,
@@ -94,3 +95,19 @@ def fingerprint(section: Mapping[str, Any], raw: Mapping[str, Any]) -> Dict[str,
     if options:
         out["options"] = options
     return out
+
+
+def changed_settings(folder: Path, config: Any, skip: Tuple[str, ...] = ("progress", "output", "export")) -> str:
+    """' (section.key: old -> new, ...)': the settings of ``config`` that the run folder's config.yaml holds
+    otherwise ('' when none is found): why a folder is refused, e.g. a default changed since it was made."""
+    import yaml
+
+    try:
+        old = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return ""
+    diffs = [f"{section}.{key}: {old[section][key]!r} -> {value!r}" for section, values in config.to_dict().items()
+             if section not in skip and isinstance(values, dict) and isinstance(old, dict)
+             and isinstance(old.get(section), dict) for key, value in values.items()
+             if key in old[section] and old[section][key] != value]
+    return f" ({', '.join(diffs[:3])}{', ...' if len(diffs) > 3 else ''})" if diffs else ""

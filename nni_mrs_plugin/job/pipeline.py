@@ -19,6 +19,7 @@ from torch import nn
 from ..checkpoint import atomic_json, atomic_save, atomic_write, load_pruned, save_pruned
 from . import build
 from .config import Config, ConfigError
+from .legacy import changed_settings
 from .lock import FolderLock
 
 __all__ = ["STAGES", "Pipeline", "run_pipeline", "robust_evaluation"]
@@ -98,8 +99,8 @@ class Pipeline:
             raise ConfigError(f"{path} is damaged ({type(err).__name__}: {str(err).splitlines()[0]}); delete it to "
                               f"redo every stage in {self.dir}, or delete the folder to start over") from None
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            raise ConfigError(f"{self.dir} holds a run of a different config; use another output.dir or delete "
-                              f"the folder to start over")
+            raise ConfigError(f"{self.dir} holds a run of a different config{changed_settings(self.dir, self.config)}; "
+                              f"use another output.dir or delete the folder to start over")
         return state
 
     def _finish(self, stage: str, result: Dict[str, Any]) -> None:
