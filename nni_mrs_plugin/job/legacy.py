@@ -3,7 +3,8 @@
 ``migrate`` moves each flat key to the option the old job passed it as, for the pruner the config names (one
 ``FutureWarning`` line that also lists the keys that had no effect), and ``fingerprint`` rebuilds the flat form a
 run folder of that time hashed, so old run folders resume and ``options: {tau: 1}`` is the same run as ``tau: 1``.
-Nothing else in the package reads these names.
+Nothing else in the package reads these names. ``changed_settings`` names what differs from a folder that is
+refused (a default changed since it was made, as ``pruning.round_to`` did).
 """
 from __future__ import annotations
 
