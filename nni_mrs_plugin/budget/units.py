@@ -176,7 +176,6 @@ def unfollowable(graph_module: torch.fx.GraphModule, layers: Sequence[str]) -> s
 AUTO_ROUND_TO = (16, 8, 4, 2, 1)  # round_to="auto": per unit, the largest that leaves it AUTO_COUNTS counts
 AUTO_COUNTS = 8
 DEFAULT_ROUND_TO: Union[int, str] = "auto"  # every pruner's and the job's default (job/config.py spells it out)
-LEFT_WHOLE = "left whole: round_to="  # how a skipped reason starts when alignment, not the model, kept a unit whole
 
 
 def check_round_to(round_to: Any) -> None:
@@ -266,7 +265,7 @@ def find_units(model: nn.Module, selection: Selection, dummy_input: Any, r_min: 
             raise ValueError(f"layers {layers} ({channels} channels) cannot be pruned by min_sparse_ratio {low} to a "
                              f"multiple of round_to={unit.round_to} within max_sparse_ratio {high}")
         if unit.round_to > 1 and unit.allowed == (0,):
-            skipped.update({name: f"{LEFT_WHOLE}{round_to} allows no smaller multiple of {round_to} than its "
+            skipped.update({name: f"left whole: round_to={round_to} allows no smaller multiple of {round_to} than its "
                                   f"{channels} channels within its bounds" for name in chosen})
             continue
         units.append(unit)
