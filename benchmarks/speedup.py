@@ -327,10 +327,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             for row in rows:
                 row.update(pruning.get((row["target"], row["round_to"]), {}))
             result["rows"] += rows
+            atomic_json(args.out, result)  # each finished model is kept if a later one is cut short
             bar.update()
     bar.close()
     print(markdown(result["rows"]))
-    atomic_json(args.out, result)
     print(f"wrote {args.out}", file=sys.stderr)
     return result
 
