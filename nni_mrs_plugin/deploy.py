@@ -1,11 +1,10 @@
 """``export``: a model (pruned or not) as a deployment artifact that runs in its own runtime, checked there.
 
 On a copy of the model: BatchNorm folded into the Conv/Linear before it (``fold_batchnorm``), channels_last for
-``pt2``, then ONNX (``torch.onnx.export``, the dynamo exporter, else the TorchScript one), OpenVINO IR
-(``openvino.convert_model``/``save_model``) or an AOTInductor package (``torch.export`` +
-``aoti_compile_and_package``). Before anything is written in place, the artifact is loaded in its runtime (ONNX
-Runtime, OpenVINO, AOTInductor) and compared with the eager model; what was checked goes to ``export.json``
-beside the artifact. The runtimes are the ``deploy`` extra: ``pip install "nni-mrs-plugin[deploy]"``.
+``pt2``, then ONNX (``torch.onnx.export``: dynamo, else TorchScript), OpenVINO IR (``convert_model``) or an
+AOTInductor package (``torch.export`` + ``aoti_compile_and_package``). Before anything is written in place, the
+artifact is loaded in its runtime and compared with the eager model; what was checked goes to ``export.json``
+beside it. The runtimes are the ``deploy`` extra: ``pip install "nni-mrs-plugin[deploy]"``.
 """
 from __future__ import annotations
 
@@ -13,6 +12,8 @@ import copy
 import math
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
@@ -40,14 +41,11 @@ class MissingExtraError(ImportError):
 
 
 def _require(format: str) -> None:
-    import importlib
+    import importlib.util
 
-    missing = []
-    for name in _NEEDS[format]:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    missing = [name for name in _NEEDS[format] if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingExtraError(f"export to {format} needs {', '.join(missing)}: {DEPLOY_EXTRA}")
 
@@ -104,7 +102,6 @@ class _Artifact(nn.Module):
 def load_artifact(path: Union[str, Path], format: str, dtype: Optional[torch.dtype] = None) -> nn.Module:
     """The artifact at ``path`` in its own runtime (ONNX Runtime's CPU provider, OpenVINO on CPU at f32 unless
     ``dtype`` says otherwise, AOTInductor), as a module for measuring and comparing."""
-    _check_format(format)
     _require(format)
     path = str(path)
     if format == "onnx":
@@ -119,19 +116,24 @@ def load_artifact(path: Union[str, Path], format: str, dtype: Optional[torch.dty
         precision = "bf16" if dtype == torch.bfloat16 else "f16" if dtype == torch.float16 else "f32"
         compiled = openvino.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": precision})
         return _Artifact(lambda x: compiled(x.cpu().numpy())[0], format)
+    if torch.cuda.is_available():  # where a CUDA package can be loaded, torch 2.11's loader crashed (docs/deploy.md)
+        _loads_in_child(path)
     package = torch._inductor.aoti_load_package(path)
     return _Artifact(lambda x: package(x), format)
 
 
+def _loads_in_child(path: str, code: str = "import sys, torch; torch._inductor.aoti_load_package(sys.argv[1])") -> None:
+    """``code`` run on ``path`` in a child process first: a loader that kills its process (no except catches a
+    segmentation fault) becomes one ValueError line. Other failures are left to the load in this process."""
+    returncode = subprocess.run([sys.executable, "-c", code, path], capture_output=True).returncode
+    if returncode < 0:
+        raise ValueError(f"AOTInductor's loader crashed (signal {-returncode}) loading {path} with "
+                         f"torch {torch.__version__}; export to 'onnx' or 'openvino' instead")
+
+
 def report_path(path: Union[str, Path]) -> Path:
     """Where ``export`` records what it checked: ``<artifact>.export.json`` beside the artifact."""
-    path = Path(path)
-    return path.parent / f"{path.name}.export.json"
-
-
-def _check_format(format: str) -> None:
-    if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    return Path(path).with_name(f"{Path(path).name}.export.json")
 
 
 def _write(model: nn.Module, x: torch.Tensor, path: Path, format: str, dynamic_batch: bool) -> str:
@@ -215,7 +217,7 @@ def export(model: nn.Module, example_inputs: Any, path: Union[str, Path], format
     top-1 agreement on clean and PGD-20 inputs (crafted on the eager model, radius ``eps``) and the folded
     model's PGD-20 accuracy beside the original's (same random start) are recorded, the latter within its 95%
     interval. Any failure is one ValueError line and leaves nothing at ``path``."""
-    _check_format(format)
+    _require(format)
     dtype = torch.float32 if dtype is None else dtype
     if dtype not in TOLERANCE:
         raise ValueError(f"dtype must be None, torch.float32, torch.float16 or torch.bfloat16, got {dtype}")
@@ -228,7 +230,6 @@ def export(model: nn.Module, example_inputs: Any, path: Union[str, Path], format
                          f"{type(example_inputs).__name__}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
         raise ValueError(f"samples must be an integer >= 2, got {samples!r}")
-    _require(format)
     path = Path(path)
     if format == "openvino" and path.suffix != ".xml":
         raise ValueError(f"an OpenVINO model is an .xml file with a .bin beside it: give a path ending in .xml, "

@@ -130,6 +130,22 @@ class _Unexportable(nn.Module):
         return self.fc(x.flatten(1)) * (1.0 + random.random())
 
 
+def test_a_loader_that_kills_its_process_is_one_line_tried_in_a_child_first(tmp_path):
+    """AOTInductor's loader of a CUDA package segfaulted (torch 2.11, H200): no except catches that, so where CUDA is
+    present load_artifact loads the package in a child process first. A crash there is one ValueError line, a
+    clean exit or a Python error (left to the load in this process) is not."""
+    from nni_mrs_plugin.deploy import _loads_in_child
+
+    path = str(tmp_path / "m.pt2")
+    _loads_in_child(path, code="import sys; open(sys.argv[1], 'w').close()")
+    assert (tmp_path / "m.pt2").is_file()  # the child was given the path
+    _loads_in_child(path, code="raise SystemExit(3)")
+    with pytest.raises(ValueError, match=r"^AOTInductor's loader crashed \(signal 11\) loading .*m\.pt2 with torch "
+                                         r".*; export to 'onnx' or 'openvino' instead$") as caught:
+        _loads_in_child(path, code="import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    assert "\n" not in str(caught.value)
+
+
 def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
     model, x = _with_statistics(make_model("small_cnn")), dummy_input("small_cnn", 1)
     folder = tmp_path / "out"
