@@ -269,7 +269,8 @@ def summary_run(result: Dict[str, Any]) -> Dict[str, Any]:
     """One run's table for BENCHMARKS.md: per model, target and round_to, each backend's speedup over its own
     dense model, then (over the dense model in eager PyTorch; / the roofline bound); dense rows in ms."""
     rows, machine, settings = result["rows"], result["machine"], result["settings"]
-    constants = result["device_constants"]["cpu"] if "cpu" in result["device_constants"] else {}
+    device = "cpu" if "cpu" in settings["devices"] else settings["devices"][0]
+    constants = result["device_constants"].get(device, {})
     cells = sorted({(r["device"], r["backend"], r["dtype"], r["batch"]) for r in rows},
                    key=lambda c: (c[0], settings["backends"].index(c[1]), c[2], c[3]))
     table = []
@@ -287,7 +288,8 @@ def summary_run(result: Dict[str, Any]) -> Dict[str, Any]:
     label = lambda c: " ".join(str(part) for part, common in zip(  # noqa: E731
         c, (single([x[0] for x in cells]), None, single([x[2] for x in cells]), single([x[3] for x in cells])))
         if common is None)
-    setting = (f"{machine['cpu']} ({', '.join(machine['cpu_flags'])}), {machine['threads']} threads, torch "
+    gpu = f"{machine['gpu']} (CUDA {machine['cuda']}), host " if device == "cuda" else ""
+    setting = (f"{gpu}{machine['cpu']} ({', '.join(machine['cpu_flags'])}), {machine['threads']} threads, torch "
                f"{machine['torch']}; {result['date'][:10]}, commit {result['git_commit']}; calibrated P = "
                f"{constants.get('flops_per_s', 0) / 1e9:.0f} GFLOP/s, W = {constants.get('bytes_per_s', 0) / 1e9:.1f} "
                f"GB/s, tau = {constants.get('overhead_s', 0) * 1e6:.2f} µs; machine otherwise idle")
